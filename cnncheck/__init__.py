@@ -1,0 +1,65 @@
+"""cnncheck: check any PyTorch CNN for the mistakes that make it silently wrong.
+
+Importing ``cnncheck`` does not import torch; the public names load on first use, so the pytest
+plugin costs nothing to anyone who has cnncheck installed but does not ask for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from cnncheck.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "check_model": "cnncheck.api",
+    "assert_cnn_correct": "cnncheck.api",
+    "assert_conv_params": "cnncheck.api",
+    "assert_pooling_parameter_free": "cnncheck.api",
+    "assert_no_redundant_bias": "cnncheck.api",
+    "assert_bn_per_channel": "cnncheck.api",
+    "assert_bn_train_eval": "cnncheck.api",
+    "CheckError": "cnncheck.api",
+    "CheckFailed": "cnncheck.api",
+    "conv_param_count": "cnncheck.formulas",
+    "Finding": "cnncheck.findings",
+    "Report": "cnncheck.findings",
+    "Severity": "cnncheck.findings",
+    "Rule": "cnncheck.rules",
+    "LayerKind": "cnncheck.layers",
+    "all_rules": "cnncheck.plugins",
+    "model_param_formulas": "cnncheck.explain",
+}
+
+__all__ = ["__version__", "hookimpl", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cnncheck' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from cnncheck.api import (
+        CheckError,
+        CheckFailed,
+        assert_bn_per_channel,
+        assert_bn_train_eval,
+        assert_cnn_correct,
+        assert_conv_params,
+        assert_no_redundant_bias,
+        assert_pooling_parameter_free,
+        check_model,
+    )
+    from cnncheck.explain import model_param_formulas
+    from cnncheck.findings import Finding, Report, Severity
+    from cnncheck.formulas import conv_param_count
+    from cnncheck.layers import LayerKind
+    from cnncheck.plugins import all_rules
+    from cnncheck.rules import Rule

@@ -1,0 +1,218 @@
+"""The library entry points: ``check_model`` and one assertion per concern."""
+
+from __future__ import annotations
+
+import copy
+import contextlib
+import os
+import types
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
+
+from cnncheck.context import CheckContext
+from cnncheck.findings import Report, RuleCrash
+from cnncheck.plugins import all_rules, plugin_manager
+from cnncheck.preserve import preserved, preserved_global_state
+from cnncheck.rules import select_rules
+from cnncheck.trace import module_inventory
+
+_PACKAGE_DIR = os.path.dirname(__file__)
+
+
+class CheckError(Exception):
+    """The model could not be checked: it does not run on the example input, or is not ready."""
+
+
+class CheckFailed(AssertionError):
+    """A cnncheck assertion found problems; ``.report`` holds every finding."""
+
+    def __init__(self, report: Report) -> None:
+        super().__init__(str(report))
+        self.report = report
+
+
+def check_model(
+    model: nn.Module,
+    example_input: Any,
+    *,
+    device: str | torch.device | None = None,
+    checks: Iterable[str] | None = None,
+    ignore: Iterable[str] = (),
+) -> Report:
+    """Check ``model`` for the correctness rules and return a :class:`~cnncheck.Report`.
+
+    ``example_input`` is a shape with the batch first, ``(4, 1, 28, 28)``, a tensor, or a tuple of
+    tensors passed as positional arguments. ``device`` runs the checks on that device (default: where
+    the model's parameters are) on a copy, so the user's model stays where it was. ``checks`` selects
+    rule ids or prefixes (default: all); ``ignore`` removes some. The model is left exactly as it was.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"cnncheck.check_model expects a torch.nn.Module, got {type(model).__name__}: "
+            f"{_short_repr(model)}. Pass the model instance, e.g. check_model(ConvNet(), (4, 1, 28, 28))."
+        )
+    name = type(model).__name__
+    _refuse_unready(model, name)
+    pm = plugin_manager()
+    rules = select_rules(all_rules(pm), checks, ignore)
+    home = _model_device(model)
+    target = torch.device(device) if device is not None else home
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise CheckError(f"cannot check {name} on {target}: CUDA is not available on this machine")
+    inputs = _example_inputs(example_input, target, _model_dtype(model), name)
+
+    with preserved_global_state(), contextlib.ExitStack() as stack:
+        work = model if target == home else copy.deepcopy(model).to(target)
+        modules = module_inventory(work, pm)
+        stack.enter_context(preserved(modules))
+        ctx = CheckContext(model=work, user_model=model, inputs=inputs, modules=modules, pm=pm)
+        ctx.train_trace  # every rule needs to know whether forward runs at all
+        report = Report(
+            model_name=name,
+            input_shape=tuple(ctx.example.shape),
+            device=str(target),
+            rules_run=tuple(r.id for r in rules),
+        )
+        for rule in rules:
+            try:
+                report.findings.extend(rule.check(ctx, rule))
+            except Exception as exc:  # one broken rule must not take the others down
+                report.crashes.append(RuleCrash(rule.id, f"{type(exc).__name__}: {exc}"))
+        failure = ctx.train_trace.error
+        if failure is not None and not ctx.forward_error_explained:
+            raise _forward_failed(name, ctx, failure) from _without_cnncheck_frames(failure)
+    return report
+
+
+def _forward_failed(name: str, ctx: CheckContext, error: BaseException) -> CheckError:
+    shape = "x".join(str(s) for s in ctx.example.shape)
+    failed = ctx.train_trace.failed
+    where = ""
+    if failed is not None:
+        if failed.module_stack:
+            where += f" in {failed.module_stack[-1] or '<model>'}"
+        if failed.location:
+            where += f" at {failed.location}"
+    return CheckError(
+        f"{name}.forward raised {type(error).__name__}{where} on an input of shape {shape}: {error}\n"
+        f"cnncheck needs the model to run on its example input; fix the error above or pass the input "
+        f"shape the model expects."
+    )
+
+
+def _without_cnncheck_frames(error: BaseException) -> BaseException:
+    """Drop cnncheck's own frames from the student's traceback: they show the student's code only."""
+    kept = []
+    tb = error.__traceback__
+    while tb is not None:
+        if not tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+            kept.append(tb)
+        tb = tb.tb_next
+    rebuilt = None
+    for frame_tb in reversed(kept):
+        rebuilt = types.TracebackType(rebuilt, frame_tb.tb_frame, frame_tb.tb_lasti, frame_tb.tb_lineno)
+    return error.with_traceback(rebuilt)
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _refuse_unready(model: nn.Module, name: str) -> None:
+    tensors = [*model.parameters(), *model.buffers()]
+    lazy = [n for n, m in model.named_modules() if isinstance(m, nn.modules.lazy.LazyModuleMixin)]
+    if lazy or any(isinstance(t, (UninitializedParameter, UninitializedBuffer)) for t in tensors):
+        raise CheckError(
+            f"{name} has lazy layers that are not initialised yet ({', '.join(lazy) or 'uninitialised parameters'}). "
+            f"Run the model once on a real input (model(torch.randn(shape))), then check it."
+        )
+    if any(t.is_meta for t in tensors):
+        raise CheckError(
+            f"{name} is on the meta device: its parameters have no values to check. Materialise it "
+            f"first, e.g. model.to_empty(device='cpu') and re-initialise the weights."
+        )
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in [*model.parameters(), *model.buffers()]:
+        return t.device
+    return torch.device("cpu")
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def _example_inputs(example: Any, device: torch.device, dtype: torch.dtype, name: str) -> tuple[Any, ...]:
+    if isinstance(example, torch.Size) or (
+        isinstance(example, (tuple, list)) and example and all(isinstance(s, int) for s in example)
+    ):
+        shape = tuple(example)
+        if any(s <= 0 for s in shape) or len(shape) < 2:
+            raise ValueError(
+                f"input shape {shape} for {name} is not valid: give the batch first and every size "
+                f"positive, e.g. (4, 1, 28, 28)"
+            )
+        generator = torch.Generator().manual_seed(0)
+        return (torch.randn(shape, generator=generator, dtype=dtype).to(device),)
+    if isinstance(example, torch.Tensor):
+        return (example.to(device),)
+    if isinstance(example, (tuple, list)) and example and all(isinstance(e, torch.Tensor) for e in example):
+        return tuple(e.to(device) for e in example)
+    raise TypeError(
+        f"example_input for {name} must be a shape like (4, 1, 28, 28), a tensor, or a tuple of "
+        f"tensors; got {type(example).__name__}: {_short_repr(example)}"
+    )
+
+
+def _assert(model: nn.Module, example_input: Any, checks: Sequence[str] | None, **options: Any) -> Report:
+    __tracebackhide__ = True
+    report = check_model(model, example_input, checks=checks, **options)
+    if not report.ok:
+        raise CheckFailed(report)
+    return report
+
+
+def assert_cnn_correct(model: nn.Module, example_input: Any, **options: Any) -> Report:
+    """Raise :class:`CheckFailed` listing every finding of every rule; return the report if clean."""
+    __tracebackhide__ = True
+    return _assert(model, example_input, options.pop("checks", None), **options)
+
+
+def assert_conv_params(model: nn.Module, example_input: Any, **options: Any) -> Report:
+    """Every convolution has ``(C_in/groups * prod(kernel) + [bias]) * C_out`` parameters."""
+    __tracebackhide__ = True
+    return _assert(model, example_input, ["conv-param-formula"], **options)
+
+
+def assert_pooling_parameter_free(model: nn.Module, example_input: Any, **options: Any) -> Report:
+    """Pooling layers own no parameters and never mix channels."""
+    __tracebackhide__ = True
+    return _assert(model, example_input, ["pool-has-parameters", "pool-mixes-channels"], **options)
+
+
+def assert_no_redundant_bias(model: nn.Module, example_input: Any, **options: Any) -> Report:
+    """No conv/linear bias is cancelled by a BatchNorm that follows it."""
+    __tracebackhide__ = True
+    return _assert(model, example_input, ["redundant-bias-before-bn"], **options)
+
+
+def assert_bn_per_channel(model: nn.Module, example_input: Any, **options: Any) -> Report:
+    """BatchNorm statistics and gamma/beta are one per channel over (N, *spatial)."""
+    __tracebackhide__ = True
+    return _assert(model, example_input, ["bn-not-per-channel"], **options)
+
+
+def assert_bn_train_eval(model: nn.Module, example_input: Any, **options: Any) -> Report:
+    """BatchNorm and dropout behave correctly in train and eval mode, and the mode reaches them."""
+    __tracebackhide__ = True
+    rules = ["bn-train-behaviour", "bn-eval-behaviour", "mode-not-propagated"]
+    return _assert(model, example_input, rules, **options)

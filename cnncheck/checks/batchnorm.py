@@ -1,0 +1,310 @@
+"""BatchNorm rules: statistics per channel, batch statistics in train mode, running ones in eval."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from cnncheck.context import CheckContext
+from cnncheck.findings import Finding, Severity
+from cnncheck.layers import LayerKind, affine_parameters, running_buffers
+from cnncheck.probes import eval_problems, is_stock_batchnorm, per_channel_dims, statistics_dims, train_problems
+from cnncheck.rules import Rule
+from cnncheck.trace import Node, Trace
+
+_RESHAPES = frozenset({"view", "reshape", "flatten", "contiguous", "squeeze"})
+
+
+def _describe_dims(dims: tuple[int, ...], rank: int) -> str:
+    names = ["N", "C", "H", "W", "D"] if rank == 4 else ["N", "C"] + [f"S{i}" for i in range(rank - 2)]
+    names = names if rank != 5 else ["N", "C", "D", "H", "W"]
+    if not dims:
+        return "no dims (no statistics at all)"
+    return "(" + ", ".join(names[d] for d in dims) + ")"
+
+
+def reduction_of(ctx: CheckContext, node: Node) -> tuple[int, ...] | None:
+    """The dims a BN-like layer takes its train-mode statistics over (memoised; measured once)."""
+    assert node.module is not None and node.saved_input is not None
+    x = node.saved_input
+    if is_stock_batchnorm(node.module):
+        return per_channel_dims(x)
+    return ctx.memo(("dims", id(node.module)), lambda: statistics_dims(node.module, x))  # type: ignore[arg-type]
+
+
+def _is_per_channel(ctx: CheckContext, node: Node) -> bool:
+    x = node.saved_input
+    if x is None or x.dim() < 2:
+        return False
+    dims = reduction_of(ctx, node)
+    return dims is None or set(dims) == set(per_channel_dims(x))
+
+
+# -- bn-not-per-channel ------------------------------------------------------------------------------
+def check_per_channel(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
+    trace = ctx.train_trace
+    failed = trace.failed
+    if failed is not None and failed.module is not None and ctx.modules.get(failed.module) is not None:
+        info = ctx.modules[failed.module]
+        if info.kind is LayerKind.BATCH_NORM and failed.inputs:
+            finding = _num_features(ctx, rule, failed.module, info.name, failed.inputs[0])
+            if finding is not None:
+                ctx.forward_error_explained = True
+                yield finding
+    for node in trace.module_nodes(LayerKind.BATCH_NORM):
+        module, x = node.module, node.saved_input
+        if module is None or x is None or x.dim() < 2:
+            continue
+        finding = _num_features(ctx, rule, module, node.name, x) or _shapes(ctx, rule, node)
+        if finding is None and not is_stock_batchnorm(module):
+            finding = _statistics(ctx, rule, node)
+        if finding is None:
+            finding = _flattened(ctx, rule, trace, node)
+        if finding is not None:
+            yield finding
+
+
+def _num_features(ctx: CheckContext, rule: Rule, module: nn.Module, name: str, x: torch.Tensor) -> Finding | None:
+    declared = getattr(module, "num_features", None)
+    channels = int(x.shape[1]) if x.dim() > 1 else None
+    if not isinstance(declared, int) or channels is None or declared == channels:
+        return None
+    return rule.finding(
+        name,
+        f"{type(module).__name__}({declared}) receives {channels} channels",
+        expected=f"num_features = {channels}, the channel count of its input {tuple(x.shape)}",
+        found=f"num_features = {declared}",
+        fix=f"build it as {type(module).__name__}({channels}): one mean, variance, gamma and beta per "
+        f"channel of the layer before it",
+        location=ctx.location_of(module),
+    )
+
+
+def _shapes(ctx: CheckContext, rule: Rule, node: Node) -> Finding | None:
+    module, x = node.module, node.saved_input
+    assert module is not None and x is not None
+    channels = int(x.shape[1])
+    tensors = dict(module.named_parameters(recurse=False))
+    names = running_buffers(module)
+    if names is not None:
+        tensors.update({n: module._buffers[n] for n in names})  # type: ignore[misc]
+    wrong = {n: t for n, t in tensors.items() if t is not None and t.numel() != channels}
+    if not wrong:
+        return None
+    listing = ", ".join(f"{n} {tuple(t.shape)}" for n, t in wrong.items())
+    per_pixel = any(t.numel() == math.prod(x.shape[1:]) for t in wrong.values()) and x.dim() > 2
+    what = "per channel-and-pixel, not per channel" if per_pixel else "not one value per channel"
+    return rule.finding(
+        node.name,
+        f"{type(module).__name__}'s parameters/statistics are {what}",
+        expected=f"gamma, beta, running mean and variance of shape ({channels},): one per channel",
+        found=listing,
+        location=ctx.location_of(module),
+    )
+
+
+def _statistics(ctx: CheckContext, rule: Rule, node: Node) -> Finding | None:
+    x = node.saved_input
+    assert x is not None and node.module is not None
+    dims = reduction_of(ctx, node)
+    expected = per_channel_dims(x)
+    if dims is None or set(dims) == set(expected):
+        return None
+    rank = x.dim()
+    return rule.finding(
+        node.name,
+        f"{type(node.module).__name__} takes its statistics over {_describe_dims(dims, rank)}, not per channel",
+        expected=f"mean and variance per channel over {_describe_dims(expected, rank)}, e.g. "
+        f"x.mean(dim={expected}, keepdim=True)",
+        found=f"statistics over {_describe_dims(dims, rank)} on an input of shape {tuple(x.shape)}",
+        fix="reduce over the batch and every spatial position of each channel: "
+        f"mean = x.mean(dim={expected}, keepdim=True), var = x.var(dim={expected}, unbiased=False, keepdim=True)",
+        location=ctx.location_of(node.module),
+    )
+
+
+def _flattened(ctx: CheckContext, rule: Rule, trace: Trace, node: Node) -> Finding | None:
+    x = node.saved_input
+    assert x is not None and node.module is not None
+    if x.dim() != 2:
+        return None
+    source = node.sources[0] if node.sources else None
+    while isinstance(source, Node) and (source.func_name in _RESHAPES or isinstance(source.module, nn.Flatten)):
+        origin = source.sources[0] if source.sources else None
+        if isinstance(origin, Node) and origin.outputs and origin.outputs[0].dim() >= 3:
+            shape = tuple(origin.outputs[0].shape)
+            if math.prod(shape[2:]) > 1 and math.prod(shape[1:]) == x.shape[1]:
+                return rule.finding(
+                    node.name,
+                    f"{type(node.module).__name__} normalises a flattened {shape[1]}x"
+                    f"{'x'.join(map(str, shape[2:]))} feature map: statistics per channel-pixel, not per channel",
+                    expected=f"BatchNorm{len(shape) - 2}d({shape[1]}) before the flatten",
+                    found=f"{type(node.module).__name__}({x.shape[1]}) after it ({x.shape[1]} separate "
+                    f"statistics)",
+                    fix=f"move the norm before the flatten as nn.BatchNorm{len(shape) - 2}d({shape[1]})",
+                    severity=Severity.WARNING,
+                    location=ctx.location_of(node.module),
+                )
+        source = origin
+    return None
+
+
+# -- bn-train-behaviour --------------------------------------------------------------------------------
+def check_train(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
+    for node in ctx.train_trace.module_nodes(LayerKind.BATCH_NORM):
+        module, x = node.module, node.saved_input
+        if module is None or x is None or x.dim() < 2 or not node.training:
+            continue
+        if is_stock_batchnorm(module) or not _per_channel_shapes(module, x) or not _is_per_channel(ctx, node):
+            continue
+        problems, _frozen = train_problems(module, x)
+        for problem in problems:
+            yield rule.finding(node.name, f"{type(module).__name__} in train mode: {problem}",
+                               location=ctx.location_of(module))
+
+
+def _per_channel_shapes(module: nn.Module, x: torch.Tensor) -> bool:
+    channels = int(x.shape[1])
+    if getattr(module, "num_features", channels) != channels:
+        return False
+    gamma, beta = affine_parameters(module, channels)
+    return all(t is None or t.numel() == channels for t in (gamma, beta))
+
+
+# -- bn-eval-behaviour ---------------------------------------------------------------------------------
+def check_eval(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
+    trace = ctx.eval_trace
+    found_any = False
+    for node in trace.module_nodes(LayerKind.BATCH_NORM):
+        module, x = node.module, node.saved_input
+        if module is None or x is None or x.dim() < 2 or node.training:
+            continue  # still training after eval(): that is mode-not-propagated's finding
+        if not _per_channel_shapes(module, x):
+            continue
+        for problem in eval_problems(module, x):
+            found_any = True
+            yield rule.finding(node.name, f"{type(module).__name__} in eval mode: {problem}",
+                               location=ctx.location_of(module))
+    if found_any or trace.error is not None or ctx.batch_size < 2 or _mode_leaks(trace):
+        return
+    finding = _batch_dependence(ctx, rule)
+    if finding is not None:
+        yield finding
+
+
+def _mode_leaks(trace: Trace) -> bool:
+    """Train-mode layers or random ops in the eval pass: mode-not-propagated explains those."""
+    from cnncheck.checks.mode import eval_leaks
+
+    return bool(eval_leaks(trace))
+
+
+def _batch_dependence(ctx: CheckContext, rule: Rule) -> Finding | None:
+    from cnncheck.probes import mismatch
+
+    single = ctx.eval_output_of_first_sample()
+    full = ctx.eval_trace.output
+    from torch.utils._pytree import tree_flatten
+
+    full_leaves = [t for t in tree_flatten(full)[0] if isinstance(t, torch.Tensor)]
+    if isinstance(single, Exception):
+        return rule.finding(
+            "", f"in eval mode {ctx.model_name} cannot run a single sample: {single}",
+            expected="eval-mode output for one sample independent of the rest of the batch",
+            found=f"{type(single).__name__} on a batch of one",
+        )
+    single_leaves = [t for t in tree_flatten(single)[0] if isinstance(t, torch.Tensor)]
+    for a, b in zip(full_leaves, single_leaves):
+        if a.dim() == 0 or a.shape[0] != ctx.batch_size or b.shape[0] != 1:
+            continue
+        diff = mismatch(b, a[:1], scale=100)
+        if diff is not None:
+            return rule.finding(
+                "",
+                f"in eval mode the output of {ctx.model_name} for one sample depends on the other samples in the batch",
+                expected="model(x)[:1] == model(x[:1]) in eval mode",
+                found=str(diff),
+            )
+    return None
+
+
+PER_CHANNEL = Rule(
+    id="bn-not-per-channel",
+    summary="A BatchNorm-like layer whose statistics or gamma/beta are not one per channel over "
+    "`(N, *spatial)`: `num_features` differs from its input's channels, a hand-written BN reduces over "
+    "the wrong dims, or gamma/beta are shaped `(C, H, W)`. Warning: a BatchNorm1d on flattened conv "
+    "feature maps.",
+    why=(
+        "In a CNN every position of a channel's feature map comes from the same filter, so BatchNorm "
+        "takes one mean and variance per channel over the whole mini-batch and every position, and "
+        "learns one gamma and beta per channel. Per-pixel statistics break translation equivariance and "
+        "are estimated from only N values each; whole-tensor statistics mix channels of different scale."
+    ),
+    fix="Use `nn.BatchNorm2d(C)` with C the channels of the layer before, or reduce over "
+    "`dim=(0, 2, 3)` with gamma/beta of shape `(C,)` in a hand-written layer.",
+    severity=Severity.ERROR,
+    check=check_per_channel,
+    flagged_example="""
+mean = x.mean(dim=0, keepdim=True)            # per pixel: statistics of shape (1, C, H, W)
+var = x.var(dim=0, unbiased=False, keepdim=True)
+""",
+    clean_example="""
+mean = x.mean(dim=(0, 2, 3), keepdim=True)    # per channel
+var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+""",
+    limits="The reduction dims of a hand-written BN are measured by invariance: adding a tensor that "
+    "varies along one dim leaves the output unchanged exactly when the mean is not taken over that dim.",
+)
+
+TRAIN_BEHAVIOUR = Rule(
+    id="bn-train-behaviour",
+    summary="In train mode a BatchNorm-like layer does not normalise with the batch's per-channel mean "
+    "and biased variance, or updates running_mean, running_var (unbiased) or num_batches_tracked "
+    "wrongly for its momentum.",
+    why=(
+        "Training normalises with the current batch's statistics (biased variance) and keeps running "
+        "estimates for eval: running = (1 - momentum) * running + momentum * batch, with the unbiased "
+        "variance, or a cumulative average when momentum is None. PyTorch's momentum is the weight of "
+        "the new batch; Keras' is the weight of the old value. Using 0.1 in Keras' formula makes the "
+        "running estimate follow the last batch only, and eval accuracy collapses."
+    ),
+    fix="Compare with `F.batch_norm(x, running_mean, running_var, weight, bias, training=True, "
+    "momentum=momentum, eps=eps)`, or use `nn.BatchNorm2d`.",
+    severity=Severity.ERROR,
+    check=check_train,
+    flagged_example="""
+self.running_mean = self.momentum * self.running_mean + (1 - self.momentum) * mean   # momentum=0.1
+""",
+    clean_example="""
+self.running_mean = (1 - self.momentum) * self.running_mean + self.momentum * mean
+""",
+    limits="A frozen BatchNorm (fixed statistics by design, never updated) is not a defect. A hand-written "
+    "layer with momentum > 0.5 may use either convention.",
+)
+
+EVAL_BEHAVIOUR = Rule(
+    id="bn-eval-behaviour",
+    summary="In eval mode a BatchNorm-like layer normalises with batch statistics or changes a buffer, "
+    "or the model's output for one sample depends on the other samples in the batch.",
+    why=(
+        "At inference the prediction for an image must not depend on which other images share its "
+        "batch. BatchNorm in eval mode uses its running estimates and leaves them untouched."
+    ),
+    fix="In forward, use the batch statistics only `if self.training`, and the running buffers otherwise; "
+    "do not update buffers when not training.",
+    severity=Severity.ERROR,
+    check=check_eval,
+    flagged_example="""
+def forward(self, x):               # ignores self.training
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    ...
+""",
+    clean_example="""
+def forward(self, x):
+    return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                        self.training, self.momentum, self.eps)
+""",
+)

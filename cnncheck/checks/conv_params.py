@@ -1,0 +1,175 @@
+"""``conv-param-formula``: a convolution's parameters follow ``(C_in/groups * prod(k) + [bias]) * C_out``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+
+from cnncheck.context import CheckContext, first_call
+from cnncheck.findings import Finding, Severity
+from cnncheck.formulas import conv_param_formula, expected_conv_weight_shape
+from cnncheck.layers import LayerKind, as_tuple, conv_weight, is_transposed
+from cnncheck.probes import mismatch
+from cnncheck.rules import Rule
+
+
+def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
+    for module, info in ctx.modules_of(LayerKind.CONV):
+        yield from _check_conv(ctx, rule, module, info.name)
+
+
+def _check_conv(ctx: CheckContext, rule: Rule, module: nn.Module, name: str) -> Iterator[Finding]:
+    c_in, c_out = int(getattr(module, "in_channels")), int(getattr(module, "out_channels"))
+    groups = int(getattr(module, "groups", 1) or 1)
+    transposed = is_transposed(module)
+    found_weight = conv_weight(module)
+    rank = found_weight[1].dim() - 2 if found_weight is not None else _rank(module)
+    kernel = as_tuple(getattr(module, "kernel_size"), rank)
+    bias = getattr(module, "bias", None)
+    has_bias = isinstance(bias, torch.Tensor)
+    expected = conv_param_formula(c_in, c_out, kernel, groups, has_bias, transposed=transposed)
+    owned = {id(p): p for p in module.parameters()}
+    count = sum(p.numel() for p in owned.values())
+    shape = expected_conv_weight_shape(c_in, c_out, kernel, groups, transposed)
+    title = _describe(module, c_in, c_out, kernel, groups)
+    where = ctx.location_of(module)
+    if found_weight is None:
+        yield rule.finding(name, f"{title} has no filter weights", expected=f"a weight of shape "
+                           f"{_shape(shape)}", found="no parameter with 3 or more dims", location=where)
+        return
+    weight_name, weight = found_weight
+    if tuple(weight.shape) != shape:
+        hint = ""
+        swapped = (shape[1] * groups, shape[0] // groups, *shape[2:]) if not transposed else None
+        if swapped is not None and tuple(weight.shape) == swapped:
+            hint = " (input and output channels are swapped: PyTorch stores (C_out, C_in/groups, *kernel))"
+        yield rule.finding(
+            name,
+            f"{title}: {weight_name} has the wrong shape{hint}",
+            expected=f"{weight_name} of shape {_shape(shape)}: one {'x'.join(map(str, kernel))} filter over "
+            f"{c_in // groups} input channel(s) for each of the {c_out} output channels",
+            found=f"{weight_name} of shape {_shape(tuple(weight.shape))}",
+            location=where,
+        )
+        return
+    if has_bias and bias.numel() != c_out:  # type: ignore[union-attr]
+        yield rule.finding(name, f"{title}: the bias must have one value per output channel",
+                           expected=f"bias of shape ({c_out},)", found=f"bias of shape {_shape(tuple(bias.shape))}",  # type: ignore[union-attr]
+                           location=where)
+        return
+    if count != expected.value:
+        extra = [f"{n}: {_shape(tuple(p.shape))}" for n, p in module.named_parameters()]
+        yield rule.finding(
+            name,
+            f"{title} should have {expected.value} parameters, it has {count}",
+            expected=str(expected),
+            found=f"{count} parameters ({', '.join(extra)})",
+            location=where,
+        )
+        return
+    if not _stock(module):
+        mismatch_text = _numeric_mismatch(ctx, module, weight, bias if has_bias else None, rank, groups, transposed)
+        if mismatch_text:
+            yield rule.finding(
+                name,
+                f"{title} does not compute a convolution with its own weights",
+                expected=f"the output of F.conv{'_transpose' if transposed else ''}{rank}d(x, weight, bias, "
+                f"stride, padding, dilation, groups)",
+                found=mismatch_text,
+                fix="compare your forward with F.conv2d: each output channel sums the filter over all input "
+                "channels of its group, plus that channel's bias",
+                location=where,
+            )
+
+
+def _numeric_mismatch(ctx: CheckContext, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None,
+                      rank: int, groups: int, transposed: bool) -> str | None:
+    node = first_call(ctx.train_trace, module)
+    if node is None or node.saved_input is None or not node.outputs:
+        return None
+    x = node.saved_input
+    stride = as_tuple(getattr(module, "stride", 1), rank)
+    padding = getattr(module, "padding", 0)
+    padding = padding if isinstance(padding, str) else as_tuple(padding, rank)
+    dilation = as_tuple(getattr(module, "dilation", 1), rank)
+    with torch.no_grad():
+        found = module(x)
+        if not isinstance(found, torch.Tensor):
+            return None
+        try:
+            if transposed:
+                out_pad = as_tuple(getattr(module, "output_padding", 0), rank)
+                fn = getattr(F, f"conv_transpose{rank}d")
+                expected = fn(x, weight, bias, stride, padding, out_pad, groups, dilation)
+            else:
+                fn = getattr(F, f"conv{rank}d")
+                expected = fn(x, weight, bias, stride, padding, dilation, groups)
+        except Exception as exc:  # its attributes do not describe a valid convolution
+            return f"its attributes do not describe a valid convolution: {exc}"
+    result = mismatch(found, expected, scale=10)
+    if result is None:
+        return None
+    if found.shape != expected.shape:
+        return f"output of shape {_shape(tuple(found.shape))} where F.conv gives {_shape(tuple(expected.shape))}"
+    return str(result)
+
+
+def _stock(module: nn.Module) -> bool:
+    """A torch convolution running torch's own forward: it is the reference, nothing to compare."""
+    forward_home = getattr(type(module).forward, "__module__", "")
+    return isinstance(module, _ConvNd) and forward_home == "torch.nn.modules.conv"
+
+
+def _rank(module: nn.Module) -> int:
+    kernel = getattr(module, "kernel_size", 1)
+    return len(kernel) if isinstance(kernel, (tuple, list)) else 2
+
+
+def _describe(module: nn.Module, c_in: int, c_out: int, kernel: tuple[int, ...], groups: int) -> str:
+    extra = f", groups={groups}" if groups > 1 else ""
+    k = kernel[0] if len(set(kernel)) == 1 else kernel
+    return f"{type(module).__name__}({c_in}, {c_out}, kernel_size={k}{extra})"
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+RULE = Rule(
+    id="conv-param-formula",
+    summary="A convolution whose parameter shapes or count differ from "
+    "`(C_in/groups * prod(kernel) + [bias]) * C_out`, or a hand-written convolution whose output "
+    "differs from `F.conv*d` with its own weights.",
+    why=(
+        "Each output channel of a convolution has one filter spanning every input channel of its "
+        "group, `k_h x k_w x C_in/groups` weights, plus one bias: `(k_h*k_w*C_in/groups + 1) * C_out` "
+        "parameters. Swapping C_in and C_out in the formula (as in `(N*M*L + 1) * K` with K the input "
+        "channels) or in a hand-written weight tensor gives a layer that either crashes or silently "
+        "computes something else. For transposed convolutions the weight is "
+        "`(C_in, C_out/groups, *kernel)`."
+    ),
+    fix=(
+        "Store the filters as `(C_out, C_in/groups, *kernel)` with one bias per output channel, or use "
+        "`nn.Conv2d(C_in, C_out, kernel_size)`, which does. Use `cnncheck.conv_param_count(...)` to "
+        "compute the expected number."
+    ),
+    severity=Severity.ERROR,
+    check=check,
+    flagged_example="""
+class MyConv(nn.Module):
+    def __init__(self, c_in, c_out, k):
+        super().__init__()
+        self.in_channels, self.out_channels, self.kernel_size = c_in, c_out, k
+        self.weight = nn.Parameter(torch.randn(c_in, c_out, k, k))  # swapped channels
+        self.bias = nn.Parameter(torch.zeros(c_out))
+""",
+    clean_example="""
+self.conv = nn.Conv2d(1, 32, kernel_size=5, padding=2)   # (5*5*1 + 1) * 32 = 832 parameters
+""",
+    limits="A convolution is recognised by `in_channels`, `out_channels` and `kernel_size` attributes "
+    "(or a plugin's `cnncheck_classify_module`); its numeric check needs it to run in the traced forward.",
+)

@@ -1,0 +1,295 @@
+"""``feature-size-mismatch``: the flattened feature map fits the next ``Linear``, batch intact."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from cnncheck.context import CheckContext
+from cnncheck.findings import Finding, Severity
+from cnncheck.formulas import output_size, output_size_text
+from cnncheck.layers import LayerKind, as_tuple, short_repr
+from cnncheck.rules import Rule
+from cnncheck.trace import Node, Source, function_name
+
+_RESHAPES = frozenset({"view", "reshape", "flatten"})
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How one conv/pool layer maps a spatial size: the output-size formula's numbers."""
+
+    node: Node
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    ceil_mode: bool = False
+    adaptive: tuple[int, ...] | None = None
+
+    def size(self, size: int, axis: int) -> int:
+        if self.adaptive is not None:
+            return self.adaptive[axis]
+        return output_size(size, self.kernel[axis], self.stride[axis], self.padding[axis],
+                           self.dilation[axis], self.ceil_mode)
+
+    def text(self, size: int, axis: int) -> str:
+        if self.adaptive is not None:
+            return f"adaptive: output size {self.adaptive[axis]}"
+        return output_size_text(size, self.kernel[axis], self.stride[axis], self.padding[axis],
+                                self.dilation[axis], self.ceil_mode)
+
+    def label(self) -> str:
+        if self.node.module is not None:
+            return f"{self.node.name} {_module_repr(self.node.module)}"
+        return f"F.{self.node.func_name}(kernel_size={_one(self.kernel)}, stride={_one(self.stride)}) at {self.node.location}"
+
+
+def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
+    trace = ctx.train_trace
+    if trace.failed is not None:
+        finding = _explain_failure(ctx, rule)
+        if finding is not None:
+            ctx.forward_error_explained = True
+            yield finding
+        return
+    finding = _folded_batch(ctx, rule)
+    if finding is not None:
+        yield finding
+
+
+def _explain_failure(ctx: CheckContext, rule: Rule) -> Finding | None:
+    failed = ctx.train_trace.failed
+    assert failed is not None
+    if not failed.inputs:
+        return None
+    x, source = failed.inputs[0], failed.sources[0]
+    name = function_name(failed.func) if failed.func is not None else ""
+    if failed.func is None and failed.module is not None and ctx.modules[failed.module].kind is LayerKind.LINEAR:
+        expected = getattr(failed.module, "in_features", None)
+        linear_name = ctx.modules[failed.module].name
+        if not isinstance(expected, int) or x.shape[-1] == expected:
+            return None
+        return _mismatch(ctx, rule, linear_name, failed.module, expected, int(x.shape[-1]), source, None)
+    if name == "linear" and len(failed.inputs) > 1:
+        weight = failed.inputs[1]
+        if weight.dim() == 2 and weight.shape[1] != x.shape[-1]:
+            return _mismatch(ctx, rule, ctx.name_of(ctx.model) if failed.module is None else ctx.modules[failed.module].name,
+                             None, int(weight.shape[1]), int(x.shape[-1]), source, failed.location)
+    if name in ("view", "reshape") and x.dim() >= 1:
+        requested = [a for a in failed.args[1:] if isinstance(a, int)] or [
+            a for arg in failed.args[1:2] if isinstance(arg, (tuple, list, torch.Size)) for a in arg
+        ]
+        if len(requested) == 2 and requested[0] == -1 and requested[1] > 0:
+            per_sample = x.numel() // max(int(x.shape[0]), 1)
+            linear = next((m for m, info in ctx.modules_of(LayerKind.LINEAR)
+                           if getattr(m, "in_features", None) == requested[1]), None)
+            target = ctx.modules[linear].name if linear is not None else (failed.module_stack[-1] if failed.module_stack else "")
+            return _mismatch(ctx, rule, target, linear, requested[1], per_sample, source, failed.location,
+                             via=f"{name}(-1, {requested[1]})")
+    return None
+
+
+def _mismatch(ctx: CheckContext, rule: Rule, target: str, linear: nn.Module | None, expected: int, found: int,
+              source: Source, location: str | None, via: str | None = None) -> Finding:
+    chain = _chain(source)
+    feature_map = next((n for n in reversed(chain) if n.outputs and n.outputs[0].dim() >= 3), None)
+    geometries = [g for g in (_geometry(n) for n in chain) if g is not None]
+    details = _shape_trace(ctx, chain, geometries)
+    label = f"{target} ({_module_repr(linear)})" if linear is not None else (target or ctx.model_name)
+    message = f"{label} expects {expected} input features but receives {found}"
+    expected_text, found_text, fix = f"{expected} features", f"{found} features", ""
+    blamed: Geometry | None = None
+    if feature_map is not None:
+        c, *spatial = feature_map.outputs[0].shape[1:]
+        dims = "x".join(str(s) for s in spatial)
+        found_text = f"{found} = {c}*{'*'.join(str(s) for s in spatial)}: a {c}x{dims} feature map"
+        if expected % c == 0:
+            side = math.isqrt(expected // c)
+            if len(spatial) == 2 and side * side * c == expected:
+                expected_text = f"{expected} = {c}*{side}*{side}: a {c}x{side}x{side} feature map"
+                blamed, fix = _blame(chain, geometries, side, label)
+        if blamed is None and geometries:
+            blamed = max(geometries, key=lambda g: _reduction(g))
+        if blamed is not None:
+            message += f"; {blamed.label()} is where the map shrinks to the wrong size"
+    if via:
+        message += f" (at {via})"
+    fix = fix or (
+        f"make the feature map fit, or set in_features={found}"
+        + (f": nn.Linear({found}, {getattr(linear, 'out_features', '...')})" if linear is not None else "")
+    )
+    where = (ctx.location_of(blamed.node.module) if blamed is not None and blamed.node.module is not None
+             else blamed.node.location if blamed is not None else location)
+    return rule.finding(target, message, expected=expected_text, found=found_text, fix=fix,
+                        details=["shape trace:", *details], location=where)
+
+
+def _chain(source: Source) -> list[Node]:
+    chain: list[Node] = []
+    while isinstance(source, Node):
+        chain.append(source)
+        source = source.sources[0] if source.sources else "const"
+    return list(reversed(chain))
+
+
+def _geometry(node: Node) -> Geometry | None:
+    if not node.outputs or not node.inputs or node.inputs[0].dim() < 3:
+        return None
+    rank = node.inputs[0].dim() - 2
+    module = node.module
+    if module is not None and node.kind in (LayerKind.CONV, LayerKind.POOL):
+        if hasattr(module, "output_size") and not hasattr(module, "kernel_size"):
+            out = tuple(node.outputs[0].shape[2:])
+            return Geometry(node, (), (), (), (), adaptive=out)
+        padding = getattr(module, "padding", 0)
+        if isinstance(padding, str):
+            return None
+        stride = getattr(module, "stride", None) or getattr(module, "kernel_size", 1)
+        return Geometry(
+            node,
+            as_tuple(getattr(module, "kernel_size", 1), rank),
+            as_tuple(stride, rank),
+            as_tuple(padding, rank),
+            as_tuple(getattr(module, "dilation", 1), rank),
+            bool(getattr(module, "ceil_mode", False)),
+        )
+    name = node.func_name
+    if module is None and name.startswith("adaptive_"):
+        return Geometry(node, (), (), (), (), adaptive=tuple(node.outputs[0].shape[2:]))
+    if module is None and node.kind is LayerKind.CONV and len(node.inputs) > 1 and "transpose" not in name:
+        weight = node.inputs[1]
+        args = list(node.args) + [None] * 7
+        return Geometry(node, tuple(weight.shape[2:]), as_tuple(args[3] or node.kwargs.get("stride", 1), rank),
+                        as_tuple(args[4] or node.kwargs.get("padding", 0), rank),
+                        as_tuple(args[5] or node.kwargs.get("dilation", 1), rank))
+    if module is None and node.kind is LayerKind.POOL:
+        args = list(node.args) + [None] * 6
+        kernel = args[1] if args[1] is not None else node.kwargs.get("kernel_size", 1)
+        stride = args[2] if args[2] not in (None, []) else node.kwargs.get("stride") or kernel
+        padding = args[3] if args[3] is not None else node.kwargs.get("padding", 0)
+        dilation = args[4] if name.startswith("max") and args[4] is not None else node.kwargs.get("dilation", 1)
+        return Geometry(node, as_tuple(kernel, rank), as_tuple(stride, rank), as_tuple(padding, rank),
+                        as_tuple(dilation, rank), bool(node.kwargs.get("ceil_mode", False)))
+    return None
+
+
+def _blame(chain: list[Node], geometries: list[Geometry], side: int, label: str) -> tuple[Geometry | None, str]:
+    """The layer whose stride, set as a pooling layer usually has it, makes the map ``side`` wide."""
+    first = next((n for n in chain if n.inputs and n.inputs[0].dim() >= 4), None)
+    if first is None:
+        return None, ""
+    start = int(first.inputs[0].shape[2])
+    for index, geometry in enumerate(geometries):
+        if geometry.adaptive is not None:
+            continue
+        for stride in dict.fromkeys([geometry.kernel[0], 2, 1]):
+            if stride == geometry.stride[0]:
+                continue
+            trial = list(geometries)
+            trial[index] = replace(geometry, stride=(stride,) * len(geometry.stride))
+            if _run(trial, start) == side:
+                return geometry, (
+                    f"{geometry.label()} with stride={stride} instead of {geometry.stride[0]} would give "
+                    f"the {side}x{side} map that {label} expects"
+                )
+    return None, ""
+
+
+def _run(geometries: list[Geometry], size: int) -> int:
+    for geometry in geometries:
+        size = geometry.size(size, 0)
+    return size
+
+
+def _reduction(geometry: Geometry) -> float:
+    before, after = geometry.node.inputs[0].shape[2], geometry.node.outputs[0].shape[2]
+    return before / max(after, 1)
+
+
+def _shape_trace(ctx: CheckContext, chain: list[Node], geometries: list[Geometry]) -> list[str]:
+    by_node = {id(g.node): g for g in geometries}
+    lines = []
+    if chain and chain[0].inputs:
+        lines.append(f"  input {_dims(chain[0].inputs[0])}")
+    for node in chain:
+        if not node.outputs:
+            continue
+        what = f"{node.name} {_module_repr(node.module)}" if node.module is not None else f"{node.func_name}(...)"
+        line = f"  -> {_dims(node.outputs[0])}  after {what}"
+        geometry = by_node.get(id(node))
+        if geometry is not None and node.inputs[0].dim() >= 3:
+            size = int(node.inputs[0].shape[2])
+            line += f"   [H: {geometry.text(size, 0)}]"
+        lines.append(line)
+    return lines
+
+
+def _dims(t: torch.Tensor) -> str:
+    return "x".join(str(s) for s in t.shape[1:]) if t.dim() > 1 else str(tuple(t.shape))
+
+
+def _module_repr(module: nn.Module | None) -> str:
+    if module is None:
+        return ""
+    return short_repr(module) if not any(True for _ in module.children()) else type(module).__name__
+
+
+def _one(values: tuple[int, ...]) -> int | tuple[int, ...]:
+    return values[0] if len(set(values)) == 1 else values
+
+
+def _folded_batch(ctx: CheckContext, rule: Rule) -> Finding | None:
+    batch = ctx.batch_size
+    trace = ctx.train_trace
+    for node in trace.nodes:
+        if node.module is not None or node.func_name not in _RESHAPES or not node.inputs or not node.outputs:
+            continue
+        before, after = node.inputs[0], node.outputs[0]
+        if before.dim() and before.shape[0] == batch and after.dim() and after.shape[0] != batch:
+            per_sample = before.numel() // batch
+            return rule.finding(
+                node.scope,
+                f"{node.func_name}{_args(node)} folds part of the batch into the features: "
+                f"{batch} samples of {per_sample} features become {after.shape[0]} rows of {after.shape[-1]}",
+                expected=f"batch size {batch} kept: x.flatten(1) or x.view(x.size(0), -1) gives {batch}x{per_sample}",
+                found=f"{tuple(before.shape)} -> {tuple(after.shape)}: the model's output has batch size "
+                f"{after.shape[0]}, not {batch}",
+                fix="flatten with x.flatten(1) or x.view(x.size(0), -1), and size the next Linear to the "
+                "features per sample",
+                location=node.location,
+            )
+    return None
+
+
+def _args(node: Node) -> str:
+    shown = [str(a) for a in node.args[1:] if isinstance(a, (int, tuple, list))]
+    return "(" + ", ".join(shown) + ")"
+
+
+RULE = Rule(
+    id="feature-size-mismatch",
+    summary="The flattened feature map does not fit the next Linear's `in_features` (explained with the "
+    "shape trace and the layer whose output-size formula made it so), or a reshape folds part of the "
+    "batch into the features.",
+    why=(
+        "Each conv and pooling layer maps a spatial size H to floor((H + 2p - d(k-1) - 1)/s) + 1. One "
+        "unexpected stride (a MaxPool2d(kernel_size=2, stride=5) turns 28x28 into 6x6, not 14x14) changes "
+        "the number of features that reach the classifier. PyTorch then reports only 'mat1 and mat2 "
+        "shapes cannot be multiplied'; worse, `x.view(-1, n)` may silently fold samples together."
+    ),
+    fix="Fix the layer that shrinks the map wrongly, or size the Linear to the real feature count; flatten "
+    "with `x.flatten(1)` so the batch dimension is never touched.",
+    severity=Severity.ERROR,
+    check=check,
+    flagged_example="""
+self.layer1 = nn.Sequential(nn.Conv2d(1, 32, 5, 1, 2), nn.ReLU(), nn.MaxPool2d(kernel_size=2, stride=5))
+self.layer2 = nn.Sequential(nn.Conv2d(32, 64, 5, 1, 2), nn.ReLU(), nn.MaxPool2d(2, 2))
+self.fc1 = nn.Linear(7 * 7 * 64, 1000)     # the map is 3x3 here, not 7x7
+""",
+    clean_example="nn.MaxPool2d(kernel_size=2, stride=2)   # 28 -> 14 -> 7: 7*7*64 features",
+)

@@ -1,0 +1,223 @@
+"""``mode-not-propagated``: ``model.train()``/``model.eval()`` reaches every BN and dropout that runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.modules.dropout import _DropoutNd
+
+from cnncheck.context import CheckContext
+from cnncheck.findings import Finding, Severity
+from cnncheck.layers import LayerKind
+from cnncheck.probes import mismatch
+from cnncheck.rules import Rule
+from cnncheck.trace import Node, Trace
+
+_MODAL = (LayerKind.BATCH_NORM, LayerKind.DROPOUT)
+# functional op -> (position of its ``training`` argument, its default)
+_TRAINING_ARGUMENT = {
+    "batch_norm": (5, False),
+    "instance_norm": (5, True),
+    "dropout": (2, True),
+    "dropout1d": (2, True),
+    "dropout2d": (2, True),
+    "dropout3d": (2, True),
+    "alpha_dropout": (2, False),
+    "feature_alpha_dropout": (2, False),
+}
+_RANDOM = frozenset({"rand", "rand_like", "bernoulli", "bernoulli_", "randn_like"})
+
+
+@dataclass(frozen=True)
+class Leak:
+    node: Node
+    reason: str  # "module", "functional" or "random"
+
+
+def eval_leaks(trace: Trace) -> list[Leak]:
+    """What still behaves as in training during the eval pass."""
+    leaks = []
+    for node in trace.nodes:
+        if node.module is not None:
+            if node.kind in _MODAL and node.training:
+                leaks.append(Leak(node, "module"))
+        elif _functional_training(node):
+            leaks.append(Leak(node, "functional"))
+        elif node.func_name in _RANDOM:
+            leaks.append(Leak(node, "random"))
+    return leaks
+
+
+def _functional_training(node: Node) -> bool:
+    spec = _TRAINING_ARGUMENT.get(node.func_name)
+    if spec is None:
+        return False
+    position, default = spec
+    value = node.kwargs.get("training", node.args[position] if len(node.args) > position else default)
+    if node.func_name == "instance_norm":
+        return False  # instance norm uses instance statistics in both modes by design
+    return bool(value)
+
+
+def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
+    reported: set[str] = set()
+    for leak in eval_leaks(ctx.eval_trace):
+        finding = _eval_finding(ctx, rule, leak)
+        key = finding.module + (finding.location or "")
+        if key not in reported:
+            reported.add(key)
+            yield finding
+    for node in ctx.eval_trace.module_nodes(LayerKind.DROPOUT):
+        if node.training or isinstance(node.module, _DropoutNd) or node.saved_input is None:
+            continue
+        with torch.no_grad():
+            out = node.module(node.saved_input)  # type: ignore[misc]
+        if isinstance(out, torch.Tensor) and mismatch(out, node.saved_input) is not None and node.name not in reported:
+            reported.add(node.name)
+            yield rule.finding(
+                node.name,
+                f"{type(node.module).__name__} still drops activations in eval mode",
+                expected="the identity in eval mode (self.training is False)",
+                found="its eval-mode output differs from its input",
+                fix="apply the mask only `if self.training`, e.g. F.dropout(x, self.p, self.training)",
+                location=ctx.location_of(node.module),  # type: ignore[arg-type]
+            )
+    for node in ctx.train_trace.module_nodes(*_MODAL):
+        if node.training is False and node.name not in reported:
+            reported.add(node.name)
+            yield _train_finding(ctx, rule, node)
+
+
+def _eval_finding(ctx: CheckContext, rule: Rule, leak: Leak) -> Finding:
+    node = leak.node
+    if leak.reason == "functional":
+        return rule.finding(
+            node.scope,
+            f"F.{node.func_name}(...) in {node.scope or ctx.model_name}.forward runs in training mode even after model.eval()",
+            expected=f"F.{node.func_name}(..., training=self.training)",
+            found="training=True" if "training" in node.kwargs or node.func_name == "batch_norm"
+            else f"no training argument (F.{node.func_name} defaults to training=True)",
+            fix="pass training=self.training so that model.eval() switches it off",
+            location=node.location,
+        )
+    if leak.reason == "random":
+        return rule.finding(
+            node.scope,
+            f"torch.{node.func_name} in {node.scope or ctx.model_name}.forward draws random numbers in eval mode",
+            expected="no randomness in eval mode",
+            found=f"a call to {node.func_name} during the eval-mode forward",
+            fix="apply the random mask only `if self.training`, or use nn.Dropout",
+            location=node.location,
+        )
+    module = node.module
+    assert module is not None
+    info = ctx.modules[module]
+    kind = "BatchNorm" if node.kind is LayerKind.BATCH_NORM else "dropout"
+    if info.hidden:
+        container = info.name.rsplit("[", 1)[0]
+        return rule.finding(
+            info.name,
+            f"{kind} {info.name} is kept in a plain Python container ({container}), so model.eval() never reaches it",
+            expected="training=False after model.eval()",
+            found="training=True: it still uses batch statistics / random masks at inference",
+            fix=f"register it: wrap the container in nn.ModuleList([...]) or nn.ModuleDict({{...}}) "
+            f"(also needed for .to(device), .parameters() and state_dict)",
+            location=ctx.location_of(module),
+        )
+    blocker = _train_override(ctx, info.name)
+    if blocker is not None:
+        return rule.finding(
+            info.name,
+            f"{blocker}.train() is overridden and does not pass the mode on, so model.eval() never reaches {info.name}",
+            expected="training=False after model.eval()",
+            found="training=True",
+            fix="call super().train(mode) in the override (and return self)",
+            location=_override_location(ctx, blocker),
+        )
+    return rule.finding(
+        info.name,
+        f"{kind} {info.name} is still in training mode after model.eval()",
+        expected="training=False after model.eval()",
+        found="training=True while forward runs (does forward call .train() on it?)",
+        fix="do not switch modes inside forward; let model.train()/model.eval() set them",
+        location=ctx.location_of(module),
+    )
+
+
+def _train_finding(ctx: CheckContext, rule: Rule, node: Node) -> Finding:
+    info = ctx.modules[node.module]  # type: ignore[index]
+    blocker = _train_override(ctx, info.name)
+    reason = f"{blocker}.train() is overridden and does not pass the mode on" if blocker else "it stays in eval mode"
+    return rule.finding(
+        info.name,
+        f"model.train() does not reach {info.name}: {reason}",
+        expected="training=True after model.train()",
+        found="training=False: it will never use batch statistics or drop activations while training",
+        fix="call super().train(mode) in any train() override; do not call .eval() on layers in forward",
+        location=_override_location(ctx, blocker) if blocker else ctx.location_of(node.module),  # type: ignore[arg-type]
+    )
+
+
+def _train_override(ctx: CheckContext, name: str) -> str | None:
+    """The nearest ancestor (by name) whose class overrides ``train`` without calling super."""
+    by_name = {info.name: m for m, info in ctx.modules.items()}
+    parts = name.split(".")
+    for i in range(len(parts) - 1, -1, -1):
+        prefix = ".".join(parts[:i])
+        ancestor = by_name.get(prefix)
+        if ancestor is None:
+            continue
+        for klass in type(ancestor).__mro__:
+            if klass is nn.Module:
+                break
+            if "train" in vars(klass):
+                return type(ancestor).__name__ if prefix == "" else prefix
+    return None
+
+
+def _override_location(ctx: CheckContext, blocker: str | None) -> str | None:
+    import inspect
+
+    by_name = {info.name: m for m, info in ctx.modules.items()}
+    module = by_name.get("" if blocker == type(ctx.model).__name__ else blocker or "")
+    if module is None:
+        return None
+    for klass in type(module).__mro__:
+        if "train" in vars(klass):
+            try:
+                lines, start = inspect.getsourcelines(vars(klass)["train"])
+                return f"{inspect.getsourcefile(klass)}:{start}"
+            except (OSError, TypeError):
+                return None
+    return None
+
+
+RULE = Rule(
+    id="mode-not-propagated",
+    summary="`model.train()` / `model.eval()` does not reach a BatchNorm or dropout that forward runs: "
+    "layers kept in a plain list or dict, `train()` overridden without calling super, "
+    "`F.batch_norm(..., training=True)` or `F.dropout(x, p)` hard-coded in forward.",
+    why=(
+        "`model.eval()` walks the registered submodules and sets `training=False` on each. A layer the "
+        "walk cannot reach keeps using batch statistics or random masks at inference: predictions "
+        "change from run to run and with the batch they are in. A functional call with a fixed "
+        "`training` argument ignores the mode entirely (and `F.dropout` defaults to training=True)."
+    ),
+    fix="Keep layers in `nn.ModuleList`/`nn.ModuleDict`, call `super().train(mode)` in any override, and "
+    "pass `training=self.training` to functional BN and dropout calls.",
+    severity=Severity.ERROR,
+    check=check,
+    flagged_example="""
+self.bns = [nn.BatchNorm2d(c) for c in channels]      # a plain list: not registered
+...
+x = F.dropout(x, 0.5)                                  # training=True by default, even in eval
+""",
+    clean_example="""
+self.bns = nn.ModuleList(nn.BatchNorm2d(c) for c in channels)
+...
+x = F.dropout(x, 0.5, training=self.training)
+""",
+)

@@ -1,0 +1,149 @@
+"""``pool-has-parameters`` and ``pool-mixes-channels``: pooling is parameter-free and per channel."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from cnncheck.context import CheckContext
+from cnncheck.findings import Finding, Severity
+from cnncheck.layers import LayerKind
+from cnncheck.probes import tolerance
+from cnncheck.rules import Rule
+
+
+def check_parameters(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
+    for module, info in ctx.modules_of(LayerKind.POOL):
+        owned = {id(p): (n, p) for n, p in module.named_parameters()}
+        if not owned:
+            continue
+        count = sum(p.numel() for _, p in owned.values())
+        listing = ", ".join(f"{n} {tuple(p.shape)}" for n, p in owned.values())
+        yield rule.finding(
+            info.name,
+            f"pooling layer {type(module).__name__} owns {count} learnable parameter(s)",
+            expected="0 parameters: pooling applies the same fixed max/average to every window",
+            found=f"{count} parameter(s): {listing}",
+            location=ctx.location_of(module),
+        )
+
+
+def check_channels(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
+    for node in ctx.train_trace.module_nodes(LayerKind.POOL):
+        x = node.saved_input
+        if x is None or x.dim() < 3 or not node.outputs:
+            continue
+        out = node.outputs[0]
+        where = ctx.location_of(node.module) if node.module is not None else None
+        c_in, c_out = x.shape[1], out.shape[1] if out.dim() > 1 else None
+        if c_out != c_in:
+            yield rule.finding(
+                node.name,
+                f"pooling layer {type(node.module).__name__} changes the number of channels",
+                expected=f"{c_in} output channels, one per input channel",
+                found=f"{c_out} output channels (input {tuple(x.shape)}, output {tuple(out.shape)})",
+                location=where,
+            )
+            continue
+        leak = _channel_leak(node.module, x)  # type: ignore[arg-type]
+        if leak is not None:
+            source, target = leak
+            yield rule.finding(
+                node.name,
+                f"pooling layer {type(node.module).__name__} mixes channels",
+                expected="output channel c depends on input channel c only",
+                found=f"changing input channel {source} changes output channel {target}",
+                location=where,
+            )
+
+
+def _channel_leak(module: nn.Module, x: torch.Tensor) -> tuple[int, int] | None:
+    """Find an input channel that moves another output channel, in one batched call.
+
+    For each bit of the channel index, raise the channels whose bit is 1 (then those whose bit is 0):
+    any pair i != j differs in some bit, so one of these 2*log2(C) probes raises i and not j.
+    """
+    channels = x.shape[1]
+    if channels < 2:
+        return None
+    bits = max(1, math.ceil(math.log2(channels)))
+    index = torch.arange(channels, device=x.device)
+    masks = []
+    for bit in range(bits):
+        on = ((index >> bit) & 1).bool()
+        masks += [on, ~on]
+    lift = float(x.detach().abs().max()) * 4 + 1.0
+    batch = x.shape[0]
+    view = [1, channels] + [1] * (x.dim() - 2)
+    probes = [x] + [x + lift * m.to(x.dtype).reshape(view) for m in masks]
+    with torch.no_grad():
+        out = module(torch.cat(probes))
+    if not isinstance(out, torch.Tensor) or out.shape[0] != batch * len(probes):
+        return None
+    base = out[:batch]
+    rtol, atol = tolerance(out.dtype)
+    for k, mask in enumerate(masks):
+        moved = out[batch * (k + 1) : batch * (k + 2)]
+        changed = ((moved - base).abs() > atol + rtol * base.abs()).flatten(2).any(2).any(0)
+        leaked = changed & ~mask
+        if bool(leaked.any()):
+            target = int(leaked.nonzero()[0])
+            source = int(mask.nonzero()[0])
+            return source, target
+    return None
+
+
+HAS_PARAMETERS = Rule(
+    id="pool-has-parameters",
+    summary="A pooling layer, built-in or hand-written, owns learnable parameters.",
+    why=(
+        "Pooling down-samples with a fixed rule, the max or the average of each window: it has nothing "
+        "to learn. Parameters inside a pooling layer are either dead weight that the optimizer updates "
+        "for nothing, or a sign that the layer is really something else (a strided conv) under the "
+        "wrong name."
+    ),
+    fix="Remove the parameters from the pooling layer; if a learnable down-sampling is wanted, use a "
+    "strided `nn.Conv2d` and call it that.",
+    severity=Severity.ERROR,
+    check=check_parameters,
+    flagged_example="""
+class MyPool(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.kernel_size = 2
+        self.scale = nn.Parameter(torch.ones(1))
+    def forward(self, x):
+        return F.max_pool2d(x, 2) * self.scale
+""",
+    clean_example="self.pool = nn.MaxPool2d(kernel_size=2, stride=2)",
+    limits="A hand-written pooling layer is recognised by a `kernel_size` or `output_size` attribute "
+    "without `in_channels`.",
+)
+
+MIXES_CHANNELS = Rule(
+    id="pool-mixes-channels",
+    summary="A pooling layer whose output has a different channel count than its input, or whose "
+    "output channel depends on other input channels.",
+    why=(
+        "Pooling works on each channel's feature map separately: a 2x2 max pool keeps the strongest "
+        "response of each filter in each window. Pooling across channels (a max over dim 1, a reshape "
+        "that folds channels into space) silently destroys what the filters learnt."
+    ),
+    fix="Reduce over the spatial dims only, e.g. `F.max_pool2d(x, 2)` or `x.mean(dim=(2, 3), keepdim=True)`; "
+    "never over dim 1.",
+    severity=Severity.ERROR,
+    check=check_channels,
+    flagged_example="""
+class ChannelMaxPool(nn.Module):
+    kernel_size = 2
+    def forward(self, x):
+        pooled = F.max_pool2d(x, 2)
+        return pooled.max(dim=1, keepdim=True).values.expand_as(pooled)
+""",
+    clean_example="self.pool = nn.AvgPool2d(2)",
+    limits="Checked numerically on the input the layer received in the traced forward, with 2*log2(C) "
+    "perturbed copies of it in one batched call.",
+)

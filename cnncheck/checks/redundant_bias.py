@@ -1,0 +1,163 @@
+"""``redundant-bias-before-bn``: a conv/linear bias that a following BatchNorm cancels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.nn.modules.pooling import _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, _AvgPoolNd, _MaxPoolNd
+
+from cnncheck.context import CheckContext
+from cnncheck.findings import Finding, Severity
+from cnncheck.layers import LayerKind, layer_label
+from cnncheck.rules import Rule
+from cnncheck.trace import Node, Trace
+
+# Ops that carry a per-channel constant through as a constant (so a mean subtraction still removes it).
+_PASS_FUNCTIONS = frozenset(
+    {
+        "add", "add_", "__add__", "__iadd__", "__radd__", "sub", "sub_", "__sub__", "__isub__", "__rsub__",
+        "cat", "concat", "concatenate", "view", "reshape", "flatten", "contiguous", "clone", "squeeze",
+        "unsqueeze", "to", "float", "double", "half", "__getitem__", "max_pool1d", "max_pool2d",
+        "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+        "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+        "adaptive_max_pool3d", "max_pool2d_with_indices", "identity",
+    }
+)
+_SCALING_FUNCTIONS = frozenset({"mul", "mul_", "__mul__", "__imul__", "__rmul__", "div", "__truediv__", "__itruediv__"})
+_PASS_MODULES: tuple[type, ...] = (
+    _MaxPoolNd, _AvgPoolNd, _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, nn.Identity, nn.Flatten, nn.Unflatten,
+)
+
+
+def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
+    trace = ctx.bias_gradients()
+    verdicts: dict[int, list[tuple[Node, list[Node] | None]]] = {}
+    for node in trace.nodes:
+        bias = _bias_of(node)
+        if bias is None:
+            continue
+        sinks = _cancelling_sinks(trace, node)
+        if sinks and not _cancelled_numerically(node, ctx.dtype):
+            sinks = None
+        verdicts.setdefault(id(bias), []).append((node, sinks))
+    for calls in verdicts.values():
+        if any(sinks is None for _, sinks in calls):
+            continue  # one call where the bias matters is enough for it to matter
+        node, sinks = calls[0]
+        assert sinks is not None
+        bias = _bias_of(node)
+        assert bias is not None
+        norms = ", ".join(dict.fromkeys(_norm_label(s) for s in sinks))
+        layer = (layer_label(node.name, node.module) if node.module is not None
+                 else f"F.{node.func_name}(...) in {node.scope or '<model>'}.forward")
+        kind = type(node.module).__name__ if node.module is not None else node.func_name
+        fix = (
+            f"build it without a bias: {kind}(..., bias=False); the BatchNorm's beta already adds one "
+            f"learnable shift per channel"
+            if node.module is not None
+            else "drop the bias argument of this call; the BatchNorm's beta already adds one shift per channel"
+        )
+        yield rule.finding(
+            node.name if node.module is not None else node.scope,
+            f"the bias of {layer} ({bias.numel()} parameters) is cancelled by {norms}",
+            expected=f"no bias before {norms}: its mean subtraction removes any per-channel constant",
+            found=f"{bias.numel()} bias parameters that never change the output in training "
+            f"(gradient 0 for every channel)",
+            fix=fix,
+            location=ctx.location_of(node.module) if node.module is not None else node.location,
+        )
+
+
+def _bias_of(node: Node) -> torch.Tensor | None:
+    if node.bias_grad is None:
+        return None
+    if node.module is not None:
+        bias = getattr(node.module, "bias", None)
+        return bias if isinstance(bias, torch.Tensor) else None
+    bias = node.kwargs.get("bias", node.args[2] if len(node.args) > 2 else None)
+    return bias if isinstance(bias, torch.Tensor) else None
+
+
+def _cancelling_sinks(trace: Trace, start: Node) -> list[Node] | None:
+    """The mean-subtracting norms that every path from ``start`` ends in, or None if some path escapes."""
+    sinks: list[Node] = []
+    frontier, seen = [start], {id(start)}
+    while frontier:
+        node = frontier.pop()
+        if trace.feeds_output(node):
+            return None
+        consumers = trace.consumers(node)
+        if not consumers:
+            return None
+        for consumer in consumers:
+            if id(consumer) in seen:
+                continue
+            seen.add(id(consumer))
+            if _cancels(consumer):
+                sinks.append(consumer)
+            elif _passes_constant(consumer):
+                frontier.append(consumer)
+            else:
+                return None
+    return sinks or None
+
+
+def _cancels(node: Node) -> bool:
+    if node.module is not None:
+        return node.kind in (LayerKind.BATCH_NORM, LayerKind.INSTANCE_NORM) and bool(node.training)
+    if node.func_name == "batch_norm":
+        training = node.kwargs.get("training", node.args[5] if len(node.args) > 5 else False)
+        return bool(training)
+    return node.func_name == "instance_norm"
+
+
+def _passes_constant(node: Node) -> bool:
+    if node.module is not None:
+        return isinstance(node.module, _PASS_MODULES)
+    if node.func_name in _PASS_FUNCTIONS:
+        return True
+    return node.func_name in _SCALING_FUNCTIONS and len(node.inputs) == 1
+
+
+def _cancelled_numerically(node: Node, dtype: torch.dtype) -> bool:
+    """The bias gradient, per channel, is zero up to rounding relative to the gradient's magnitude."""
+    assert node.bias_grad is not None
+    total, magnitude = node.bias_grad
+    tiny = torch.finfo(dtype).eps ** 0.5
+    return bool(((total.abs() <= tiny * magnitude) | (magnitude == 0)).all()) and bool((magnitude > 0).any())
+
+
+def _norm_label(node: Node) -> str:
+    if node.module is not None:
+        return layer_label(node.name, node.module)
+    return f"F.{node.func_name} at {node.location}" if node.location else f"F.{node.func_name}"
+
+
+RULE = Rule(
+    id="redundant-bias-before-bn",
+    summary="A conv or linear bias that reaches a BatchNorm (or InstanceNorm) only through ops that "
+    "keep a per-channel constant, so the norm's mean subtraction cancels it.",
+    why=(
+        "BatchNorm subtracts each channel's batch mean, and any per-channel constant, such as the "
+        "preceding conv's bias, goes with it: the bias gets a zero gradient and never affects the output "
+        "in training. Those parameters are wasted memory and compute, and they mislead readers. BN's own "
+        "beta already provides the per-channel shift."
+    ),
+    fix="Build the layer with `bias=False`, e.g. `nn.Conv2d(64, 128, 3, padding=1, bias=False)` followed "
+    "by `nn.BatchNorm2d(128)`.",
+    severity=Severity.WARNING,
+    check=check,
+    flagged_example="""
+nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU())
+""",
+    clean_example="""
+nn.Sequential(nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(64))  # ReLU in between: kept
+""",
+    limits="Follows the traced dataflow: identity, max/avg pooling, reshapes, residual adds and "
+    "channel concatenation carry the constant; anything else (ReLU, dropout in training, a conv) ends "
+    "the search. A finding is confirmed numerically: the bias's gradient must be zero in train mode. "
+    "LayerNorm and GroupNorm do not cancel a per-channel constant and are never flagged.",
+)

@@ -1,0 +1,151 @@
+"""What the rules share: the model, its example input, and lazily computed passes and probes.
+
+Every whole-model pass is computed at most once per check, on first use, so the cost of a check is
+the handful of passes its selected rules need: a traced train-mode forward and one backward, a traced
+eval-mode forward, and an eval forward of one sample.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+from cnncheck.layers import LayerKind
+from cnncheck.locate import creation_site
+from cnncheck.trace import ModuleInfo, Node, Trace, run_trace
+
+_PROBED = frozenset(
+    {LayerKind.CONV, LayerKind.POOL, LayerKind.BATCH_NORM, LayerKind.INSTANCE_NORM, LayerKind.DROPOUT}
+)
+
+
+@dataclass
+class CheckContext:
+    model: nn.Module
+    user_model: nn.Module
+    inputs: tuple[Any, ...]
+    modules: dict[nn.Module, ModuleInfo]
+    pm: Any = None
+    forward_error_explained: bool = False
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    # -- facts -----------------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return type(self.user_model).__name__
+
+    @property
+    def example(self) -> torch.Tensor:
+        return next(t for t in _leaves(self.inputs))
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.example.shape[0]) if self.example.dim() else 1
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.example.dtype if self.example.is_floating_point() else torch.float32
+
+    def name_of(self, module: nn.Module) -> str:
+        info = self.modules.get(module)
+        return info.name if info is not None else type(module).__name__
+
+    def modules_of(self, *kinds: LayerKind) -> list[tuple[nn.Module, ModuleInfo]]:
+        return [(m, info) for m, info in self.modules.items() if info.kind in kinds]
+
+    def location_of(self, module: nn.Module) -> str | None:
+        return creation_site(self.model, self.name_of(module))
+
+    # -- passes ----------------------------------------------------------------------------------
+    @property
+    def train_trace(self) -> Trace:
+        """The model in train mode (through its own ``train()``), traced, with gradients watched."""
+        if "train" not in self._cache:
+            inputs = tuple(_requires_grad(a) for a in self.inputs)
+            self._cache["grad_inputs"] = inputs
+            with torch.enable_grad():
+                self._cache["train"] = run_trace(
+                    self.model,
+                    inputs,
+                    self.modules,
+                    grad_probe=True,
+                    save_inputs=_PROBED,
+                    before=lambda: self.model.train(),
+                )
+        return self._cache["train"]
+
+    def bias_gradients(self) -> Trace:
+        """Run one backward pass of a random projection of the train-mode output. The hooks that the
+        train trace placed on every biased conv/linear output record the per-channel gradient."""
+        trace = self.train_trace
+        if "backward" not in self._cache:
+            self._cache["backward"] = True
+            outputs = [t for t in _leaves(trace.output) if t.requires_grad and t.is_floating_point()]
+            graph_inputs = [t for t in _leaves(self.inputs_with_grad) if t.requires_grad]
+            if outputs and graph_inputs and trace.error is None:
+                generator = torch.Generator(device="cpu").manual_seed(1)
+                projections = [
+                    torch.randn(o.shape, generator=generator, dtype=o.dtype).to(o.device) for o in outputs
+                ]
+                torch.autograd.grad(outputs, graph_inputs, projections, allow_unused=True)
+        return trace
+
+    @property
+    def inputs_with_grad(self) -> tuple[Any, ...]:
+        return self._cache.get("grad_inputs", ())
+
+    @property
+    def eval_trace(self) -> Trace:
+        """The model after its own ``eval()``, traced without gradients."""
+        if "eval" not in self._cache:
+            with torch.no_grad():
+                self._cache["eval"] = run_trace(
+                    self.model,
+                    self.inputs,
+                    self.modules,
+                    save_inputs=_PROBED,
+                    before=lambda: self.model.eval(),
+                )
+        return self._cache["eval"]
+
+    def eval_output_of_first_sample(self) -> Any:
+        """The eval-mode output for the first sample alone (to test batch independence)."""
+        if "single" not in self._cache:
+            single = tuple(a[:1] if isinstance(a, torch.Tensor) and a.dim() else a for a in self.inputs)
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    self._cache["single"] = self.model(*single)
+            except Exception as exc:  # a batch of one may fail where batch statistics are used
+                self._cache["single"] = exc
+        return self._cache["single"]
+
+    def memo(self, key: Any, compute: Any) -> Any:
+        """Cache a probe result shared by several rules (e.g. one BatchNorm probe for three rules)."""
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def isolated(self, module: nn.Module) -> nn.Module:
+        """A private copy of one layer for probing: its buffers may change, the model's may not."""
+        return copy.deepcopy(module)
+
+
+def _leaves(obj: Any) -> list[torch.Tensor]:
+    leaves, _ = tree_flatten(obj)
+    return [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+
+
+def _requires_grad(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.detach().clone().requires_grad_(True)
+    return value
+
+
+def first_call(trace: Trace, module: nn.Module) -> Node | None:
+    return next((n for n in trace.nodes if n.module is module), None)

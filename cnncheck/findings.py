@@ -1,0 +1,119 @@
+"""Findings and reports: structured values that become text only at the edge."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Severity(str, enum.Enum):
+    """How bad a finding is. Errors make a model wrong; warnings waste or mislead."""
+
+    ERROR = "error"
+    WARNING = "warning"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing wrong with one layer of one model.
+
+    ``module`` is the qualified name from ``model.named_modules()`` (``""`` for the model itself;
+    ``parent.attr[0]`` for a layer kept in a plain list or dict). ``location`` is ``file:line`` where
+    the layer was built or where the functional call sits in ``forward``, when it can be known.
+    """
+
+    rule: str
+    module: str
+    severity: Severity
+    message: str
+    expected: str = ""
+    found: str = ""
+    fix: str = ""
+    location: str | None = None
+    details: tuple[str, ...] = ()
+
+    def render(self) -> str:
+        """The finding as a few lines a student reads top to bottom."""
+        where = self.module or "<model>"
+        lines = [f"{self.rule} [{self.severity}] {where}: {self.message}"]
+        if self.expected:
+            lines.append(f"  expected: {self.expected}")
+        if self.found:
+            lines.append(f"  found:    {self.found}")
+        lines.extend(f"  {line}" for line in self.details)
+        if self.location:
+            lines.append(f"  at:       {self.location}")
+        if self.fix:
+            lines.append(f"  fix:      {self.fix}")
+        lines.append(f"  docs:     {docs_url(self.rule)}")
+        return "\n".join(lines)
+
+
+def docs_url(rule_id: str) -> str:
+    return f"docs/rules/{rule_id}.md"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleCrash:
+    """A rule that raised instead of answering: reported, never allowed to stop the other rules."""
+
+    rule: str
+    error: str
+
+
+@dataclass
+class Report:
+    """The result of :func:`cnncheck.check_model`: every finding, for every rule that ran."""
+
+    model_name: str
+    input_shape: tuple[int, ...]
+    device: str
+    rules_run: tuple[str, ...]
+    findings: list[Finding] = field(default_factory=list)
+    crashes: list[RuleCrash] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no rule found anything and no rule crashed."""
+        return not self.findings and not self.crashes
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity is Severity.ERROR]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity is Severity.WARNING]
+
+    def by_rule(self, rule_id: str) -> list[Finding]:
+        return [f for f in self.findings if f.rule == rule_id]
+
+    def __str__(self) -> str:
+        shape = "x".join(str(s) for s in self.input_shape)
+        head = f"cnncheck: {self.model_name} on input {shape} ({self.device})"
+        if self.ok:
+            return f"{head}: no findings ({len(self.rules_run)} rules)"
+        parts = [head + ":", _table(self.findings), ""]
+        parts.extend(f.render() + "\n" for f in self.findings)
+        parts.extend(f"internal error in rule {c.rule}: {c.error}" for c in self.crashes)
+        parts.extend(self.notes)
+        counts = f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)"
+        parts.append(counts)
+        return "\n".join(parts).rstrip()
+
+
+def _table(findings: list[Finding]) -> str:
+    """A plain aligned table: it must read well in a CI log, so no colours or box characters."""
+    header = ("rule", "module", "severity", "what is wrong")
+    rows = [(f.rule, f.module or "<model>", str(f.severity), f.message) for f in findings]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    lines = []
+    for row in [header, *rows]:
+        cells = [row[i].ljust(widths[i]) for i in range(3)]
+        lines.append("  ".join([*cells, row[3]]))
+    lines.insert(1, "  ".join("-" * w for w in [*widths, len(header[3])]))
+    return "\n".join(lines)

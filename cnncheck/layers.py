@@ -1,0 +1,173 @@
+"""What kind of layer a module is, decided from what it has and what it is, never its class name.
+
+Built-in layers are placed by their torch base classes. A student's own layer is placed by duck
+typing on the attributes such layers carry (``in_channels``/``out_channels``/``kernel_size`` for a
+convolution, ``running_mean``/``running_var`` buffers or ``num_features`` for a BatchNorm, ...). The
+rules then confirm the verdict numerically against ``torch.nn.functional``. Plugins can place layers
+that neither route can, through the ``cnncheck_classify_module`` hook.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules import batchnorm, conv, dropout, instancenorm, pooling
+
+
+class LayerKind(str, enum.Enum):
+    CONV = "conv"
+    POOL = "pool"
+    BATCH_NORM = "batch_norm"
+    INSTANCE_NORM = "instance_norm"
+    OTHER_NORM = "other_norm"  # LayerNorm, GroupNorm: they do not cancel a per-channel constant
+    DROPOUT = "dropout"
+    LINEAR = "linear"
+    IDENTITY = "identity"
+    OTHER = "other"
+
+
+_POOL_BASES: tuple[type, ...] = (
+    pooling._MaxPoolNd,
+    pooling._AvgPoolNd,
+    pooling._AdaptiveAvgPoolNd,
+    pooling._AdaptiveMaxPoolNd,
+    pooling._LPPoolNd,
+    pooling.FractionalMaxPool2d,
+    pooling.FractionalMaxPool3d,
+)
+
+
+def classify(module: nn.Module, pm: Any = None) -> LayerKind:
+    """The kind of ``module``: a plugin's answer first, then torch's base classes, then duck typing."""
+    if pm is not None:
+        answer = pm.hook.cnncheck_classify_module(module=module)
+        if answer is not None:
+            return LayerKind(answer)
+    if isinstance(module, conv._ConvNd):
+        return LayerKind.CONV
+    if isinstance(module, _POOL_BASES):
+        return LayerKind.POOL
+    if isinstance(module, batchnorm._BatchNorm):
+        return LayerKind.BATCH_NORM
+    if isinstance(module, instancenorm._InstanceNorm):
+        return LayerKind.INSTANCE_NORM
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)):
+        return LayerKind.OTHER_NORM
+    if isinstance(module, dropout._DropoutNd):
+        return LayerKind.DROPOUT
+    if isinstance(module, (nn.Linear, nn.Bilinear)):
+        return LayerKind.LINEAR
+    if isinstance(module, nn.Identity):
+        return LayerKind.IDENTITY
+    return _duck_type(module)
+
+
+def _duck_type(module: nn.Module) -> LayerKind:
+    attrs = vars(module)
+    has_params = any(True for _ in module.parameters(recurse=False))
+    if _has(attrs, "in_channels", "out_channels", "kernel_size"):
+        return LayerKind.CONV
+    if running_buffers(module) is not None or (
+        "num_features" in attrs and ("eps" in attrs or "momentum" in attrs)
+    ):
+        return LayerKind.BATCH_NORM
+    if ("kernel_size" in attrs or "output_size" in attrs) and "in_channels" not in attrs:
+        return LayerKind.POOL
+    if _has(attrs, "in_features", "out_features"):
+        return LayerKind.LINEAR
+    p = attrs.get("p")
+    if isinstance(p, float) and 0.0 <= p <= 1.0 and not has_params and not _children(module):
+        return LayerKind.DROPOUT
+    return LayerKind.OTHER
+
+
+def _has(attrs: dict[str, Any], *names: str) -> bool:
+    return all(name in attrs for name in names)
+
+
+def _children(module: nn.Module) -> bool:
+    return any(True for _ in module.children())
+
+
+def running_buffers(module: nn.Module) -> tuple[str, str] | None:
+    """Names of the (mean, variance) running-statistics buffers of a BatchNorm-like module, if any.
+
+    ``running_mean``/``running_var`` as in PyTorch, or Keras-style ``moving_mean``/``moving_variance``.
+    """
+    names = [name for name, b in module.named_buffers(recurse=False) if b is not None]
+    means = [n for n in names if "mean" in n.lower() and b_float(module, n)]
+    variances = [n for n in names if "var" in n.lower() and b_float(module, n)]
+    if means and variances:
+        return means[0], variances[0]
+    return None
+
+
+def b_float(module: nn.Module, name: str) -> bool:
+    tensor = module._buffers.get(name)
+    return tensor is not None and tensor.is_floating_point()
+
+
+def affine_parameters(module: nn.Module, channels: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(gamma, beta) of a norm layer: ``weight``/``bias`` as in PyTorch, ``gamma``/``beta`` by hand.
+
+    Falls back to the first and second parameter of the module, in registration order.
+    """
+    params = dict(module.named_parameters(recurse=False))
+    scale = next((params[n] for n in ("weight", "gamma", "scale") if n in params), None)
+    shift = next((params[n] for n in ("bias", "beta", "shift") if n in params), None)
+    if scale is None and shift is None and len(params) == 2:
+        scale, shift = list(params.values())
+    return scale, shift
+
+
+def is_transposed(module: nn.Module) -> bool:
+    return bool(getattr(module, "transposed", False)) or isinstance(module, conv._ConvTransposeNd)
+
+
+def conv_weight(module: nn.Module) -> tuple[str, torch.Tensor] | None:
+    """The filter bank of a conv layer: ``weight`` when present, else its highest-rank parameter."""
+    params = dict(module.named_parameters(recurse=False))
+    if "weight" in params:
+        return "weight", params["weight"]
+    ranked = sorted(params.items(), key=lambda item: -item[1].dim())
+    if ranked and ranked[0][1].dim() >= 3:
+        return ranked[0]
+    return None
+
+
+def conv_bias(module: nn.Module) -> torch.Tensor | None:
+    bias = getattr(module, "bias", None)
+    if isinstance(bias, torch.Tensor) and bias.requires_grad is not None:
+        return bias if isinstance(bias, nn.Parameter) else None
+    return None
+
+
+def as_tuple(value: Any, rank: int) -> tuple[int, ...]:
+    if isinstance(value, (tuple, list)):
+        return tuple(int(v) for v in value)
+    return (int(value),) * rank
+
+
+_DEFAULTS = re.compile(
+    r",?\s*\b(padding=0|padding=\(0(, 0)*\)|dilation=1|dilation=\(1(, 1)*\)|ceil_mode=False|bias=True|"
+    r"inplace=False|stride=\(1(, 1)*\)|return_indices=False|count_include_pad=True|affine=True|"
+    r"track_running_stats=True|eps=1e-05|momentum=0.1)\b(?!\.)"
+)
+_SQUARE = re.compile(r"\((\d+)(?:, \1)+\)")
+
+
+def short_repr(module: nn.Module) -> str:
+    """``MaxPool2d(kernel_size=2, stride=5)``: the module's repr without its default arguments."""
+    extra = _DEFAULTS.sub("", module.extra_repr()).strip(", ")
+    extra = _SQUARE.sub(r"\1", extra)
+    return f"{type(module).__name__}({extra})"
+
+
+def layer_label(name: str, module: nn.Module | None) -> str:
+    """How a message names a layer: ``Conv2d 'layer1.0'``."""
+    kind = type(module).__name__ if module is not None else "layer"
+    return f"{kind} '{name}'" if name else f"the model ({kind})"

@@ -1,0 +1,90 @@
+"""Leave the user's model exactly as it was: state snapshots, restored bit for bit.
+
+Parameters, buffers, ``.grad``, ``requires_grad``, ``training`` flags, the torch/numpy/``random`` RNG
+states and the TF32 switches are all put back after a check, whatever the student's code did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class _ModuleState:
+    module: nn.Module
+    training: bool
+    parameters: dict[str, nn.Parameter | None]
+    buffers: dict[str, torch.Tensor | None]
+
+
+@dataclass
+class _TensorState:
+    tensor: torch.Tensor
+    data: torch.Tensor
+    grad: torch.Tensor | None
+    requires_grad: bool
+
+
+@contextlib.contextmanager
+def preserved(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Snapshot every module's state on entry and restore it on exit."""
+    module_states = [
+        _ModuleState(m, m.training, dict(m._parameters), dict(m._buffers)) for m in modules
+    ]
+    tensors: dict[int, _TensorState] = {}
+    for state in module_states:
+        for t in [*state.parameters.values(), *state.buffers.values()]:
+            if t is not None and id(t) not in tensors:
+                tensors[id(t)] = _TensorState(t, t.detach().clone(), t.grad, t.requires_grad)
+    try:
+        yield
+    finally:
+        for state in module_states:
+            state.module._parameters.clear()
+            state.module._parameters.update(state.parameters)
+            state.module._buffers.clear()
+            state.module._buffers.update(state.buffers)
+            # ``training`` is restored directly: a student's train() override must not run again
+            object.__setattr__(state.module, "training", state.training)
+        with torch.no_grad():
+            for ts in tensors.values():
+                if not torch.equal(ts.tensor.detach(), ts.data):
+                    ts.tensor.detach().copy_(ts.data)
+                ts.tensor.grad = ts.grad
+                if ts.tensor.is_leaf:
+                    ts.tensor.requires_grad_(ts.requires_grad)
+
+
+@contextlib.contextmanager
+def preserved_global_state(seed: int = 0) -> Iterator[None]:
+    """Seed every RNG for a deterministic check, turn TF32 off, and restore all of it afterwards."""
+    torch_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    numpy_state = np.random.get_state()
+    python_state = random.getstate()
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    cudnn_tf32 = torch.backends.cudnn.allow_tf32
+    precision = torch.get_float32_matmul_precision()
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.manual_seed(seed)
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        elif torch.cuda.is_initialized():
+            pass  # CUDA was first touched by the check: there was no state to restore
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)

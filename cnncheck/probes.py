@@ -1,0 +1,308 @@
+"""Numeric probes of single layers against the ``torch.nn.functional`` references.
+
+A probe runs one layer alone, on the input it received in the traced forward, usually on a private
+copy (``CheckContext.isolated``) so that its buffers can be set to telling values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from cnncheck.layers import affine_parameters, running_buffers
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """How two tensors differ, in the style of ``torch.testing.assert_close``."""
+
+    count: int
+    total: int
+    worst: float
+    index: tuple[int, ...]
+    expected: float
+    found: float
+    rtol: float
+    atol: float
+
+    def __str__(self) -> str:
+        idx = ", ".join(str(i) for i in self.index)
+        return (
+            f"{self.count} of {self.total} elements differ; worst at [{idx}]: "
+            f"expected {self.expected:.6g}, found {self.found:.6g} (|diff| {self.worst:.3g}, "
+            f"rtol {self.rtol:g}, atol {self.atol:g})"
+        )
+
+
+def tolerance(dtype: torch.dtype) -> tuple[float, float]:
+    """(rtol, atol) for comparing a layer with its functional reference, scaled to the dtype."""
+    return {
+        torch.float64: (1e-7, 1e-9),
+        torch.float32: (1e-4, 1e-5),
+        torch.bfloat16: (2e-2, 2e-2),
+        torch.float16: (5e-3, 5e-3),
+    }.get(dtype, (1e-4, 1e-5))
+
+
+def mismatch(found: torch.Tensor, expected: torch.Tensor, scale: float = 1.0) -> Mismatch | None:
+    """None when ``found`` matches ``expected`` within the dtype's tolerance (times ``scale``)."""
+    if found.shape != expected.shape:
+        return Mismatch(found.numel(), expected.numel(), float("inf"), (), float("nan"), float("nan"), 0, 0)
+    rtol, atol = tolerance(found.dtype)
+    rtol, atol = rtol * scale, atol * scale
+    f64, e64 = found.detach().double(), expected.detach().double()
+    diff = (f64 - e64).abs()
+    bad = diff > atol + rtol * e64.abs()
+    bad |= torch.isnan(f64) != torch.isnan(e64)
+    count = int(bad.sum())
+    if count == 0:
+        return None
+    flat = int(torch.where(bad, diff.nan_to_num(float("inf")), -1.0).argmax())
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), found.shape))
+    return Mismatch(count, found.numel(), float(diff.reshape(-1)[flat]), index,
+                    float(e64.reshape(-1)[flat]), float(f64.reshape(-1)[flat]), rtol, atol)
+
+
+def is_stock_batchnorm(module: nn.Module) -> bool:
+    """A torch BatchNorm whose ``forward`` is torch's own: correct by construction, no probe needed."""
+    return isinstance(module, _BatchNorm) and type(module).forward is _BatchNorm.forward
+
+
+@dataclass
+class NormProbe:
+    """What one BatchNorm-like layer does, measured."""
+
+    channels: int
+    reduction: tuple[int, ...] | None = None  # dims the statistics are taken over in train mode
+    per_channel: bool = True
+    train_problems: list[str] = field(default_factory=list)
+    frozen: bool = False
+    eval_problems: list[str] = field(default_factory=list)
+
+
+def statistics_dims(module: nn.Module, x: torch.Tensor) -> tuple[int, ...] | None:
+    """The dims over which a norm layer takes its statistics in train mode, found by invariance.
+
+    Adding a tensor that varies only along dim ``d`` leaves the output unchanged exactly when the mean
+    is *not* taken over ``d``. Returns None when even a global constant changes the output: the layer
+    does not normalise with batch statistics at all (a frozen BatchNorm, for example).
+    """
+    layer = _copy(module).train()
+    generator = torch.Generator().manual_seed(3)
+    spread = float(x.detach().double().std()) or 1.0
+    with torch.no_grad():
+        base = layer(x)
+        if mismatch(layer(x + 3.0 * spread), base, scale=10) is not None:
+            return None
+        dims = []
+        for d in range(x.dim()):
+            if x.shape[d] == 1:
+                continue
+            shape = [1] * x.dim()
+            shape[d] = x.shape[d]
+            bump = (torch.randn(shape, generator=generator, dtype=torch.float64) * 2 * spread).to(x)
+            if mismatch(layer(x + bump), base, scale=10) is not None:
+                dims.append(d)
+    return tuple(dims)
+
+
+def per_channel_dims(x: torch.Tensor) -> tuple[int, ...]:
+    return tuple(d for d in range(x.dim()) if d != 1 and x.shape[d] > 1)
+
+
+def _copy(module: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(module)
+
+
+def _telling_buffers(layer: nn.Module, channels: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Give a copied layer running statistics that differ from any batch's, and return them."""
+    names = running_buffers(layer)
+    if names is None:
+        return None
+    mean, var = (layer._buffers[n] for n in names)
+    assert mean is not None and var is not None
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        mean.copy_((torch.randn(mean.shape, generator=generator) * 0.5 - 2.0).to(mean))
+        var.copy_((torch.rand(var.shape, generator=generator) * 2 + 0.5).to(var))
+    return mean.detach().clone(), var.detach().clone()
+
+
+def _affine(layer: nn.Module, channels: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    gamma, beta = affine_parameters(layer, channels)
+    if gamma is not None and gamma.numel() != channels:
+        gamma = None
+    if beta is not None and beta.numel() != channels:
+        beta = None
+    return (
+        gamma.detach().reshape(channels) if gamma is not None else None,
+        beta.detach().reshape(channels) if beta is not None else None,
+    )
+
+
+def _eps(layer: nn.Module) -> float:
+    eps = getattr(layer, "eps", 1e-5)
+    return float(eps) if isinstance(eps, (int, float)) else 1e-5
+
+
+def train_problems(module: nn.Module, x: torch.Tensor) -> tuple[list[str], bool]:
+    """Problems of a per-channel norm layer in train mode, and whether it is frozen by design."""
+    channels = x.shape[1]
+    layer = _copy(module).train()
+    generator = torch.Generator().manual_seed(7)
+    view = [1, channels] + [1] * (x.dim() - 2)
+    scale = (torch.rand(view, generator=generator, dtype=torch.float64) + 0.5).to(x)
+    offset = (torch.rand(view, generator=generator, dtype=torch.float64) * 2 + 1).to(x)
+    xp = x.detach() * scale + offset
+    stats = _telling_buffers(layer, channels, xp)
+    tracked = layer._buffers.get("num_batches_tracked")
+    if tracked is not None:
+        with torch.no_grad():
+            tracked.fill_(5)
+    gamma, beta = _affine(layer, channels)
+    eps = _eps(layer)
+    with torch.no_grad():
+        y = layer(xp)
+    problems: list[str] = []
+    reference = F.batch_norm(xp, None, None, gamma, beta, True, 0.0, eps)
+    found = mismatch(y, reference)
+    if found is not None:
+        frozen_ref = None
+        if stats is not None:
+            frozen_ref = F.batch_norm(xp, stats[0].flatten(), stats[1].flatten(), gamma, beta, False, 0.0, eps)
+        if frozen_ref is not None and mismatch(y, frozen_ref) is None:
+            names = running_buffers(layer)
+            unchanged = names is not None and all(
+                torch.equal(layer._buffers[n].detach(), s) for n, s in zip(names, stats)  # type: ignore[union-attr]
+            )
+            if unchanged:
+                return [], True
+            problems.append(
+                "in train mode it normalises with its running statistics (while also updating "
+                "them); it must use the batch's per-channel mean and variance"
+            )
+        else:
+            dims = per_channel_dims(xp)
+            unbiased = (xp - xp.mean(dims, keepdim=True)) / torch.sqrt(xp.var(dims, unbiased=True, keepdim=True) + eps)
+            affine_view = [1, channels] + [1] * (x.dim() - 2)
+            if gamma is not None:
+                unbiased = unbiased * gamma.reshape(affine_view)
+            if beta is not None:
+                unbiased = unbiased + beta.reshape(affine_view)
+            if mismatch(y, unbiased) is None:
+                problems.append(
+                    "it normalises with the unbiased variance (divides by n-1); BatchNorm divides "
+                    "by n, the biased variance of the batch"
+                )
+            else:
+                problems.append(
+                    f"its train-mode output differs from F.batch_norm(x, training=True, eps={eps:g}) "
+                    f"with its own gamma and beta: {found}"
+                )
+    if stats is not None:
+        problems.extend(_update_problems(module, layer, xp, stats, eps))
+    if tracked is not None and int(tracked) != 6:
+        problems.append(f"num_batches_tracked went from 5 to {int(tracked)} after one batch; expected 6")
+    return problems, False
+
+
+def _update_problems(
+    module: nn.Module, layer: nn.Module, xp: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor], eps: float
+) -> list[str]:
+    names = running_buffers(layer)
+    assert names is not None
+    new_mean = layer._buffers[names[0]].detach().flatten().double()  # type: ignore[union-attr]
+    new_var = layer._buffers[names[1]].detach().flatten().double()  # type: ignore[union-attr]
+    old_mean, old_var = stats[0].flatten().double(), stats[1].flatten().double()
+    dims = per_channel_dims(xp)
+    batch_mean = xp.double().mean(dims)
+    batch_var = xp.double().var(dims, unbiased=True)
+    biased_var = xp.double().var(dims, unbiased=False)
+    if torch.equal(new_mean, old_mean) and torch.equal(new_var, old_var):
+        return [
+            f"its running statistics ({names[0]}, {names[1]}) are not updated in train mode, so eval "
+            f"mode will normalise with stale values"
+        ]
+    momentum = getattr(module, "momentum", 0.1)
+    if momentum is None:
+        weights = {"a cumulative average (momentum=None)": 1.0 / 6}
+    else:
+        momentum = float(momentum)
+        weights = {f"momentum={momentum:g} as the weight of the new batch (PyTorch)": momentum}
+        if momentum > 0.5:
+            weights[f"momentum={momentum:g} as the weight of the old value (Keras)"] = 1 - momentum
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return mismatch(a.float(), b.float(), scale=10) is None
+
+    for label, w in weights.items():
+        if close(new_mean, (1 - w) * old_mean + w * batch_mean):
+            if close(new_var, (1 - w) * old_var + w * batch_var):
+                return []
+            if close(new_var, (1 - w) * old_var + w * biased_var):
+                return [
+                    f"{names[1]} is updated with the biased batch variance; running estimates use "
+                    f"the unbiased one (divide by n-1)"
+                ]
+            return [f"{names[1]} is not updated as (1-w)*old + w*batch_var for {label}"]
+    if momentum is not None and close(new_mean, momentum * old_mean + (1 - momentum) * batch_mean):
+        return [
+            f"{names[0]} = {momentum:g}*old + {1 - momentum:g}*batch: momentum={momentum:g} is used as "
+            f"the weight of the old value (Keras' convention), but in PyTorch momentum is the weight of "
+            f"the new batch: running = (1-momentum)*running + momentum*batch"
+        ]
+    expected = next(iter(weights.values()))
+    return [
+        f"{names[0]} after one batch does not follow (1-w)*old + w*batch_mean with w={expected:g}: "
+        f"{mismatch(new_mean.float(), ((1 - expected) * old_mean + expected * batch_mean).float())}"
+    ]
+
+
+def eval_problems(module: nn.Module, x: torch.Tensor) -> list[str]:
+    """Problems of a norm layer in eval mode: batch statistics used, or buffers changed."""
+    channels = x.shape[1]
+    layer = _copy(module).eval()
+    if is_stock_batchnorm(layer):
+        if layer.running_mean is None:  # type: ignore[union-attr]
+            return [
+                "it was built with track_running_stats=False, so in eval mode it normalises with "
+                "the statistics of whatever batch it is given"
+            ]
+        return []
+    stats = _telling_buffers(layer, channels, x)
+    before = {n: b.detach().clone() for n, b in layer.named_buffers() if b is not None}
+    gamma, beta = _affine(layer, channels)
+    eps = _eps(layer)
+    with torch.no_grad():
+        y = layer(x)
+    problems = []
+    changed = [n for n, b in layer.named_buffers() if b is not None and not torch.equal(b, before[n])]
+    batch = F.batch_norm(x, None, None, gamma, beta, True, 0.0, eps)
+    if stats is None:
+        if mismatch(y, batch) is None:
+            problems.append(
+                "it has no running statistics, so in eval mode it normalises with the batch's "
+                "statistics; keep running_mean/running_var buffers and use them when not training"
+            )
+    else:
+        reference = F.batch_norm(x, stats[0].flatten(), stats[1].flatten(), gamma, beta, False, 0.0, eps)
+        if mismatch(y, reference) is not None:
+            if mismatch(y, batch) is None:
+                problems.append(
+                    "in eval mode it still normalises with the batch's statistics instead of its "
+                    "running statistics (does its forward check self.training?)"
+                )
+            else:
+                problems.append(
+                    "its eval-mode output differs from F.batch_norm(x, running_mean, running_var, "
+                    f"training=False): {mismatch(y, reference)}"
+                )
+    if changed:
+        problems.append(f"it changes {', '.join(changed)} in eval mode; eval must leave buffers alone")
+    return problems

@@ -1,0 +1,130 @@
+"""Rule metadata, rule selection, and the one renderer shared by ``cnncheck rules`` and the docs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from cnncheck.findings import Finding, Severity, docs_url
+
+if TYPE_CHECKING:
+    from cnncheck.context import CheckContext
+
+
+class CheckFunction(Protocol):
+    def __call__(self, ctx: CheckContext, rule: Rule) -> Iterable[Finding]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A rule: a stable id, its documentation, and the check that applies it.
+
+    Ids are a public contract: they never change and are never reused.
+    """
+
+    id: str
+    summary: str
+    why: str
+    fix: str
+    severity: Severity
+    check: CheckFunction
+    flagged_example: str = ""
+    clean_example: str = ""
+    limits: str = ""
+
+    def finding(
+        self,
+        module: str,
+        message: str,
+        *,
+        expected: str = "",
+        found: str = "",
+        fix: str | None = None,
+        location: str | None = None,
+        details: Sequence[str] = (),
+        severity: Severity | None = None,
+    ) -> Finding:
+        return Finding(
+            rule=self.id,
+            module=module,
+            severity=severity or self.severity,
+            message=message,
+            expected=expected,
+            found=found,
+            fix=self.fix if fix is None else fix,
+            location=location,
+            details=tuple(details),
+        )
+
+
+def matches(rule_id: str, patterns: Iterable[str]) -> bool:
+    """ruff-style matching: a pattern selects the id itself or any id it is a dash-prefix of."""
+    for pattern in patterns:
+        if pattern == "ALL" or rule_id == pattern or rule_id.startswith(pattern.rstrip("-") + "-"):
+            return True
+    return False
+
+
+def select_rules(
+    rules: Sequence[Rule],
+    select: Iterable[str] | None = None,
+    ignore: Iterable[str] = (),
+) -> list[Rule]:
+    """The rules to run: those matched by ``select`` (all when None) minus those matched by ``ignore``.
+
+    A pattern that matches no known rule is a usage error: a typo must not silently check nothing.
+    """
+    select = list(select) if select is not None else None
+    ignore = list(ignore)
+    known = [r.id for r in rules]
+    for pattern in [*(select or []), *ignore]:
+        if not any(matches(rule_id, [pattern]) for rule_id in known):
+            raise ValueError(
+                f"unknown cnncheck rule {pattern!r}; known rules: {', '.join(sorted(known))}"
+            )
+    chosen = [r for r in rules if select is None or matches(r.id, select)]
+    return [r for r in chosen if not matches(r.id, ignore)]
+
+
+def render_markdown(rule: Rule) -> str:
+    """The documentation page of a rule: the single source for docs/rules/ID.md and the CLI."""
+    parts = [
+        f"# `{rule.id}`",
+        "",
+        f"**Default severity:** {rule.severity}",
+        "",
+        f"**What it flags.** {rule.summary}",
+        "",
+        "## Why it matters",
+        "",
+        rule.why,
+        "",
+        "## How to fix",
+        "",
+        rule.fix,
+    ]
+    if rule.flagged_example:
+        parts += ["", "## Flagged", "", "```python", rule.flagged_example.strip(), "```"]
+    if rule.clean_example:
+        parts += ["", "## Not flagged", "", "```python", rule.clean_example.strip(), "```"]
+    if rule.limits:
+        parts += ["", "## Known limits", "", rule.limits]
+    return "\n".join(parts) + "\n"
+
+
+def render_text(rule: Rule) -> str:
+    """A terminal rendering of the same content as :func:`render_markdown`."""
+    return render_markdown(rule).replace("```python\n", "").replace("```\n", "")
+
+
+def describe(rule: Rule) -> dict[str, Any]:
+    return {
+        "id": rule.id,
+        "severity": str(rule.severity),
+        "summary": rule.summary,
+        "docs": docs_url(rule.id),
+    }
+
+
+RuleFactory = Callable[[], Iterable[Rule]]

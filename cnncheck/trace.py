@@ -1,0 +1,462 @@
+"""One traced execution of ``forward()``: which module or op produced and consumed each tensor.
+
+Module hooks see every registered module call (and the layers a student keeps in a plain list or
+dict: they are found and hooked too); a :class:`~torch.overrides.TorchFunctionMode` sees every
+functional call made outside a layer (``F.conv2d``, ``x + y``, ``x.view(...)``). A layer we know
+(conv, pooling, norm, dropout, linear, or any module without children) is one node: the ops inside
+it are its implementation, not dataflow of the model. Rules share the resulting graph.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from cnncheck.layers import LayerKind, classify
+
+Source = Union["Node", str]
+"""Where a tensor came from: the node that produced it, or ``input:I``, ``param:NAME``,
+``buffer:NAME``, ``const``."""
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_CNNCHECK_DIR = os.path.dirname(__file__)
+_SKIP_DIRS = (_TORCH_DIR, _CNNCHECK_DIR, os.path.dirname(os.__file__))
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleInfo:
+    name: str
+    kind: LayerKind
+    hidden: bool  # kept in a plain list/dict/tuple attribute: invisible to named_modules()
+    atomic: bool  # one node in the graph; the ops inside are its implementation
+
+
+@dataclass(eq=False)
+class Node:
+    """One call: a layer (module node) or a functional op outside any layer (function node)."""
+
+    index: int
+    name: str
+    kind: LayerKind
+    module: nn.Module | None
+    func: Any
+    scope: str
+    inputs: list[torch.Tensor]
+    sources: list[Source]
+    outputs: list[torch.Tensor]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    training: bool | None = None
+    location: str | None = None
+    saved_input: torch.Tensor | None = None
+    bias_grad: tuple[torch.Tensor, torch.Tensor] | None = None  # (sum, sum of |.|) per channel
+
+    @property
+    def is_module(self) -> bool:
+        return self.module is not None
+
+    @property
+    def in_shape(self) -> tuple[int, ...] | None:
+        return tuple(self.inputs[0].shape) if self.inputs else None
+
+    @property
+    def out_shape(self) -> tuple[int, ...] | None:
+        return tuple(self.outputs[0].shape) if self.outputs else None
+
+    @property
+    def func_name(self) -> str:
+        return function_name(self.func) if self.func is not None else ""
+
+    def __repr__(self) -> str:
+        return f"Node({self.index}, {self.name!r}, {self.kind.value})"
+
+
+@dataclass
+class FailedCall:
+    """Where ``forward`` raised: the innermost module, and the functional op if one was running."""
+
+    module_stack: list[str]
+    module: nn.Module | None
+    func: Any
+    inputs: list[torch.Tensor]
+    sources: list[Source]
+    args: tuple[Any, ...]
+    location: str | None
+
+
+@dataclass
+class Trace:
+    nodes: list[Node]
+    modules: dict[nn.Module, ModuleInfo]
+    output: Any = None
+    output_sources: list[Source] = field(default_factory=list)
+    error: BaseException | None = None
+    failed: FailedCall | None = None
+    _consumers: dict[int, list[Node]] | None = None
+
+    def consumers(self, node: Node) -> list[Node]:
+        if self._consumers is None:
+            table: dict[int, list[Node]] = {}
+            for n in self.nodes:
+                for src in n.sources:
+                    if isinstance(src, Node):
+                        table.setdefault(id(src), [])
+                        if n not in table[id(src)]:
+                            table[id(src)].append(n)
+            self._consumers = table
+        return self._consumers.get(id(node), [])
+
+    def feeds_output(self, node: Node) -> bool:
+        return any(src is node for src in self.output_sources)
+
+    def module_nodes(self, *kinds: LayerKind) -> Iterator[Node]:
+        """The first call of every module of the given kinds, in execution order."""
+        seen: set[int] = set()
+        for n in self.nodes:
+            if n.module is not None and n.kind in kinds and id(n.module) not in seen:
+                seen.add(id(n.module))
+                yield n
+
+    def producer_chain(self, node: Node) -> list[Node]:
+        """The nodes along the first-input path from the model input to ``node``, in order."""
+        chain = [node]
+        current: Source = node
+        while isinstance(current, Node) and current.sources:
+            current = current.sources[0]
+            if isinstance(current, Node):
+                chain.append(current)
+        return list(reversed(chain))
+
+
+def function_name(func: Any) -> str:
+    name = getattr(func, "__name__", None) or repr(func)
+    if name == "__get__":
+        owner = getattr(func, "__self__", None)
+        name = getattr(owner, "__name__", name)
+    return str(name)
+
+
+def user_location() -> str | None:
+    """``file:line`` of the innermost frame outside torch, cnncheck and the standard library."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith(_SKIP_DIRS) and not filename.startswith("<frozen"):
+            return f"{filename}:{frame.f_lineno}"
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def module_inventory(model: nn.Module, pm: Any = None) -> dict[nn.Module, ModuleInfo]:
+    """Every module reachable from ``model``: registered ones by their qualified names, and those
+    kept in plain lists, tuples or dicts (which ``model.train()`` never reaches) as ``parent.attr[i]``.
+    """
+    inventory: dict[nn.Module, ModuleInfo] = {}
+
+    def visit(module: nn.Module, prefix: str, hidden: bool) -> None:
+        for name, sub in module.named_modules(prefix=prefix):
+            if sub in inventory:
+                continue
+            kind = classify(sub, pm)
+            has_children = any(True for _ in sub.children())
+            atomic = kind is not LayerKind.OTHER or not has_children
+            inventory[sub] = ModuleInfo(name, kind, hidden, atomic)
+        for name, sub in list(module.named_modules(prefix=prefix)):
+            for attr, value in vars(sub).items():
+                if attr.startswith("_"):
+                    continue
+                for label, item in _container_items(value):
+                    if isinstance(item, nn.Module) and item not in inventory:
+                        dotted = f"{name}.{attr}" if name else attr
+                        visit(item, f"{dotted}{label}", True)
+
+    visit(model, "", False)
+    return inventory
+
+
+def _container_items(value: Any) -> list[tuple[str, Any]]:
+    if isinstance(value, nn.Module):
+        return []
+    if isinstance(value, (list, tuple)):
+        return [(f"[{i}]", v) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return [(f"[{k!r}]", v) for k, v in value.items()]
+    return []
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    leaves, _ = tree_flatten(obj)
+    return [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+
+
+@dataclass
+class _Frame:
+    module: nn.Module
+    info: ModuleInfo | None
+    recording: bool
+    inputs: list[torch.Tensor]
+    sources: list[Source]
+    training: bool
+
+
+class _Tracer(TorchFunctionMode):
+    def __init__(
+        self,
+        model: nn.Module,
+        modules: dict[nn.Module, ModuleInfo],
+        grad_probe: bool,
+        save_inputs: frozenset[LayerKind],
+    ) -> None:
+        super().__init__()
+        self.modules = modules
+        self.grad_probe = grad_probe
+        self.save_inputs = save_inputs
+        self.nodes: list[Node] = []
+        self.producers: dict[int, tuple[torch.Tensor, Node]] = {}
+        self.named: dict[int, str] = {}
+        for module, info in modules.items():
+            for pname, p in module.named_parameters(recurse=False):
+                self.named.setdefault(id(p), f"param:{_join(info.name, pname)}")
+            for bname, b in module.named_buffers(recurse=False):
+                if b is not None:
+                    self.named.setdefault(id(b), f"buffer:{_join(info.name, bname)}")
+        self.inputs: dict[int, str] = {}
+        self.stack: list[_Frame] = []
+        self.suppress = 0
+        self.busy = False
+        self.current_call: tuple[Any, tuple[Any, ...], dict[str, Any]] | None = None
+        self.current_location: str | None = None
+
+    # -- tensors -------------------------------------------------------------------------------
+    def source_of(self, tensor: torch.Tensor) -> Source:
+        entry = self.producers.get(id(tensor))
+        if entry is not None and entry[0] is tensor:
+            return entry[1]
+        return self.named.get(id(tensor)) or self.inputs.get(id(tensor), "const")
+
+    def produced(self, node: Node) -> None:
+        for t in node.outputs:
+            self.producers[id(t)] = (t, node)
+
+    def scope(self) -> str:
+        for frame in reversed(self.stack):
+            if frame.info is not None:
+                return frame.info.name
+        return ""
+
+    # -- functional ops ------------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if self.suppress or self.busy:
+            return func(*args, **kwargs)
+        self.current_call = (func, args, kwargs)
+        out = func(*args, **kwargs)
+        self.current_call = None
+        self.busy = True
+        try:
+            self._record_function(func, args, kwargs, out)
+        finally:
+            self.busy = False
+        return out
+
+    def _record_function(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        outputs = _tensors(out)
+        if not outputs:
+            return
+        inputs = _tensors((args, kwargs))
+        name = function_name(func)
+        node = Node(
+            index=len(self.nodes),
+            name=name,
+            kind=_function_kind(name),
+            module=None,
+            func=func,
+            scope=self.scope(),
+            inputs=inputs,
+            sources=[self.source_of(t) for t in inputs],
+            outputs=outputs,
+            args=args,
+            kwargs=kwargs,
+            location=user_location(),
+        )
+        if node.kind in self.save_inputs and inputs:
+            node.saved_input = inputs[0].detach().clone()
+        self.nodes.append(node)
+        self.produced(node)
+        if self.grad_probe and name in _BIASED_FUNCTIONS:
+            bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
+            if isinstance(bias, torch.Tensor):
+                self._watch_bias(node, channel_dim=-1 if name == "linear" else 1)
+
+    # -- module calls --------------------------------------------------------------------------
+    def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self.busy:
+            return
+        self.busy = True
+        try:
+            info = self.modules.get(module)
+            recording = info is not None and info.atomic and not self.suppress
+            inputs = _tensors((args, kwargs)) if recording else []
+            sources = [self.source_of(t) for t in inputs]
+            self.stack.append(_Frame(module, info, recording, inputs, sources, module.training))
+            if recording:
+                self.suppress += 1
+        finally:
+            self.busy = False
+
+    def post_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        if self.busy:
+            return
+        self.busy = True
+        try:
+            if not self.stack or self.stack[-1].module is not module:
+                return
+            frame = self.stack.pop()
+            if not frame.recording or frame.info is None:
+                return
+            self.suppress -= 1
+            info = frame.info
+            node = Node(
+                index=len(self.nodes),
+                name=info.name,
+                kind=info.kind,
+                module=module,
+                func=None,
+                scope=self.scope(),
+                inputs=frame.inputs,
+                sources=frame.sources,
+                outputs=_tensors(output),
+                training=frame.training,
+            )
+            if info.kind in self.save_inputs and frame.inputs:
+                node.saved_input = frame.inputs[0].detach().clone()
+            self.nodes.append(node)
+            self.produced(node)
+            if self.grad_probe and info.kind in (LayerKind.CONV, LayerKind.LINEAR):
+                bias = getattr(module, "bias", None)
+                if isinstance(bias, torch.Tensor):
+                    self._watch_bias(node, channel_dim=1 if info.kind is LayerKind.CONV else -1)
+        finally:
+            self.busy = False
+
+    def _watch_bias(self, node: Node, channel_dim: int) -> None:
+        out = node.outputs[0] if node.outputs else None
+        if out is None or not out.requires_grad or out.dim() == 0:
+            return
+
+        def record(grad: torch.Tensor) -> None:
+            moved = grad.movedim(channel_dim, 0).reshape(grad.shape[channel_dim], -1)
+            total = moved.sum(dim=1)
+            magnitude = moved.abs().sum(dim=1)
+            if node.bias_grad is not None:
+                total = total + node.bias_grad[0]
+                magnitude = magnitude + node.bias_grad[1]
+            node.bias_grad = (total.detach(), magnitude.detach())
+
+        out.register_hook(record)
+
+
+_BIASED_FUNCTIONS = frozenset(
+    {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear"}
+)
+
+_FUNCTION_KINDS = {
+    LayerKind.CONV: ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"),
+    LayerKind.POOL: (
+        "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+        "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+        "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
+        "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices", "lp_pool2d",
+    ),
+    LayerKind.BATCH_NORM: ("batch_norm",),
+    LayerKind.INSTANCE_NORM: ("instance_norm",),
+    LayerKind.OTHER_NORM: ("layer_norm", "group_norm"),
+    LayerKind.DROPOUT: ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"),
+    LayerKind.LINEAR: ("linear",),
+}
+_KIND_OF_FUNCTION = {name: kind for kind, names in _FUNCTION_KINDS.items() for name in names}
+
+
+def _function_kind(name: str) -> LayerKind:
+    return _KIND_OF_FUNCTION.get(name, LayerKind.OTHER)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def run_trace(
+    model: nn.Module,
+    inputs: tuple[Any, ...],
+    modules: dict[nn.Module, ModuleInfo],
+    *,
+    grad_probe: bool = False,
+    save_inputs: frozenset[LayerKind] = frozenset(),
+    before: Callable[[], None] | None = None,
+) -> Trace:
+    """Run ``model(*inputs)`` once, recording the graph. An exception in ``forward`` is caught and
+    kept in ``Trace.error`` with the call that raised it; the nodes before it are kept too."""
+    tracer = _Tracer(model, modules, grad_probe, save_inputs)
+    for i, t in enumerate(_tensors(inputs)):
+        tracer.inputs[id(t)] = f"input:{i}"
+    handles = []
+    for module in modules:
+        handles.append(module.register_forward_pre_hook(tracer.pre_hook, with_kwargs=True))
+        handles.append(module.register_forward_hook(tracer.post_hook, with_kwargs=True))
+    trace = Trace(nodes=tracer.nodes, modules=modules)
+    try:
+        if before is not None:
+            before()
+        with tracer:
+            trace.output = model(*inputs)
+        trace.output_sources = [tracer.source_of(t) for t in _tensors(trace.output)]
+    except Exception as exc:  # the student's forward raised: keep it for the diagnosing rules
+        trace.error = exc
+        trace.failed = _failed_call(tracer, exc)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return trace
+
+
+def _failed_call(tracer: _Tracer, exc: BaseException) -> FailedCall:
+    names = [f.info.name for f in tracer.stack if f.info is not None]
+    recording = [f for f in tracer.stack if f.recording]
+    innermost = recording[-1] if recording else (tracer.stack[-1] if tracer.stack else None)
+    func = None
+    args: tuple[Any, ...] = ()
+    inputs: list[torch.Tensor] = []
+    if tracer.current_call is not None:
+        func, args, kwargs = tracer.current_call
+        inputs = _tensors((args, kwargs))
+    elif innermost is not None:
+        inputs = innermost.inputs
+    return FailedCall(
+        module_stack=names,
+        module=innermost.module if innermost is not None else None,
+        func=func,
+        inputs=inputs,
+        sources=[tracer.source_of(t) for t in inputs],
+        args=tuple(args),
+        location=traceback_location(exc),
+    )
+
+
+def traceback_location(exc: BaseException) -> str | None:
+    """``file:line`` of the deepest frame of ``exc``'s traceback that is the user's own code."""
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.startswith(_SKIP_DIRS) and not filename.startswith("<frozen"):
+            found = f"{filename}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return found
