@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from cnncheck.declare import model
 from cnncheck.hookspecs import hookimpl
 
 __version__ = "0.1.0"
@@ -33,7 +34,7 @@ _EXPORTS = {
     "model_param_formulas": "cnncheck.explain",
 }
 
-__all__ = ["__version__", "hookimpl", *_EXPORTS]
+__all__ = ["__version__", "hookimpl", "model", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:

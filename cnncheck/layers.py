@@ -67,26 +67,33 @@ def classify(module: nn.Module, pm: Any = None) -> LayerKind:
 
 
 def _duck_type(module: nn.Module) -> LayerKind:
-    attrs = vars(module)
     has_params = any(True for _ in module.parameters(recurse=False))
-    if _has(attrs, "in_channels", "out_channels", "kernel_size"):
+    if _has(module, "in_channels", "out_channels", "kernel_size"):
         return LayerKind.CONV
     if running_buffers(module) is not None or (
-        "num_features" in attrs and ("eps" in attrs or "momentum" in attrs)
+        _has(module, "num_features") and (_has(module, "eps") or _has(module, "momentum"))
     ):
         return LayerKind.BATCH_NORM
-    if ("kernel_size" in attrs or "output_size" in attrs) and "in_channels" not in attrs:
+    if (_has(module, "kernel_size") or _has(module, "output_size")) and not _has(module, "in_channels"):
         return LayerKind.POOL
-    if _has(attrs, "in_features", "out_features"):
+    if _has(module, "in_features", "out_features"):
         return LayerKind.LINEAR
-    p = attrs.get("p")
+    p = _attribute(module, "p")
     if isinstance(p, float) and 0.0 <= p <= 1.0 and not has_params and not _children(module):
         return LayerKind.DROPOUT
     return LayerKind.OTHER
 
 
-def _has(attrs: dict[str, Any], *names: str) -> bool:
-    return all(name in attrs for name in names)
+def _attribute(module: nn.Module, name: str) -> Any:
+    """An instance or class attribute that is data, not a method or property of nn.Module."""
+    if name in vars(module):
+        return vars(module)[name]
+    value = getattr(type(module), name, None)
+    return None if callable(value) or isinstance(value, property) else value
+
+
+def _has(module: nn.Module, *names: str) -> bool:
+    return all(_attribute(module, name) is not None for name in names)
 
 
 def _children(module: nn.Module) -> bool:

@@ -283,19 +283,21 @@ def eval_problems(module: nn.Module, x: torch.Tensor) -> list[str]:
         y = layer(x)
     problems = []
     changed = [n for n, b in layer.named_buffers() if b is not None and not torch.equal(b, before[n])]
-    batch = F.batch_norm(x, None, None, gamma, beta, True, 0.0, eps)
     if stats is None:
-        if mismatch(y, batch) is None:
+        with torch.no_grad():
+            alone = layer(x[:1])
+        if x.shape[0] > 1 and mismatch(alone, y[:1], scale=10) is not None:
             problems.append(
-                "it has no running statistics, so in eval mode it normalises with the batch's "
-                "statistics; keep running_mean/running_var buffers and use them when not training"
+                "it has no running statistics, so in eval mode each sample's output depends on the "
+                "rest of the batch; keep running_mean/running_var buffers and use them when not training"
             )
     else:
         reference = F.batch_norm(x, stats[0].flatten(), stats[1].flatten(), gamma, beta, False, 0.0, eps)
         if mismatch(y, reference) is not None:
+            batch = F.batch_norm(x, None, None, gamma, beta, True, 0.0, eps)
             if mismatch(y, batch) is None:
                 problems.append(
-                    "in eval mode it still normalises with the batch's statistics instead of its "
+                    "it still normalises with the batch's statistics instead of its "
                     "running statistics (does its forward check self.training?)"
                 )
             else:

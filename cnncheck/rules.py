@@ -113,6 +113,13 @@ def render_markdown(rule: Rule) -> str:
     return "\n".join(parts) + "\n"
 
 
+def render_index(rules: Sequence[Rule]) -> str:
+    """docs/rules/index.md: every rule with its severity and summary."""
+    lines = ["# cnncheck rules", "", "| id | severity | what it flags |", "|---|---|---|"]
+    lines += [f"| [`{r.id}`]({r.id}.md) | {r.severity} | {r.summary} |" for r in rules]
+    return "\n".join(lines) + "\n"
+
+
 def render_text(rule: Rule) -> str:
     """A terminal rendering of the same content as :func:`render_markdown`."""
     return render_markdown(rule).replace("```python\n", "").replace("```\n", "")

@@ -177,22 +177,28 @@ def _per_channel_shapes(module: nn.Module, x: torch.Tensor) -> bool:
 # -- bn-eval-behaviour ---------------------------------------------------------------------------------
 def check_eval(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
     trace = ctx.eval_trace
-    found_any = False
+    explained = False
     for node in trace.module_nodes(LayerKind.BATCH_NORM):
         module, x = node.module, node.saved_input
         if module is None or x is None or x.dim() < 2 or node.training:
             continue  # still training after eval(): that is mode-not-propagated's finding
-        if not _per_channel_shapes(module, x):
+        if not _per_channel_shapes(module, x) or not _is_per_channel(ctx, _train_call(ctx, node) or node):
+            explained = True  # bn-not-per-channel's finding; its eval behaviour follows from it
             continue
         for problem in eval_problems(module, x):
-            found_any = True
+            explained = True
             yield rule.finding(node.name, f"{type(module).__name__} in eval mode: {problem}",
                                location=ctx.location_of(module))
-    if found_any or trace.error is not None or ctx.batch_size < 2 or _mode_leaks(trace):
+    if explained or trace.error is not None or ctx.batch_size < 2 or _mode_leaks(trace):
         return
     finding = _batch_dependence(ctx, rule)
     if finding is not None:
         yield finding
+
+
+def _train_call(ctx: CheckContext, node: Node) -> Node | None:
+    """The same layer's call in the train trace, where its statistics dims are measured."""
+    return next((n for n in ctx.train_trace.nodes if n.module is node.module and n.saved_input is not None), None)
 
 
 def _mode_leaks(trace: Trace) -> bool:

@@ -1,0 +1,113 @@
+"""The ``cnncheck`` command: ``cnncheck check PATH...`` and ``cnncheck rules [ID]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape; write it like 4,1,28,28") from None
+    if len(shape) < 2 or any(s <= 0 for s in shape):
+        raise argparse.ArgumentTypeError(f"{text!r}: give the batch first and positive sizes, like 4,1,28,28")
+    return shape
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cnncheck", description="Check PyTorch CNNs for correctness.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="check the models defined in Python files or folders")
+    check.add_argument("paths", nargs="+", help="files or folders with nn.Module definitions")
+    check.add_argument("--input-shape", type=_shape, help="input shape with the batch first, e.g. 4,1,28,28")
+    check.add_argument("--device", default=None, help="cpu, cuda, ... (default: where the model is)")
+    check.add_argument("--select", action="append", default=None, help="rule id or prefix (repeatable)")
+    check.add_argument("--ignore", action="append", default=[], help="rule id or prefix (repeatable)")
+    rules = sub.add_parser("rules", help="list the rules, or show one rule's documentation")
+    rules.add_argument("id", nargs="?")
+    rules.add_argument("--write-docs", metavar="DIR", help="write one Markdown page per rule into DIR")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "rules":
+        return _write_docs(args.write_docs) if args.write_docs else _rules(args.id)
+    return _check(args)
+
+
+def _rules(rule_id: str | None) -> int:
+    from cnncheck.plugins import all_rules
+    from cnncheck.rules import render_text
+
+    rules = all_rules()
+    if rule_id is None:
+        width = max(len(r.id) for r in rules)
+        for rule in rules:
+            print(f"{rule.id.ljust(width)}  {str(rule.severity).ljust(7)}  {rule.summary.split('. ')[0].rstrip('.')}")
+        return 0
+    match = [r for r in rules if r.id == rule_id]
+    if not match:
+        print(f"cnncheck: no rule {rule_id!r}; `cnncheck rules` lists them", file=sys.stderr)
+        return 2
+    print(render_text(match[0]))
+    return 0
+
+
+def _write_docs(directory: str) -> int:
+    from pathlib import Path
+
+    from cnncheck.plugins import all_rules
+    from cnncheck.rules import render_index, render_markdown
+
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    rules = all_rules()
+    for rule in rules:
+        (target / f"{rule.id}.md").write_text(render_markdown(rule), encoding="utf-8")
+    (target / "index.md").write_text(render_index(rules), encoding="utf-8")
+    print(f"cnncheck: wrote {len(rules)} rule pages to {target}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from cnncheck.api import CheckError, check_model
+    from cnncheck.discover import candidates, load_file, python_files
+
+    failed = errors = checked = 0
+    for path in python_files(args.paths):
+        if not path.exists():
+            print(f"cnncheck: {path}: no such file or folder", file=sys.stderr)
+            return 2
+        try:
+            module = load_file(path)
+        except Exception as exc:  # the student's file does not import: report it, go on
+            print(f"{path}: cannot import: {type(exc).__name__}: {exc}\n")
+            errors += 1
+            continue
+        for candidate in candidates(module, path):
+            shape = args.input_shape or candidate.spec.input_shape
+            if shape is None:
+                print(f"{candidate.id}: no input shape; pass --input-shape or use @cnncheck.model(input_shape=...)\n")
+                errors += 1
+                continue
+            try:
+                model = candidate.build()
+                report = check_model(model, shape, device=args.device, checks=args.select,
+                                     ignore=[*args.ignore, *candidate.spec.ignore])
+            except CheckError as exc:
+                print(f"{candidate.id}: {exc}\n")
+                errors += 1
+                continue
+            except Exception as exc:  # building the student's model failed
+                print(f"{candidate.id}: cannot build the model: {type(exc).__name__}: {exc}\n")
+                errors += 1
+                continue
+            checked += 1
+            failed += not report.ok
+            print(f"{candidate.id}\n{report}\n")
+    print(f"cnncheck: {checked} model(s) checked, {failed} with findings, {errors} could not be checked")
+    return 1 if failed or errors else 0

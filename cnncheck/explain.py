@@ -1,0 +1,90 @@
+"""Parameter counts layer by layer, from the textbook formulas rather than from ``numel()``.
+
+Conv, linear, norm and embedding layers are counted from their hyper-parameters; any other parameter
+a module owns directly (ConvNeXt's ``layer_scale``, a class token) counts as its ``numel``. A tied
+parameter (the same tensor in two places) is counted once, where it is first met.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import nn
+from torch.nn.modules import batchnorm, conv, instancenorm
+
+from cnncheck.formulas import Count, conv_param_formula
+
+
+@dataclass(frozen=True, slots=True)
+class LayerCount:
+    """One layer's (or one loose parameter's) parameter count and the formula that produced it."""
+
+    name: str
+    kind: str
+    formula: str
+    count: int
+
+
+_FORMULA_PARAMS = frozenset({"weight", "bias"})  # what the layer formulas below account for
+
+
+def _present(module: nn.Module, name: str) -> bool:
+    return module._parameters.get(name) is not None  # a parametrized weight is not the layer's own
+
+
+def _norm(size: int, label: str, module: nn.Module) -> Count:
+    n = int(_present(module, "weight")) + int(_present(module, "bias"))
+    return Count(n * size, f"{n}*{label}" if n > 1 else label)
+
+
+def _layer_formula(module: nn.Module) -> tuple[str, Count] | None:
+    """The kind and formula of a layer of known type, or None for anything else."""
+    bias = _present(module, "bias")
+    if isinstance(module, (conv._ConvNd, nn.Linear, nn.Embedding, nn.EmbeddingBag)) and not _present(module, "weight"):
+        return None  # weight norm or a parametrization owns the weight: count what is there by numel
+    if isinstance(module, conv._ConvNd):
+        return "conv", conv_param_formula(
+            module.in_channels, module.out_channels, module.kernel_size, module.groups, bias,
+            transposed=module.transposed,
+        )
+    if isinstance(module, nn.Linear):
+        i, o = module.in_features, module.out_features
+        return "linear", Count((i + bias) * o, f"({i} + 1) * {o}" if bias else f"{i} * {o}")
+    if isinstance(module, batchnorm._BatchNorm):
+        return "batch_norm", _norm(module.num_features, str(module.num_features), module)
+    if isinstance(module, instancenorm._InstanceNorm):
+        return "instance_norm", _norm(module.num_features, str(module.num_features), module)
+    if isinstance(module, nn.GroupNorm):
+        return "group_norm", _norm(module.num_channels, str(module.num_channels), module)
+    if isinstance(module, nn.LayerNorm):
+        shape = tuple(module.normalized_shape)
+        return "layer_norm", _norm(math.prod(shape), "*".join(map(str, shape)) or "1", module)
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        n, d = module.num_embeddings, module.embedding_dim
+        return "embedding", Count(n * d, f"{n} * {d}")
+    return None
+
+
+def model_param_formulas(model: nn.Module) -> list[LayerCount]:
+    """Every layer's parameter count, from its formula, in ``named_modules()`` order."""
+    seen: set[int] = set()
+    counts: list[LayerCount] = []
+    for name, module in model.named_modules():
+        own = {n: p for n, p in module._parameters.items() if p is not None}
+        fresh = {n: p for n, p in own.items() if id(p) not in seen}
+        seen.update(id(p) for p in own.values())
+        known = _layer_formula(module)
+        if known is not None and fresh and all(n in fresh for n in own if n in _FORMULA_PARAMS):
+            kind, count = known
+            counts.append(LayerCount(name, kind, count.formula, count.value))
+            fresh = {n: p for n, p in fresh.items() if n not in _FORMULA_PARAMS}
+        for pname, p in fresh.items():  # loose or tied-elsewhere parameters
+            full = f"{name}.{pname}" if name else pname
+            counts.append(LayerCount(full, "parameter", "numel", p.numel()))
+    return counts
+
+
+def total_param_count(model: nn.Module) -> int:
+    """The model's parameter count, each layer from its formula and each tied tensor once."""
+    return sum(c.count for c in model_param_formulas(model))
