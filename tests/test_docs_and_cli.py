@@ -1,0 +1,83 @@
+"""Rule docs are rendered from the rules themselves; the CLI checks files and shows rules."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cnncheck.cli import main
+from cnncheck.plugins import all_rules
+from cnncheck.rules import render_index, render_markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "rules"
+
+PUBLIC_IDS = [
+    "conv-param-formula", "pool-has-parameters", "pool-mixes-channels", "redundant-bias-before-bn",
+    "bn-not-per-channel", "bn-train-behaviour", "bn-eval-behaviour", "mode-not-propagated",
+    "feature-size-mismatch",
+]
+
+
+def test_rule_ids_are_the_public_contract() -> None:
+    assert [r.id for r in all_rules()] == PUBLIC_IDS
+
+
+@pytest.mark.parametrize("rule", all_rules(), ids=lambda r: r.id)
+def test_docs_page_is_rendered_from_the_rule(rule) -> None:
+    page = DOCS / f"{rule.id}.md"
+    assert page.read_text(encoding="utf-8") == render_markdown(rule), (
+        f"{page} is stale: run `cnncheck rules --write-docs docs/rules`"
+    )
+    for heading in ("## Why it matters", "## How to fix", "## Flagged"):
+        assert heading in page.read_text(encoding="utf-8")
+
+
+def test_docs_index_lists_every_rule() -> None:
+    assert (DOCS / "index.md").read_text(encoding="utf-8") == render_index(all_rules())
+
+
+def test_rules_command_lists_and_explains(capsys) -> None:
+    assert main(["rules"]) == 0
+    listing = capsys.readouterr().out
+    assert all(rule_id in listing for rule_id in PUBLIC_IDS)
+    assert main(["rules", "redundant-bias-before-bn"]) == 0
+    assert "bias=False" in capsys.readouterr().out
+    assert main(["rules", "no-such-rule"]) == 2
+
+
+def test_check_command_on_the_seed_convnet(capsys) -> None:
+    assert main(["check", str(ROOT / "examples" / "seed_convnet.py")]) == 1
+    out = capsys.readouterr().out
+    assert "feature-size-mismatch" in out and "576" in out and "3136" in out and "stride=5" in out
+    assert main(["check", str(ROOT / "examples" / "seed_convnet_fixed.py")]) == 0
+    assert "no findings" in capsys.readouterr().out
+
+
+def test_check_command_reports_every_rule_on_the_examples(capsys) -> None:
+    assert main(["check", str(ROOT / "examples")]) == 1
+    out = capsys.readouterr().out
+    missing = [rule_id for rule_id in PUBLIC_IDS if f"{rule_id} [" not in out]
+    assert missing == []
+    assert "could not be checked" in out and ", 0 could not be checked" in out
+
+
+def test_check_command_reports_a_file_that_does_not_import(tmp_path, capsys) -> None:
+    bad = tmp_path / "student.py"
+    bad.write_text("import torch\nclass Net(torch.nn.Module)\n    pass\n")
+    assert main(["check", str(bad), "--input-shape", "2,1,8,8"]) == 1
+    assert "cannot import: SyntaxError" in capsys.readouterr().out
+
+
+def test_bad_input_shape_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["check", "x.py", "--input-shape", "four"])
+    assert info.value.code == 2
+
+
+def test_python_dash_m_works() -> None:
+    out = subprocess.run([sys.executable, "-m", "cnncheck", "rules"], capture_output=True, text=True, check=True)
+    assert "conv-param-formula" in out.stdout

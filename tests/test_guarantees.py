@@ -1,0 +1,151 @@
+"""The promises every check keeps: the model is untouched, RNGs restored, verdicts deterministic."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import cnncheck
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _example_models():
+    models = []
+    for name in ("mistakes", "seed_convnet", "seed_convnet_fixed"):
+        module = _load(name)
+        for attr, value in vars(module).items():
+            spec = getattr(value, "__cnncheck__", None)
+            if spec is not None and "__cnncheck__" in vars(value):
+                models.append(pytest.param(value, spec.input_shape, id=f"{name}.{attr}"))
+    return models
+
+
+class FrozenHalf(nn.Module):
+    """Frozen first half, stale gradients and an eval-mode submodule: all must survive a check."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(8, 2))
+        for p in self.features.parameters():
+            p.requires_grad_(False)
+        self.head[1].weight.grad = torch.full_like(self.head[1].weight, 7.0)
+        self.head[0].eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def _snapshot(model: nn.Module) -> dict:
+    state = {}
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        state[name] = (t.detach().clone(), t.requires_grad, None if t.grad is None else t.grad.clone(), t)
+    flags = {name: m.training for name, m in model.named_modules()}
+    return {"tensors": state, "flags": flags}
+
+
+def _assert_unchanged(model: nn.Module, before: dict) -> None:
+    after = _snapshot(model)
+    assert after["flags"] == before["flags"]
+    assert after["tensors"].keys() == before["tensors"].keys()
+    for name, (value, requires_grad, grad, obj) in before["tensors"].items():
+        now_value, now_requires_grad, now_grad, now_obj = after["tensors"][name]
+        assert now_obj is obj, f"{name} was replaced"
+        assert torch.equal(now_value, value), f"{name} changed"
+        assert now_requires_grad == requires_grad, f"{name}.requires_grad changed"
+        assert (grad is None) == (now_grad is None), f"{name}.grad appeared or vanished"
+        if grad is not None:
+            assert torch.equal(grad, now_grad), f"{name}.grad changed"
+
+
+MODELS = [
+    *_example_models(),
+    pytest.param(FrozenHalf, (4, 3, 10, 10), id="frozen-half"),
+    pytest.param(lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval(), (2, 3, 8, 8), id="eval-mode"),
+]
+
+
+@pytest.mark.parametrize(("factory", "shape"), MODELS)
+def test_model_and_global_state_are_bit_identical_after_a_check(factory, shape) -> None:
+    torch.manual_seed(123)
+    model = factory()
+    before = _snapshot(model)
+    np.random.seed(5)
+    random.seed(9)
+    torch_rng, numpy_rng, python_rng = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    tf32 = torch.backends.cudnn.allow_tf32
+
+    cnncheck.check_model(model, shape)
+
+    _assert_unchanged(model, before)
+    assert torch.equal(torch.get_rng_state(), torch_rng)
+    after_numpy = np.random.get_state()
+    assert after_numpy[0] == numpy_rng[0] and np.array_equal(after_numpy[1], numpy_rng[1])
+    assert random.getstate() == python_rng
+    assert torch.backends.cudnn.allow_tf32 == tf32
+
+
+@pytest.mark.parametrize(("factory", "shape"), MODELS)
+def test_two_checks_give_the_same_findings(factory, shape) -> None:
+    first = cnncheck.check_model(factory(), shape)
+    second = cnncheck.check_model(factory(), shape)
+    assert first.findings == second.findings
+
+
+def test_a_model_whose_forward_mutates_its_own_buffers_is_restored() -> None:
+    class Counter(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            self.calls = self.calls * 1  # replaces the buffer object as well
+            return self.conv(x)
+
+    model = Counter()
+    before = _snapshot(model)
+    cnncheck.check_model(model, (2, 1, 6, 6))
+    _assert_unchanged(model, before)
+
+
+def test_tied_weights_are_counted_once() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(4, 4, 3, padding=1)
+            self.b = nn.Conv2d(4, 4, 3, padding=1)
+            self.b.weight = self.a.weight
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.relu(self.a(x)))
+
+    model = Tied()
+    counted = sum(layer.count for layer in cnncheck.model_param_formulas(model))
+    assert counted == sum(p.numel() for p in model.parameters())
+    assert counted == 4 * 4 * 9 + 4 + 4
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA is not available on this machine"))])
+def test_checks_run_on_the_requested_device_and_leave_the_model_where_it_was(device) -> None:
+    model = _load("mistakes").BiasBeforeBatchNorm()
+    report = cnncheck.check_model(model, (4, 3, 16, 16), device=device)
+    assert report.device.startswith(device)
+    assert {(f.rule, f.module) for f in report.findings} == {("redundant-bias-before-bn", "conv")}
+    assert all(p.device.type == "cpu" for p in model.parameters())
