@@ -121,11 +121,15 @@ def b_float(module: nn.Module, name: str) -> bool:
 def affine_parameters(module: nn.Module, channels: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(gamma, beta) of a norm layer: ``weight``/``bias`` as in PyTorch, ``gamma``/``beta`` by hand.
 
+    A frozen BatchNorm keeps them as buffers, so buffers count too (never the running statistics).
     Falls back to the first and second parameter of the module, in registration order.
     """
     params = dict(module.named_parameters(recurse=False))
-    scale = next((params[n] for n in ("weight", "gamma", "scale") if n in params), None)
-    shift = next((params[n] for n in ("bias", "beta", "shift") if n in params), None)
+    running = running_buffers(module) or ()
+    tensors = {n: b for n, b in module.named_buffers(recurse=False) if b is not None and n not in running}
+    tensors.update(params)
+    scale = next((tensors[n] for n in ("weight", "gamma", "scale") if n in tensors), None)
+    shift = next((tensors[n] for n in ("bias", "beta", "shift") if n in tensors), None)
     if scale is None and shift is None and len(params) == 2:
         scale, shift = list(params.values())
     return scale, shift

@@ -147,7 +147,8 @@ def _affine(layer: nn.Module, channels: int) -> tuple[torch.Tensor | None, torch
 
 
 def _eps(layer: nn.Module) -> float:
-    eps = getattr(layer, "eps", 1e-5)
+    """The layer's epsilon: ``eps`` as in PyTorch or ``epsilon`` as in a Keras port."""
+    eps = getattr(layer, "eps", getattr(layer, "epsilon", 1e-5))
     return float(eps) if isinstance(eps, (int, float)) else 1e-5
 
 
@@ -238,25 +239,34 @@ def _update_problems(
         if momentum > 0.5:
             weights[f"momentum={momentum:g} as the weight of the old value (Keras)"] = 1 - momentum
 
-    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
-        return mismatch(a.float(), b.float(), scale=10) is None
+    tol = 100 * torch.finfo(xp.dtype).eps
+
+    def implied(new: torch.Tensor, old: torch.Tensor, w: float) -> torch.Tensor:
+        """The batch statistic that ``new = (1-w)*old + w*batch`` implies: compared directly, a
+        biased variance stands out even when n is large and the update hides it."""
+        return (new - (1 - w) * old) / w
+
+    def close(a: torch.Tensor, b: torch.Tensor, w: float) -> bool:
+        return bool(((a - b).abs() <= tol * (b.abs() + 1) / w).all())
 
     for label, w in weights.items():
-        if close(new_mean, (1 - w) * old_mean + w * batch_mean):
-            if close(new_var, (1 - w) * old_var + w * batch_var):
+        if close(implied(new_mean, old_mean, w), batch_mean, w):
+            var = implied(new_var, old_var, w)
+            if close(var, batch_var, w):
                 return []
-            if close(new_var, (1 - w) * old_var + w * biased_var):
+            if close(var, biased_var, w):
                 return [
                     f"{names[1]} is updated with the biased batch variance; running estimates use "
                     f"the unbiased one (divide by n-1)"
                 ]
             return [f"{names[1]} is not updated as (1-w)*old + w*batch_var for {label}"]
-    if momentum is not None and close(new_mean, momentum * old_mean + (1 - momentum) * batch_mean):
-        return [
-            f"{names[0]} = {momentum:g}*old + {1 - momentum:g}*batch: momentum={momentum:g} is used as "
-            f"the weight of the old value (Keras' convention), but in PyTorch momentum is the weight of "
-            f"the new batch: running = (1-momentum)*running + momentum*batch"
-        ]
+    if momentum is not None and 0 < momentum < 1:
+        if close(implied(new_mean, old_mean, 1 - momentum), batch_mean, 1 - momentum):
+            return [
+                f"{names[0]} = {momentum:g}*old + {1 - momentum:g}*batch: momentum={momentum:g} is used as "
+                f"the weight of the old value (Keras' convention), but in PyTorch momentum is the weight of "
+                f"the new batch: running = (1-momentum)*running + momentum*batch"
+            ]
     expected = next(iter(weights.values()))
     return [
         f"{names[0]} after one batch does not follow (1-w)*old + w*batch_mean with w={expected:g}: "

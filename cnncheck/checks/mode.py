@@ -44,11 +44,22 @@ def eval_leaks(trace: Trace) -> list[Leak]:
         if node.module is not None:
             if node.kind in _MODAL and node.training:
                 leaks.append(Leak(node, "module"))
+            elif node.kind is LayerKind.DROPOUT and _drops_in_eval(node):
+                leaks.append(Leak(node, "dropout-ignores-mode"))
         elif _functional_training(node):
             leaks.append(Leak(node, "functional"))
         elif node.func_name in _RANDOM:
             leaks.append(Leak(node, "random"))
     return leaks
+
+
+def _drops_in_eval(node: Node) -> bool:
+    """A hand-written dropout in eval mode must be the identity; torch's own dropout is."""
+    if isinstance(node.module, _DropoutNd) or node.saved_input is None:
+        return False
+    with torch.no_grad():
+        out = node.module(node.saved_input)  # type: ignore[misc]
+    return isinstance(out, torch.Tensor) and mismatch(out, node.saved_input) is not None
 
 
 def _functional_training(node: Node) -> bool:
@@ -70,21 +81,6 @@ def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         if key not in reported:
             reported.add(key)
             yield finding
-    for node in ctx.eval_trace.module_nodes(LayerKind.DROPOUT):
-        if node.training or isinstance(node.module, _DropoutNd) or node.saved_input is None:
-            continue
-        with torch.no_grad():
-            out = node.module(node.saved_input)  # type: ignore[misc]
-        if isinstance(out, torch.Tensor) and mismatch(out, node.saved_input) is not None and node.name not in reported:
-            reported.add(node.name)
-            yield rule.finding(
-                node.name,
-                f"{type(node.module).__name__} still drops activations in eval mode",
-                expected="the identity in eval mode (self.training is False)",
-                found="its eval-mode output differs from its input",
-                fix="apply the mask only `if self.training`, e.g. F.dropout(x, self.p, self.training)",
-                location=ctx.location_of(node.module),  # type: ignore[arg-type]
-            )
     for node in ctx.train_trace.module_nodes(*_MODAL):
         if node.training is False and node.name not in reported:
             reported.add(node.name)
@@ -93,12 +89,21 @@ def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
 
 def _eval_finding(ctx: CheckContext, rule: Rule, leak: Leak) -> Finding:
     node = leak.node
+    if leak.reason == "dropout-ignores-mode":
+        return rule.finding(
+            node.name,
+            f"{type(node.module).__name__} still drops activations in eval mode",
+            expected="the identity in eval mode (self.training is False)",
+            found="its eval-mode output differs from its input",
+            fix="apply the mask only `if self.training`, e.g. F.dropout(x, self.p, self.training)",
+            location=ctx.location_of(node.module),  # type: ignore[arg-type]
+        )
     if leak.reason == "functional":
         return rule.finding(
             node.scope,
             f"F.{node.func_name}(...) in {node.scope or ctx.model_name}.forward runs in training mode even after model.eval()",
             expected=f"F.{node.func_name}(..., training=self.training)",
-            found="training=True" if "training" in node.kwargs or node.func_name == "batch_norm"
+            found="training=True" if _mentions_training(node.location)
             else f"no training argument (F.{node.func_name} defaults to training=True)",
             fix="pass training=self.training so that model.eval() switches it off",
             location=node.location,
@@ -145,6 +150,17 @@ def _eval_finding(ctx: CheckContext, rule: Rule, leak: Leak) -> Finding:
         fix="do not switch modes inside forward; let model.train()/model.eval() set them",
         location=ctx.location_of(module),
     )
+
+
+def _mentions_training(location: str | None) -> bool:
+    """Whether the source line of a call passes ``training`` (torch always forwards it as a keyword,
+    so only the student's own line tells whether it was written or defaulted)."""
+    import linecache
+
+    if not location or ":" not in location:
+        return True
+    filename, _, line = location.rpartition(":")
+    return not line.isdigit() or "training" in linecache.getline(filename, int(line))
 
 
 def _train_finding(ctx: CheckContext, rule: Rule, node: Node) -> Finding:
