@@ -67,15 +67,23 @@ def classify(module: nn.Module, pm: Any = None) -> LayerKind:
 
 
 def _duck_type(module: nn.Module) -> LayerKind:
+    """A student's own layer: a module without child modules whose attributes say what it is.
+
+    A block with children that merely records ``in_channels``/``out_channels`` is a container, not a
+    layer: its children are checked in its place. A "pooling layer" is placed even with children, so
+    that a strided conv disguised as a pool is caught owning parameters.
+    """
+    if (_has(module, "kernel_size") or _has(module, "output_size")) and not _has(module, "in_channels"):
+        return LayerKind.POOL  # even with children: a "pool" built from a conv is a disguised conv
+    if _children(module):
+        return LayerKind.OTHER
     has_params = any(True for _ in module.parameters(recurse=False))
-    if _has(module, "in_channels", "out_channels", "kernel_size"):
+    if _has(module, "in_channels", "out_channels", "kernel_size") and has_params:
         return LayerKind.CONV
     if running_buffers(module) is not None or (
         _has(module, "num_features") and (_has(module, "eps") or _has(module, "momentum"))
     ):
         return LayerKind.BATCH_NORM
-    if (_has(module, "kernel_size") or _has(module, "output_size")) and not _has(module, "in_channels"):
-        return LayerKind.POOL
     if _has(module, "in_features", "out_features"):
         return LayerKind.LINEAR
     p = _attribute(module, "p")

@@ -166,8 +166,7 @@ def module_inventory(model: nn.Module, pm: Any = None) -> dict[nn.Module, Module
             if sub in inventory:
                 continue
             kind = classify(sub, pm)
-            has_children = any(True for _ in sub.children())
-            atomic = kind is not LayerKind.OTHER or not has_children
+            atomic = kind is not LayerKind.OTHER or _torch_leaf(sub)
             inventory[sub] = ModuleInfo(name, kind, hidden, atomic)
         for name, sub in list(module.named_modules(prefix=prefix)):
             for attr, value in vars(sub).items():
@@ -180,6 +179,12 @@ def module_inventory(model: nn.Module, pm: Any = None) -> dict[nn.Module, Module
 
     visit(model, "", False)
     return inventory
+
+
+def _torch_leaf(module: nn.Module) -> bool:
+    """torch's own childless modules (ReLU, Flatten, ...) are one node each; a student's own
+    unclassified module is traced inside, so functional convs and norms in it are seen."""
+    return type(module).__module__.startswith("torch.") and not any(True for _ in module.children())
 
 
 def _container_items(value: Any) -> list[tuple[str, Any]]:

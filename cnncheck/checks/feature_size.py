@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten
 
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
@@ -246,6 +247,9 @@ def _one(values: tuple[int, ...]) -> int | tuple[int, ...]:
 def _folded_batch(ctx: CheckContext, rule: Rule) -> Finding | None:
     batch = ctx.batch_size
     trace = ctx.train_trace
+    outputs = [t for t in tree_flatten(trace.output)[0] if isinstance(t, torch.Tensor) and t.dim()]
+    if not outputs or any(t.shape[0] == batch for t in outputs):
+        return None  # the batch comes out intact (it may be regrouped on the way, e.g. into patches)
     for node in trace.nodes:
         if node.module is not None or node.func_name not in _RESHAPES or not node.inputs or not node.outputs:
             continue

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -85,15 +85,39 @@ def _channel_leak(module: nn.Module, x: torch.Tensor) -> tuple[int, int] | None:
         return None
     base = out[:batch]
     rtol, atol = tolerance(out.dtype)
+
+    def moved_channels(block: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        return ((block - reference).abs() > atol + rtol * reference.abs()).flatten(2).any(2).any(0)
+
     for k, mask in enumerate(masks):
-        moved = out[batch * (k + 1) : batch * (k + 2)]
-        changed = ((moved - base).abs() > atol + rtol * base.abs()).flatten(2).any(2).any(0)
+        changed = moved_channels(out[batch * (k + 1) : batch * (k + 2)], base)
         leaked = changed & ~mask
         if bool(leaked.any()):
             target = int(leaked.nonzero()[0])
-            source = int(mask.nonzero()[0])
-            return source, target
+            return _source_of(module, x, target, lift, view, moved_channels), target
     return None
+
+
+def _source_of(module: nn.Module, x: torch.Tensor, target: int, lift: float, view: list[int],
+               moved_channels: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> int:
+    """An input channel (not ``target``) that moves output channel ``target``, checked one at a time
+    in batched chunks: the message must name a pair that truly leaks."""
+    channels, batch = x.shape[1], x.shape[0]
+    others = [c for c in range(channels) if c != target]
+    with torch.no_grad():
+        base = module(x)
+        for start in range(0, len(others), 16):
+            chunk = others[start : start + 16]
+            probes = []
+            for c in chunk:
+                bump = torch.zeros(channels, dtype=x.dtype, device=x.device)
+                bump[c] = lift
+                probes.append(x + bump.reshape(view))
+            out = module(torch.cat(probes))
+            for i, c in enumerate(chunk):
+                if bool(moved_channels(out[batch * i : batch * (i + 1)], base)[target]):
+                    return c
+    return others[0]
 
 
 HAS_PARAMETERS = Rule(

@@ -1,0 +1,126 @@
+"""feature-size-mismatch: the flattened map must fit the next Linear, and a reshape must keep the batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cnncheck
+import models_conv as M
+from models_conv import build, check_unmodified, line_of, rule_pairs
+
+SHAPE = (4, 3, 16, 16)
+MNIST = (4, 1, 28, 28)
+RULE = "feature-size-mismatch"
+
+
+@pytest.fixture(autouse=True)
+def _small_and_fast():
+    """Seed, and run these tiny models on one thread: thread start-up costs more than the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+FLAGGED = [
+    pytest.param(M.SeedConvNet, MNIST, {"fc1"}, id="seed-convnet-maxpool-stride-5"),
+    pytest.param(M.FunctionalPoolMismatch, SHAPE, {"fc"}, id="functional-max_pool2d-stride-4"),
+    pytest.param(M.HandConvResidualMismatch, SHAPE, {"classifier.1"}, id="hand-conv-stride-2-residual-sequential-head"),
+    pytest.param(M.FunctionalLinearMismatch, SHAPE, {""}, id="functional-linear-wrong-weight"),
+    pytest.param(M.ViewFoldsBatch, SHAPE, {""}, id="view-minus-1-folds-batch"),
+    pytest.param(M.ViewDoesNotDivide, SHAPE, {"fc"}, id="view-minus-1-does-not-divide"),
+]
+
+
+@pytest.mark.parametrize("factory, shape, expected", FLAGGED)
+def test_feature_size_flags(factory, shape, expected):
+    model = build(factory)
+    full = check_unmodified(model, shape)  # a forward that raises is explained, not re-raised
+    assert full.crashes == []
+    want = {(RULE, m) for m in expected}
+    assert rule_pairs(full, RULE) == want, str(full)
+    assert rule_pairs(full) == want, str(full)
+    only = check_unmodified(model, shape, checks=[RULE])
+    assert rule_pairs(only) == want
+    assert all(f.severity is cnncheck.Severity.ERROR for f in only.findings)
+
+
+CLEAN = [
+    pytest.param(M.FixedSeedConvNet, MNIST, id="seed-convnet-fixed-stride-2"),
+    pytest.param(M.AdaptiveHead, SHAPE, id="adaptive-avgpool-head"),
+    pytest.param(M.ViewKeepsBatch, SHAPE, id="view-minus-1-exact-features-and-view-size0"),
+    pytest.param(M.PatchModel, SHAPE, id="patches-folded-into-batch-and-restored"),
+]
+
+
+@pytest.mark.parametrize("factory, shape", CLEAN)
+def test_feature_size_lookalikes_clean(factory, shape):
+    model = build(factory)
+    only = check_unmodified(model, shape, checks=[RULE])
+    assert rule_pairs(only, RULE) == set(), str(only)
+    full = check_unmodified(model, shape)
+    assert full.ok, str(full)
+
+
+def _finding(factory, shape):
+    [f] = check_unmodified(build(factory), shape, checks=[RULE]).findings
+    return f
+
+
+def test_seed_convnet_explains_576_vs_3136_and_the_stride():
+    f = _finding(M.SeedConvNet, MNIST)
+    assert f.module == "fc1"
+    assert "expects 3136 input features but receives 576" in f.message
+    assert "layer1.2 MaxPool2d(kernel_size=2, stride=5)" in f.message
+    assert f.expected == "3136 = 64*7*7: a 64x7x7 feature map"
+    assert f.found == "576 = 64*3*3: a 64x3x3 feature map"
+    assert "stride=2 instead of 5" in f.fix and "7x7" in f.fix
+    trace = "\n".join(f.details)
+    assert "32x6x6  after layer1.2 MaxPool2d(kernel_size=2, stride=5)" in trace
+    assert "floor((28 + 2*0 - (2-1) - 1)/5) + 1 = 6" in trace
+    assert "64x3x3  after layer2.2" in trace
+    assert f.location.endswith(line_of(M.SeedConvNet, "nn.MaxPool2d(kernel_size=2, stride=5)"))
+
+
+def test_seed_convnet_forward_error_raised_when_rule_not_selected():
+    with pytest.raises(cnncheck.CheckError, match="SeedConvNet.forward raised"):
+        cnncheck.check_model(build(M.SeedConvNet), MNIST, checks=["conv-param-formula"])
+
+
+def test_functional_pool_blamed_with_stride():
+    f = _finding(M.FunctionalPoolMismatch, SHAPE)
+    assert "expects 512 input features but receives 128" in f.message
+    assert "F.max_pool2d(kernel_size=2, stride=4)" in f.message
+    assert "stride=2 instead of 4" in f.fix
+    assert f.location.endswith(line_of(M.FunctionalPoolMismatch, "F.max_pool2d("))
+
+
+def test_hand_conv_stride_blamed():
+    f = _finding(M.HandConvResidualMismatch, SHAPE)
+    assert "expects 512 input features but receives 128" in f.message
+    assert "conv1" in f.message
+    assert "stride=1 instead of 2" in f.fix
+    assert f.found == "128 = 8*4*4: a 8x4x4 feature map"
+
+
+def test_functional_linear_counts():
+    f = _finding(M.FunctionalLinearMismatch, SHAPE)
+    assert "expects 128 input features but receives 512" in f.message
+
+
+def test_view_folds_batch_message():
+    f = _finding(M.ViewFoldsBatch, SHAPE)
+    assert "view(-1, 256)" in f.message
+    assert "4 samples of 512 features become 8 rows of 256" in f.message
+    assert f.expected.startswith("batch size 4 kept")
+    assert "(4, 8, 8, 8) -> (8, 256)" in f.found
+    assert f.location.endswith(line_of(M.ViewFoldsBatch, "x = x.view(-1, 256)"))
+
+
+def test_view_does_not_divide_names_linear():
+    f = _finding(M.ViewDoesNotDivide, SHAPE)
+    assert "expects 512 input features but receives 288" in f.message
+    assert "view(-1, 512)" in f.message
+    assert f.found == "288 = 8*6*6: a 8x6x6 feature map"

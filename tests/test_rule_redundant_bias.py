@@ -1,0 +1,112 @@
+"""redundant-bias-before-bn: a conv/linear bias that a following BatchNorm/InstanceNorm cancels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cnncheck
+import models_conv as M
+from models_conv import build, check_unmodified, line_of, rule_pairs
+
+SHAPE = (4, 3, 16, 16)
+RULE = "redundant-bias-before-bn"
+
+
+@pytest.fixture(autouse=True)
+def _small_and_fast():
+    """Seed, and run these tiny models on one thread: thread start-up costs more than the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+FLAGGED = [
+    pytest.param(M.ConvBNSeq, {"features.0"}, id="conv-bn-sequential"),
+    pytest.param(M.ConvPoolBN, {"conv"}, id="conv-maxpool-bn"),
+    pytest.param(M.LinearBN1d, {"fc1"}, id="linear-bn1d"),
+    pytest.param(M.ResidualBlockBiased, {"conv1", "conv2", "shortcut.0"}, id="resnet-block-biased-convs"),
+    pytest.param(M.PreAddBN, {"conv_a", "conv_b"}, id="residual-add-then-bn"),
+    pytest.param(M.InceptionCatBN, {"branch1", "branch3", "conv_in"}, id="channel-cat-bn-and-instancenorm"),
+    pytest.param(M.HandConvBN, {"conv"}, id="hand-written-conv-then-bn"),
+    pytest.param(M.FunctionalConvBNStats, {""}, id="functional-conv2d-batch_norm-custom-forward"),
+    pytest.param(M.FunctionalConvBN, {""}, id="functional-conv2d-batch_norm-running_mean-buffers"),
+    pytest.param(M.FunctionalBlockNet, {"block"}, id="functional-conv2d-batch_norm-in-leaf-block"),
+]
+
+
+@pytest.mark.parametrize("factory, expected", FLAGGED)
+def test_redundant_bias_flags(factory, expected):
+    model = build(factory)
+    full = check_unmodified(model, SHAPE)
+    assert full.crashes == []
+    want = {(RULE, m) for m in expected}
+    assert rule_pairs(full, RULE) == want, str(full)
+    assert rule_pairs(full) == want, str(full)  # nothing else is wrong with these models
+    only = check_unmodified(model, SHAPE, checks=[RULE])
+    assert rule_pairs(only) == want
+    assert all(f.severity is cnncheck.Severity.WARNING for f in only.findings)
+
+
+CLEAN = [
+    pytest.param(M.ConvReluBN, id="conv-relu-bn"),
+    pytest.param(M.ConvDropoutBN, id="conv-dropout-bn"),
+    pytest.param(M.ConvGroupNormLayerNorm, id="conv-groupnorm-layernorm-linear-layernorm"),
+    pytest.param(M.NoBiasConvBN, id="bias-false-then-bn-then-biased-conv"),
+    pytest.param(M.BiasEscapesBN, id="bias-also-bypasses-bn"),
+    pytest.param(M.FunctionalFrozenBN, id="functional-conv2d-then-frozen-batch_norm"),
+]
+
+
+@pytest.mark.parametrize("factory", CLEAN)
+def test_redundant_bias_lookalikes_clean(factory):
+    model = build(factory)
+    only = check_unmodified(model, SHAPE, checks=[RULE])
+    assert rule_pairs(only, RULE) == set(), str(only)
+    full = check_unmodified(model, SHAPE)
+    assert full.ok, str(full)
+
+
+def test_redundant_bias_message_module_conv():
+    report = check_unmodified(build(M.ConvBNSeq), SHAPE, checks=[RULE])
+    [f] = report.findings
+    assert f.message == "the bias of Conv2d 'features.0' (8 parameters) is cancelled by BatchNorm2d 'features.1'"
+    assert "BatchNorm2d 'features.1'" in f.expected
+    assert f.found.startswith("8 bias parameters")
+    assert "gradient 0" in f.found
+    assert "Conv2d(..., bias=False)" in f.fix
+    assert f.location.endswith(line_of(M.ConvBNSeq, "nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)"))
+
+
+def test_redundant_bias_counts_linear_bias():
+    [f] = check_unmodified(build(M.LinearBN1d), SHAPE, checks=[RULE]).findings
+    assert "Linear 'fc1' (32 parameters)" in f.message
+    assert "BatchNorm1d 'bn1'" in f.message
+    assert f.found.startswith("32 bias parameters")
+    assert "Linear(..., bias=False)" in f.fix
+
+
+def test_redundant_bias_names_each_norm_in_residual_block():
+    report = check_unmodified(build(M.ResidualBlockBiased), SHAPE, checks=[RULE])
+    by_module = {f.module: f for f in report.findings}
+    assert "cancelled by BatchNorm2d 'bn1'" in by_module["conv1"].message
+    assert "cancelled by BatchNorm2d 'bn2'" in by_module["conv2"].message
+    assert "cancelled by BatchNorm2d 'shortcut.1'" in by_module["shortcut.0"].message
+
+
+def test_redundant_bias_instance_norm_named():
+    report = check_unmodified(build(M.InceptionCatBN), SHAPE, checks=[RULE])
+    by_module = {f.module: f for f in report.findings}
+    assert "InstanceNorm2d 'inorm'" in by_module["conv_in"].message
+    assert "(4 parameters)" in by_module["branch1"].message
+
+
+def test_redundant_bias_functional_message_and_location():
+    [f] = check_unmodified(build(M.FunctionalConvBNStats), SHAPE, checks=[RULE]).findings
+    assert f.module == ""
+    assert "F.conv2d" in f.message and "(8 parameters)" in f.message
+    assert "F.batch_norm" in f.message
+    assert "drop the bias argument" in f.fix
+    assert f.location.endswith(line_of(M.FunctionalConvBNStats, "x = F.conv2d("))
