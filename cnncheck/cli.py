@@ -8,13 +8,12 @@ from collections.abc import Sequence
 
 
 def _shape(text: str) -> tuple[int, ...]:
+    from cnncheck.discover import parse_shape
+
     try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a shape; write it like 4,1,28,28") from None
-    if len(shape) < 2 or any(s <= 0 for s in shape):
-        raise argparse.ArgumentTypeError(f"{text!r}: give the batch first and positive sizes, like 4,1,28,28")
-    return shape
+        return parse_shape(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,9 +33,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "rules":
-        return _write_docs(args.write_docs) if args.write_docs else _rules(args.id)
-    return _check(args)
+    try:
+        if args.command == "rules":
+            return _write_docs(args.write_docs) if args.write_docs else _rules(args.id)
+        return _check(args)
+    except BrokenPipeError:  # `cnncheck ... | head`: the reader left, which is not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _rules(rule_id: str | None) -> int:

@@ -82,3 +82,66 @@ def _builds_without_arguments(cls: type) -> bool:
         p.default is not inspect.Parameter.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         for p in signature.parameters.values()
     )
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``4,1,28,28``, ``4x1x28x28`` or ``(4, 1, 28, 28)``: batch first, every size positive."""
+    cleaned = text.strip().strip("()[]").replace("x", ",").replace(" ", "")
+    try:
+        shape = tuple(int(part) for part in cleaned.split(",") if part)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an input shape; write it like 4,1,28,28") from None
+    if len(shape) < 2 or any(s <= 0 for s in shape):
+        raise ValueError(f"{text!r}: give the batch first and positive sizes, like 4,1,28,28")
+    return shape
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of the ``cnncheck_models`` ini key: ``pkg.mod:Attr`` or ``path.py::Attr``, then an
+    optional shape."""
+
+    file: Path
+    attr: str
+    shape: tuple[int, ...] | None
+
+
+def parse_entry(line: str, rootdir: Path) -> Entry:
+    target, _, shape_text = line.strip().partition(" ")
+    shape = parse_shape(shape_text) if shape_text.strip() else None
+    if "::" in target:
+        path, _, attr = target.partition("::")
+        file = (rootdir / path).resolve()
+        if not file.exists():
+            raise ValueError(f"cnncheck_models: {path} does not exist (relative to {rootdir})")
+        return Entry(file, attr, shape)
+    module_name, sep, attr = target.partition(":")
+    if not sep or not attr:
+        raise ValueError(
+            f"cnncheck_models: {line.strip()!r} is neither 'package.module:Attr' nor 'path/to/file.py::Attr'"
+        )
+    spec = importlib.util.find_spec(module_name)
+    if spec is None or spec.origin is None:
+        raise ValueError(f"cnncheck_models: cannot find module {module_name!r}")
+    return Entry(Path(spec.origin).resolve(), attr, shape)
+
+
+DEFAULT_SIDE = {1: 28, 3: 32}  # MNIST-like for one channel, CIFAR-like for RGB; 32 otherwise
+DEFAULT_LENGTH = {1: 64, 3: 16}  # per conv rank: Conv1d sequences, Conv3d volumes
+
+
+def infer_input_shape(model: Any) -> tuple[tuple[int, ...], str] | None:
+    """A plausible input for a model with no declared shape, and the reason, for the report."""
+    first = next((m for m in model.modules() if hasattr(m, "in_channels") and hasattr(m, "kernel_size")), None)
+    if first is None:
+        return None
+    channels = int(first.in_channels)
+    kernel = first.kernel_size
+    rank = len(kernel) if isinstance(kernel, (tuple, list)) else 2
+    side = DEFAULT_SIDE.get(channels, 32) if rank == 2 else DEFAULT_LENGTH.get(rank, 16)
+    shape = (4, channels, *([side] * rank))
+    reason = (
+        f"input shape {'x'.join(map(str, shape))} inferred: the first conv takes {channels} channel(s); "
+        f"declare another with @cnncheck.model(input_shape=...) or the cnncheck_input_shape ini key"
+    )
+    return shape, reason

@@ -27,6 +27,7 @@ class LayerCount:
 
 
 _FORMULA_PARAMS = frozenset({"weight", "bias"})  # what the layer formulas below account for
+_WEIGHTED = (conv._ConvNd, nn.Linear, nn.Embedding, nn.EmbeddingBag)
 
 
 def _present(module: nn.Module, name: str) -> bool:
@@ -41,7 +42,7 @@ def _norm(size: int, label: str, module: nn.Module) -> Count:
 def _layer_formula(module: nn.Module) -> tuple[str, Count] | None:
     """The kind and formula of a layer of known type, or None for anything else."""
     bias = _present(module, "bias")
-    if isinstance(module, (conv._ConvNd, nn.Linear, nn.Embedding, nn.EmbeddingBag)) and not _present(module, "weight"):
+    if isinstance(module, _WEIGHTED) and not _present(module, "weight"):
         return None  # weight norm or a parametrization owns the weight: count what is there by numel
     if isinstance(module, conv._ConvNd):
         return "conv", conv_param_formula(
@@ -72,10 +73,14 @@ def model_param_formulas(model: nn.Module) -> list[LayerCount]:
     counts: list[LayerCount] = []
     for name, module in model.named_modules():
         own = {n: p for n, p in module._parameters.items() if p is not None}
-        fresh = {n: p for n, p in own.items() if id(p) not in seen}
-        seen.update(id(p) for p in own.values())
-        known = _layer_formula(module)
-        if known is not None and fresh and all(n in fresh for n in own if n in _FORMULA_PARAMS):
+        fresh: dict[str, nn.Parameter] = {}
+        for pname, p in own.items():
+            if id(p) not in seen:
+                seen.add(id(p))
+                fresh[pname] = p
+        covered = [n for n in own if n in _FORMULA_PARAMS]
+        known = _layer_formula(module) if covered and all(n in fresh for n in covered) else None
+        if known is not None:
             kind, count = known
             counts.append(LayerCount(name, kind, count.formula, count.value))
             fresh = {n: p for n, p in fresh.items() if n not in _FORMULA_PARAMS}

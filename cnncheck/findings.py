@@ -97,13 +97,17 @@ class Report:
         head = f"cnncheck: {self.model_name} on input {shape} ({self.device})"
         if self.ok:
             return f"{head}: no findings ({len(self.rules_run)} rules)"
-        parts = [head + ":", _table(self.findings), ""]
-        parts.extend(f.render() + "\n" for f in self.findings)
+        parts = [head + ":", render_findings(self.findings), ""]
         parts.extend(f"internal error in rule {c.rule}: {c.error}" for c in self.crashes)
         parts.extend(self.notes)
         counts = f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)"
         parts.append(counts)
         return "\n".join(parts).rstrip()
+
+
+def render_findings(findings: list[Finding]) -> str:
+    """A summary table, then every finding in full."""
+    return "\n".join([_table(findings), "", *(f.render() + "\n" for f in findings)]).rstrip() + "\n"
 
 
 def _table(findings: list[Finding]) -> str:

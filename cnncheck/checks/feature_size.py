@@ -102,7 +102,7 @@ def _mismatch(ctx: CheckContext, rule: Rule, target: str, linear: nn.Module | No
     geometries = [g for g in (_geometry(n) for n in chain) if g is not None]
     details = _shape_trace(ctx, chain, geometries)
     label = f"{target} ({_module_repr(linear)})" if linear is not None else (target or ctx.model_name)
-    message = f"{label} expects {expected} input features but receives {found}"
+    message = f"{target or ctx.model_name} expects {expected} input features but gets {found}"
     expected_text, found_text, fix = f"{expected} features", f"{found} features", ""
     blamed: Geometry | None = None
     if feature_map is not None:
@@ -113,11 +113,16 @@ def _mismatch(ctx: CheckContext, rule: Rule, target: str, linear: nn.Module | No
             side = math.isqrt(expected // c)
             if len(spatial) == 2 and side * side * c == expected:
                 expected_text = f"{expected} = {c}*{side}*{side}: a {c}x{side}x{side} feature map"
+                message = f"{target or ctx.model_name} expects {expected} = {c}*{side}*{side} input features but gets {found} = {c}*{dims.replace('x', '*')}"
                 blamed, fix = _blame(chain, geometries, side, label)
         if blamed is None and geometries:
             blamed = max(geometries, key=lambda g: _reduction(g))
         if blamed is not None:
-            message += f"; {blamed.label()} is where the map shrinks to the wrong size"
+            before = "x".join(str(s) for s in blamed.node.inputs[0].shape[2:])
+            after = "x".join(str(s) for s in blamed.node.outputs[0].shape[2:])
+            message += f": {blamed.label()} turns {before} into {after}"
+            if after != dims:
+                message += f", and the map reaches {dims}"
     if via:
         message += f" (at {via})"
     fix = fix or (
