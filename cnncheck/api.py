@@ -93,8 +93,8 @@ def _forward_failed(name: str, ctx: CheckContext, error: BaseException) -> Check
     failed = ctx.train_trace.failed
     where = ""
     if failed is not None:
-        if failed.module_stack:
-            where += f" in {failed.module_stack[-1] or '<model>'}"
+        if failed.module_stack and failed.module_stack[-1]:
+            where += f" in {failed.module_stack[-1]}"
         if failed.location:
             where += f" at {failed.location}"
     return CheckError(

@@ -2,30 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
 MARK = "__cnncheck__"
 
 
-@dataclass(frozen=True, slots=True)
-class ModelSpec:
+class ModelSpec(NamedTuple):
+    """What ``@cnncheck.model`` recorded. (A NamedTuple: the pytest plugin imports this module at
+    every pytest start, and a dataclass costs milliseconds to create.)"""
+
     input_shape: tuple[int, ...] | None = None
     ignore: tuple[str, ...] = ()
+    variants: tuple[tuple[str, Mapping[str, Any]], ...] = ()
 
 
-def model(input_shape: Sequence[int] | None = None, *, ignore: Sequence[str] = ()) -> Any:
+def model(
+    input_shape: Sequence[int] | None = None,
+    *,
+    ignore: Sequence[str] = (),
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Any:
     """Mark an ``nn.Module`` subclass or a factory function as a model for cnncheck to check.
+
+    ``ignore`` lists rule ids not to check for this model. ``variants`` maps an id to the keyword
+    arguments of one variant; each variant is checked as its own model, ``name[id]``.
 
     >>> @cnncheck.model(input_shape=(4, 1, 28, 28))
     ... class ConvNet(nn.Module): ...
+    >>> @cnncheck.model(input_shape=(2, 3, 32, 32), variants={"narrow": {"width": 8}, "wide": {"width": 64}})
+    ... def make(width): ...
     """
 
     def mark(target: T) -> T:
-        setattr(target, MARK, ModelSpec(tuple(input_shape) if input_shape else None, tuple(ignore)))
+        spec = ModelSpec(
+            tuple(input_shape) if input_shape else None,
+            tuple(ignore),
+            tuple((str(k), dict(v)) for k, v in (variants or {}).items()),
+        )
+        setattr(target, MARK, spec)
         return target
 
     return mark

@@ -3,6 +3,7 @@ defined (not imported) in the file that builds with no arguments."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import sys
@@ -58,7 +59,11 @@ def candidates(module: Any, file: Path) -> list[Candidate]:
         if getattr(value, "__module__", None) != module.__name__:
             continue  # imported, not defined here
         spec = spec_of(value)
-        if spec is not None:
+        if spec is not None and spec.variants:
+            for variant, kwargs in spec.variants:
+                build = functools.partial(value, **kwargs)
+                found.append(Candidate(file, f"{name}[{variant}]", build, spec))
+        elif spec is not None:
             found.append(Candidate(file, name, value, spec))
     if found:
         return found

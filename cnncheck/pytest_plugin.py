@@ -1,18 +1,15 @@
-"""The pytest plugin: ``pytest --cnncheck`` turns every model into one test item per rule.
+"""The pytest plugin's entry point: options, ini keys, the marker and the fixtures.
 
 Loaded through the ``pytest11`` entry point by every pytest run where cnncheck is installed, so this
-module imports only pytest and the standard library: torch is imported when ``--cnncheck`` (or the
-``cnncheck_enable`` ini key) is on, or when a test asks for a cnncheck fixture.
+module is small and imports only pytest and the standard library. The collection machinery
+(:mod:`cnncheck.pytest_items`) and torch load only when ``--cnncheck`` (or ``cnncheck_enable``) is on,
+or when a test asks for a cnncheck fixture.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -59,8 +56,9 @@ def _ids(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-@dataclass(frozen=True)
-class Options:
+class Options(NamedTuple):
+    """The session's cnncheck options (command line first, then ini)."""
+
     enabled: bool
     device: str
     select: list[str] | None
@@ -112,6 +110,8 @@ def pytest_configure(config: pytest.Config) -> None:
     options = Options.from_config(config)
     config.stash[OPTIONS] = options
     if options.enabled:
+        from cnncheck.pytest_items import Collection, Reporter
+
         _validate_rules(options)
         config.pluginmanager.register(Collection(config, options), "cnncheck-collection")
         config.pluginmanager.register(Reporter(options), "cnncheck-reporter")
@@ -127,309 +127,12 @@ def _validate_rules(options: Options) -> None:
         raise pytest.UsageError(f"cnncheck: {exc}") from None
 
 
-# -- collection ---------------------------------------------------------------------------------------
-class Collection:
-    """Registered only with --cnncheck: claims Python files and config-declared models."""
-
-    def __init__(self, config: pytest.Config, options: Options) -> None:
-        self.config = config
-        self.options = options
-        self.seen: set[Path] = set()
-
-    def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-        if file_path.suffix != ".py" or file_path.name in ("conftest.py", "setup.py", "__init__.py"):
-            return None
-        self.seen.add(file_path.resolve())
-        return ModelFile.from_parent(parent, path=file_path, entries=self._entries_for(file_path))
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config,
-                                      items: list[pytest.Item]) -> None:
-        """Models named in cnncheck_models whose files were not among the collected paths."""
-        by_file: dict[Path, list[Any]] = {}
-        for entry in self._parsed_entries():
-            if entry.file not in self.seen:
-                by_file.setdefault(entry.file, []).append(entry)
-        for file, entries in by_file.items():
-            collector = ModelFile.from_parent(session, path=file, entries=entries, only_entries=True)
-            items.extend(_genitems(collector))
-
-    def _parsed_entries(self) -> list[Any]:
-        from cnncheck.discover import parse_entry
-
-        try:
-            return [parse_entry(line, self.config.rootpath) for line in self.options.models]
-        except ValueError as exc:
-            raise pytest.UsageError(str(exc)) from None
-
-    def _entries_for(self, file_path: Path) -> list[Any]:
-        if not self.options.models:
-            return []
-        return [e for e in self._parsed_entries() if e.file == file_path.resolve()]
-
-    def pytest_report_header(self, config: pytest.Config) -> str:
-        from cnncheck.plugins import all_rules
-        from cnncheck.rules import select_rules
-
-        rules = select_rules(all_rules(), self.options.select, self.options.ignore)
-        return f"cnncheck: {len(rules)} rules, device {', '.join(self.options.devices())}, fail on {self.options.fail_on}"
-
-
-def _genitems(collector: pytest.Collector) -> Iterator[pytest.Item]:
-    for node in collector.collect():
-        if isinstance(node, pytest.Item):
-            yield node
-        else:
-            yield from _genitems(node)  # type: ignore[arg-type]
-
-
-class ModelFile(pytest.File):
-    """A Python file: its declared models (``@cnncheck.model``, cnncheck_models), else every
-    ``nn.Module`` subclass it defines that builds with no arguments."""
-
-    def __init__(self, *, entries: list[Any] | None = None, only_entries: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.entries = entries or []
-        self.only_entries = only_entries
-
-    def collect(self) -> Iterator[pytest.Collector | pytest.Item]:
-        from cnncheck.discover import candidates, load_file
-
-        options = self.config.stash[OPTIONS]
-        try:
-            module = load_file(self.path)
-        except Exception as exc:  # the student's file does not import: one error item, others go on
-            yield BrokenModel.from_parent(self, name="import", error=f"cannot import {self.path.name}: "
-                                          f"{type(exc).__name__}: {exc}")
-            return
-        found = {c.name: c for c in ([] if self.only_entries else candidates(module, self.path))}
-        shapes: dict[str, tuple[int, ...] | None] = {}
-        for entry in self.entries:
-            target = getattr(module, entry.attr, None)
-            if target is None:
-                yield BrokenModel.from_parent(self, name=entry.attr, error=f"{self.path.name} has no attribute "
-                                              f"{entry.attr!r} (from cnncheck_models)")
-                continue
-            from cnncheck.declare import ModelSpec, spec_of
-            from cnncheck.discover import Candidate
-
-            found[entry.attr] = Candidate(self.path, entry.attr, target, spec_of(target) or ModelSpec())
-            shapes[entry.attr] = entry.shape
-        for name, candidate in found.items():
-            shape = shapes.get(name) or candidate.spec.input_shape or options.default_shape
-            yield ModelCollector.from_parent(self, name=name, candidate=candidate, shape=shape)
-
-
-class ModelCollector(pytest.Collector):
-    """One model: built and checked once per device, shared by its rule items."""
-
-    def __init__(self, *, candidate: Any, shape: tuple[int, ...] | None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.candidate = candidate
-        self.shape = shape
-        self.shape_note = ""
-        self.results: dict[str, Any] = {}
-
-    def collect(self) -> Iterator[pytest.Item]:
-        from cnncheck.plugins import all_rules
-        from cnncheck.rules import select_rules
-
-        options = self.config.stash[OPTIONS]
-        rules = select_rules(all_rules(), options.select, [*options.ignore, *self.candidate.spec.ignore])
-        for device in options.devices():
-            for rule in rules:
-                item = RuleItem.from_parent(self, name=f"{rule.id}[{device}]", rule_id=rule.id, device=device)
-                item.add_marker("cnncheck")
-                if device == "cuda":
-                    item.add_marker(pytest.mark.skipif(not _cuda_available(),
-                                                       reason="CUDA is not available on this machine"))
-                yield item
-
-    def result(self, device: str) -> Any:
-        """The report for ``device`` (or the exception that prevented it), computed on first use."""
-        if device not in self.results:
-            self.results[device] = self._check(device)
-        return self.results[device]
-
-    def _check(self, device: str) -> Any:
-        from cnncheck.api import CheckError, check_model
-        from cnncheck.discover import infer_input_shape
-
-        options = self.config.stash[OPTIONS]
-        try:
-            model = self.candidate.build()
-        except Exception as exc:  # the student's constructor raised
-            return ModelError(f"cannot build {self.name}: {type(exc).__name__}: {exc}", _user_line(exc))
-        shape = self.shape
-        if shape is None:
-            inferred = infer_input_shape(model)
-            if inferred is None:
-                return ModelError(f"no input shape for {self.name} and no conv to infer one from; declare it "
-                                  f"with @cnncheck.model(input_shape=...) or the cnncheck_input_shape ini key")
-            shape, self.shape_note = inferred
-        try:
-            return check_model(model, shape, device=device, checks=options.select,
-                               ignore=[*options.ignore, *self.candidate.spec.ignore])
-        except CheckError as exc:
-            return ModelError(str(exc), _user_line(exc.__cause__) if exc.__cause__ else None)
-        except Exception as exc:  # anything else from student code outside forward
-            return ModelError(f"{type(exc).__name__}: {exc}", _user_line(exc))
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _user_line(exc: BaseException | None) -> str | None:
-    if exc is None:
-        return None
-    from cnncheck.trace import traceback_location
-
-    return traceback_location(exc)
-
-
-@dataclass
-class ModelError:
-    message: str
-    location: str | None = None
-
-
-class RuleFindings(Exception):
-    """Raised by a failing rule item; rendered by ``repr_failure`` as the findings, no traceback."""
-
-
-class ModelUnusable(Exception):
-    pass
-
-
-class RuleItem(pytest.Item):
-    def __init__(self, *, rule_id: str, device: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.rule_id = rule_id
-        self.device = device
-        self.user_properties.append(("cnncheck_rule", rule_id))
-        self.user_properties.append(("cnncheck_model", self.parent.nodeid))  # type: ignore[union-attr]
-
-    def runtest(self) -> None:
-        collector: ModelCollector = self.parent  # type: ignore[assignment]
-        result = collector.result(self.device)
-        if isinstance(result, ModelError):
-            raise ModelUnusable(result.message + (f"\n  at: {result.location}" if result.location else ""))
-        findings = result.by_rule(self.rule_id)
-        self.user_properties.append(("cnncheck_modules", ",".join(f.module or "<model>" for f in findings)))
-        self.user_properties.append(("cnncheck_findings", str(len(findings))))
-        options = self.config.stash[OPTIONS]
-        failing = [f for f in findings if options.fail_on == "warning" or str(f.severity) == "error"]
-        note = f"({collector.shape_note})\n" if collector.shape_note else ""
-        if failing:
-            first = failing[0]
-            headline = f"{first.rule}: {first.module or '<model>'}: {first.message}"
-            more = f" (and {len(failing) - 1} more)" if len(failing) > 1 else ""
-            raise RuleFindings(f"{headline}{more}\n{note}\n{_render(findings)}")
-        if findings:
-            self.user_properties.append(("cnncheck_passing_warnings", _render(findings)))
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
-        if isinstance(excinfo.value, (RuleFindings, ModelUnusable)):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo)  # type: ignore[arg-type]
-
-    def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, self.nodeid
-
-
-class BrokenModel(pytest.Item):
-    """A file or declared model that cannot even be collected: one error item that says why."""
-
-    def __init__(self, *, error: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.error = error
-        self.add_marker("cnncheck")
-
-    def runtest(self) -> None:
-        raise ModelUnusable(self.error)
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
-        return str(excinfo.value)
-
-    def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, self.nodeid
-
-
-def _render(findings: list[Any]) -> str:
-    from cnncheck.findings import render_findings
-
-    return render_findings(findings)
-
-
-# -- summary ------------------------------------------------------------------------------------------
-class Reporter:
-    """Counts findings from the item reports (so it also works on the pytest-xdist controller, which
-    sees only reports) and prints the closing summary."""
-
-    def __init__(self, options: Options) -> None:
-        self.options = options
-        self.models: set[str] = set()
-        self.findings: Counter[str] = Counter()
-        self.passing_warnings: list[str] = []
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        props = dict(report.user_properties)
-        if report.when != "call" or "cnncheck_rule" not in props:
-            return
-        self.models.add(str(props["cnncheck_model"]))
-        count = int(props.get("cnncheck_findings", 0) or 0)
-        if count:
-            self.findings[str(props["cnncheck_rule"])] += count
-        if "cnncheck_passing_warnings" in props:
-            self.passing_warnings.append(f"{report.nodeid}\n{props['cnncheck_passing_warnings']}")
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        writer = terminalreporter
-        if self.passing_warnings:
-            writer.write_sep("=", "cnncheck warnings (passing: --cnncheck-fail-on=error)")
-            for text in self.passing_warnings:
-                writer.write_line(text)
-        per_rule = ", ".join(f"{rule}: {n}" for rule, n in sorted(self.findings.items())) or "none"
-        writer.write_sep("-", "cnncheck")
-        writer.write_line(f"cnncheck: {len(self.models)} model(s) checked; findings per rule: {per_rule}")
-        if self.findings:
-            writer.write_line("cnncheck: `cnncheck rules RULE-ID` explains a rule and how to fix it")
-
-
-# -- fixtures -----------------------------------------------------------------------------------------
-class Checker:
-    """The ``cnncheck`` fixture: ``check_model`` and an assertion bound to the session's options."""
-
-    def __init__(self, options: Options) -> None:
-        self.options = options
-
-    def check(self, model: Any, example_input: Any, **kwargs: Any) -> Any:
-        from cnncheck.api import check_model
-
-        kwargs.setdefault("checks", self.options.select)
-        kwargs["ignore"] = [*self.options.ignore, *kwargs.get("ignore", [])]
-        return check_model(model, example_input, **kwargs)
-
-    def assert_ok(self, model: Any, example_input: Any, **kwargs: Any) -> Any:
-        __tracebackhide__ = True
-        from cnncheck.api import CheckFailed
-        from cnncheck.findings import Severity
-
-        report = self.check(model, example_input, **kwargs)
-        failing = [f for f in report.findings
-                   if self.options.fail_on == "warning" or f.severity is Severity.ERROR]
-        if failing or report.crashes:
-            raise CheckFailed(report)
-        return report
-
-
 @pytest.fixture
 def cnncheck(request: pytest.FixtureRequest) -> Checker:
     """A checker bound to this session's cnncheck options: ``.check(model, shape)`` and
     ``.assert_ok(model, shape, ignore=[...])``."""
+    from cnncheck.pytest_items import Checker
+
     return Checker(request.config.stash[OPTIONS])
 
 
@@ -448,6 +151,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for device in devices:
         marks = []
         if device == "cuda":
-            marks.append(pytest.mark.skipif(not _cuda_available(), reason="CUDA is not available on this machine"))
+            from cnncheck.pytest_items import cuda_available
+
+            marks.append(pytest.mark.skipif(not cuda_available(), reason="CUDA is not available on this machine"))
         params.append(pytest.param(device, id=device, marks=marks))
     metafunc.parametrize("cnncheck_device", params, indirect=True)

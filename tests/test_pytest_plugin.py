@@ -1,0 +1,282 @@
+"""``pytest --cnncheck`` end to end, with pytester, on small sample projects."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = 9
+
+CLEAN = """
+import torch
+from torch import nn
+import cnncheck
+
+@cnncheck.model(input_shape=(2, 3, 8, 8))
+class Clean(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
+"""
+
+BIASED = """
+import torch
+from torch import nn
+import cnncheck
+
+@cnncheck.model(input_shape=(2, 3, 8, 8))
+class Biased(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)).mean(dim=(2, 3))
+"""
+
+
+def seed_source(stride: int) -> str:
+    text = (ROOT / "examples" / "seed_convnet.py").read_text()
+    text = text.replace("import cnncheck\n", "").replace("@cnncheck.model(input_shape=(4, 1, 28, 28))\n", "")
+    return text.replace("stride=5", f"stride={stride}")
+
+
+def test_plugin_module_imports_fast_and_without_torch() -> None:
+    code = textwrap.dedent(
+        """
+        import sys, time, pytest
+        start = time.perf_counter()
+        import cnncheck.pytest_plugin
+        elapsed = time.perf_counter() - start
+        print('torch' in sys.modules, elapsed)
+        """
+    )
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+            for _ in range(4)]  # the first may compile the bytecode; the rest show the import itself
+    assert all(imported == "False" for imported, _ in runs)
+    assert min(float(elapsed) for _, elapsed in runs[1:]) < 0.02
+
+
+def test_plain_pytest_run_does_not_import_torch(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_plain="import sys\ndef test_no_torch():\n    assert 'torch' not in sys.modules\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert "cnncheck:" not in result.stdout.str()
+
+
+def test_decorated_models_give_one_item_per_rule(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(clean=CLEAN, biased=BIASED)
+    result = pytester.runpytest("--cnncheck", "-v")
+    result.assert_outcomes(passed=2 * RULES - 1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*biased.py::Biased::redundant-bias-before-bn[[]cpu[]] FAILED*",
+        "*clean.py::Clean::conv-param-formula[[]cpu[]] PASSED*",
+        "*redundant-bias-before-bn: conv: the bias of Conv2d 'conv' (4 parameters) is cancelled by BatchNorm2d 'bn'*",
+        "*fix:*bias=False*",
+        "*cnncheck: 2 model(s) checked; findings per rule: redundant-bias-before-bn: 1",
+    ])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_report_header_says_what_is_on(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(clean=CLEAN)
+    result = pytester.runpytest("--cnncheck", "--cnncheck-ignore=bn")
+    result.stdout.fnmatch_lines(["cnncheck: 6 rules, device cpu, fail on warning"])
+    result.assert_outcomes(passed=6)
+
+
+def test_seed_convnet_found_by_path_with_an_inferred_shape(pytester: pytest.Pytester) -> None:
+    pytester.mkpydir("submissions")
+    (pytester.path / "submissions" / "seed.py").write_text(seed_source(5))
+    (pytester.path / "submissions" / "fixed.py").write_text(seed_source(2))
+    result = pytester.runpytest("--cnncheck", "submissions/")
+    result.assert_outcomes(passed=2 * RULES - 1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*_ ConvNet::feature-size-mismatch[[]cpu[]] _*",
+        "*input shape 4x1x28x28 inferred: the first conv takes 1 channel(s)*",
+        "*fc1 expects 3136 = 64*7*7 input features but gets 576 = 64*3*3*stride=5*",
+    ])
+
+
+def test_models_from_the_ini_key_by_path_and_by_module(pytester: pytest.Pytester) -> None:
+    pkg = pytester.mkpydir("zoo")
+    (pkg / "nets.py").write_text(BIASED.replace("@cnncheck.model(input_shape=(2, 3, 8, 8))\n", ""))
+    (pytester.path / "seed.py").write_text(seed_source(2))
+    pytester.makeini(
+        """
+        [pytest]
+        cnncheck_models =
+            zoo.nets:Biased 2,3,8,8
+            seed.py::ConvNet 4x1x28x28
+        """
+    )
+    pytester.syspathinsert()
+    result = pytester.runpytest("--cnncheck", "-p", "no:cacheprovider")
+    outcomes = result.parseoutcomes()
+    assert outcomes["failed"] == 1, result.stdout.str()
+    result.stdout.fnmatch_lines(["*zoo/nets.py::Biased::redundant-bias-before-bn*"])
+
+
+def test_pyproject_config_and_default_shape(pytester: pytest.Pytester) -> None:
+    pytester.makepyprojecttoml(
+        """
+        [tool.pytest.ini_options]
+        cnncheck_enable = true
+        cnncheck_input_shape = "2,3,8,8"
+        cnncheck_select = ["redundant-bias-before-bn"]
+        """
+    )
+    pytester.makepyfile(biased=BIASED.replace("@cnncheck.model(input_shape=(2, 3, 8, 8))\n", ""))
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+
+
+def test_markers_and_keywords_select_items(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(biased=BIASED, test_other="def test_other():\n    pass\n")
+    pytester.runpytest("--cnncheck", "-m", "cnncheck", "--strict-markers").assert_outcomes(passed=RULES - 1, failed=1)
+    pytester.runpytest("--cnncheck", "-m", "not cnncheck").assert_outcomes(passed=1)
+    pytester.runpytest("--cnncheck", "-k", "redundant").assert_outcomes(failed=1)
+
+
+def test_fail_on_error_lets_warnings_pass_but_shows_them(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(biased=BIASED)
+    result = pytester.runpytest("--cnncheck", "--cnncheck-fail-on=error")
+    result.assert_outcomes(passed=RULES)
+    result.stdout.fnmatch_lines([
+        "*cnncheck warnings (passing: --cnncheck-fail-on=error)*",
+        "*biased.py::Biased::redundant-bias-before-bn[[]cpu[]]",
+        "*findings per rule: redundant-bias-before-bn: 1",
+    ])
+
+
+def test_a_model_that_cannot_be_built_or_run_errors_and_others_go_on(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        clean=CLEAN,
+        broken="""
+        import torch
+        from torch import nn
+        import cnncheck
+
+        @cnncheck.model(input_shape=(2, 3, 8, 8))
+        class Crashes(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 4, 3)
+
+            def forward(self, x):
+                return self.conv(x) @ self.conv.weight  # the student's bug
+        """,
+        syntax="class Oops(:\n    pass\n",
+    )
+    result = pytester.runpytest("--cnncheck")
+    result.assert_outcomes(passed=RULES, failed=2, skipped=RULES - 1)
+    result.stdout.fnmatch_lines([
+        "*Crashes.forward raised RuntimeError at *broken.py:12 on an input of shape 2x3x8x8*",
+        "*at: *broken.py:12*",
+        "*cannot import syntax.py: SyntaxError*",
+    ])
+
+
+def test_bad_option_values_are_usage_errors(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--cnncheck", "--cnncheck-device=tpu")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*'tpu': choose one of cpu, cuda, all, auto*"])
+    result = pytester.runpytest("--cnncheck", "--cnncheck-select=conv-param-formla")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown cnncheck rule 'conv-param-formla'*"])
+
+
+def test_disabled_with_dash_p_no(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(biased=BIASED)
+    result = pytester.runpytest("-p", "no:cnncheck", "--collect-only", "-q")
+    assert "Biased" not in result.stdout.str()
+
+
+def test_junitxml_has_a_testcase_per_item_with_rule_and_module(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(biased=BIASED)
+    pytester.runpytest("--cnncheck", "--junitxml=out.xml")
+    xml = (pytester.path / "out.xml").read_text()
+    assert xml.count("<testcase") == RULES
+    assert '<property name="cnncheck_rule" value="redundant-bias-before-bn"' in xml
+    assert '<property name="cnncheck_modules" value="conv"' in xml
+
+
+def test_fixtures_for_peoples_own_tests(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_mine="""
+        import pytest
+        from torch import nn
+        import cnncheck as cc
+
+        def model():
+            return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+
+        def test_report(cnncheck, cnncheck_device):
+            report = cnncheck.check(model(), (2, 3, 8, 8), device=cnncheck_device)
+            assert [f.rule for f in report.findings] == ["redundant-bias-before-bn"]
+
+        def test_assert_ok_with_ignore(cnncheck):
+            cnncheck.assert_ok(model(), (2, 3, 8, 8), ignore=["redundant-bias-before-bn"])
+
+        def test_assert_ok_fails_with_findings(cnncheck):
+            with pytest.raises(cc.CheckFailed, match="redundant-bias-before-bn"):
+                cnncheck.assert_ok(model(), (2, 3, 8, 8))
+
+        def test_library_assertion_in_a_test():
+            cc.assert_no_redundant_bias(model(), (2, 3, 8, 8))
+        """
+    )
+    result = pytester.runpytest("-rs")
+    import torch
+
+    if torch.cuda.is_available():
+        result.assert_outcomes(passed=4, failed=1)
+    else:
+        result.assert_outcomes(passed=3, failed=1, skipped=1)
+        result.stdout.fnmatch_lines(["*CUDA is not available on this machine*"])
+    result.stdout.fnmatch_lines(["*test_library_assertion_in_a_test*", "*redundant-bias-before-bn*"])
+
+
+def test_factory_variants_are_checked_separately(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        nets="""
+        from torch import nn
+        import cnncheck
+
+        @cnncheck.model(input_shape=(2, 3, 8, 8), variants={"nobias": {"bias": False}, "bias": {"bias": True}})
+        def make(bias):
+            return nn.Sequential(nn.Conv2d(3, 4, 3, bias=bias), nn.BatchNorm2d(4))
+        """
+    )
+    result = pytester.runpytest("--cnncheck", "-k", "redundant", "-v")
+    result.stdout.fnmatch_lines([
+        "*nets.py::make[[]nobias[]]::redundant-bias-before-bn[[]cpu[]] PASSED*",
+        "*nets.py::make[[]bias[]]::redundant-bias-before-bn[[]cpu[]] FAILED*",
+    ])
+
+
+def test_xdist_gives_the_same_items_and_outcomes(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    pytester.makepyfile(clean=CLEAN, biased=BIASED)
+    serial = pytester.runpytest_subprocess("--cnncheck", "-p", "no:cacheprovider", "-rA")
+    parallel = pytester.runpytest_subprocess("--cnncheck", "-p", "no:cacheprovider", "-rA", "-n", "2")
+    assert serial.parseoutcomes() == {k: v for k, v in parallel.parseoutcomes().items() if k in serial.parseoutcomes()}
+
+    def ids(result: pytest.RunResult) -> set[str]:
+        return {line.split()[1] for line in result.outlines if line.startswith(("PASSED ", "FAILED "))}
+
+    assert ids(serial) == ids(parallel) and len(ids(serial)) == 2 * RULES
+    parallel.stdout.fnmatch_lines(["*cnncheck: 2 model(s) checked; findings per rule: redundant-bias-before-bn: 1"])
