@@ -48,13 +48,20 @@ def tolerance(dtype: torch.dtype) -> tuple[float, float]:
     }.get(dtype, (1e-4, 1e-5))
 
 
-def mismatch(found: torch.Tensor, expected: torch.Tensor, scale: float = 1.0) -> Mismatch | None:
-    """None when ``found`` matches ``expected`` within the dtype's tolerance (times ``scale``)."""
+def mismatch(found: torch.Tensor, expected: torch.Tensor, scale: float = 1.0,
+             whole: bool = False) -> Mismatch | None:
+    """None when ``found`` matches ``expected`` within the dtype's tolerance (times ``scale``).
+
+    ``whole=True`` measures every element against the largest magnitude of ``expected`` (atol =
+    rtol * max|expected|): right for a model's output, whose scale can be anything from 1e-5 to 1e10.
+    """
     if found.shape != expected.shape:
         return Mismatch(found.numel(), expected.numel(), float("inf"), (), float("nan"), float("nan"), 0, 0)
     rtol, atol = tolerance(found.dtype)
     rtol, atol = rtol * scale, atol * scale
     f64, e64 = found.detach().double(), expected.detach().double()
+    if whole:
+        atol = rtol * float(e64.abs().max()) if e64.numel() else atol
     diff = (f64 - e64).abs()
     bad = diff > atol + rtol * e64.abs()
     bad |= torch.isnan(f64) != torch.isnan(e64)

@@ -149,3 +149,19 @@ def test_checks_run_on_the_requested_device_and_leave_the_model_where_it_was(dev
     assert report.device.startswith(device)
     assert {(f.rule, f.module) for f in report.findings} == {("redundant-bias-before-bn", "conv")}
     assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                      reason="CUDA is not available on this machine"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+@pytest.mark.parametrize(("factory", "shape"), _example_models())
+def test_every_example_gets_the_same_verdict_on_every_device(factory, shape, device) -> None:
+    reference = cnncheck.check_model(factory(), shape)
+    on_device = cnncheck.check_model(factory(), shape, device=device)
+    assert [(f.rule, f.module) for f in on_device.findings] == [(f.rule, f.module) for f in reference.findings]
+    model = factory().to(device)
+    before = _snapshot(model)
+    cnncheck.check_model(model, shape)  # default: where the model's parameters are
+    _assert_unchanged(model, before)

@@ -209,3 +209,28 @@ def test_check_leaves_hand_bn_buffers_and_mode_untouched():
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not any(m.training for m in model.modules())
+
+
+class _Scaled(nn.Module):
+    """A clean conv-BN-linear model whose output is multiplied by ``scale``; ``centre`` makes every
+    sample's output depend on the batch (it subtracts the batch mean, in eval mode too)."""
+
+    def __init__(self, scale: float, centre: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 10)
+        self.scale, self.centre = scale, centre
+
+    def forward(self, x):
+        y = self.fc(torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))) * self.scale
+        return y - y.mean(dim=0, keepdim=True) if self.centre else y
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 1e10], ids=["tiny", "unit", "huge"])
+def test_batch_dependence_is_judged_at_the_outputs_own_scale(scale) -> None:
+    torch.manual_seed(0)
+    clean = cnncheck.check_model(_Scaled(scale, centre=False), (4, 3, 8, 8))
+    assert clean.ok, str(clean)
+    dependent = cnncheck.check_model(_Scaled(scale, centre=True), (4, 3, 8, 8))
+    assert {(f.rule, f.module) for f in dependent.findings} == {("bn-eval-behaviour", "")}

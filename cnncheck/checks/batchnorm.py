@@ -226,7 +226,7 @@ def _batch_dependence(ctx: CheckContext, rule: Rule) -> Finding | None:
     for a, b in zip(full_leaves, single_leaves):
         if a.dim() == 0 or a.shape[0] != ctx.batch_size or b.shape[0] != 1:
             continue
-        diff = mismatch(b, a[:1], scale=100)
+        diff = mismatch(b, a[:1], scale=10, whole=True)
         if diff is not None:
             return rule.finding(
                 "",

@@ -1,0 +1,70 @@
+"""What a full ``cnncheck.check_model`` costs, in units of one plain training step of the same model.
+
+For each model, at input (2, 3, 224, 224) on CPU: the median time of ``check_model`` divided by the
+median time of one plain forward + backward in train mode, both measured in this run (one warm-up
+each, then interleaved repeats). Run: ``python benchmarks/check_cost.py [--repeats N] [model ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+import cnncheck
+
+MODELS = ("resnet18", "resnet50", "vgg11_bn", "mobilenet_v2")
+SHAPE = (2, 3, 224, 224)
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _train_step(model: nn.Module, x: torch.Tensor) -> None:
+    model.zero_grad(set_to_none=True)
+    model(x).sum().backward()
+
+
+def measure(name: str, repeats: int) -> tuple[float, float]:
+    """(median seconds of check_model, median seconds of one forward+backward)."""
+    import torchvision.models as tvm
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model: nn.Module = getattr(tvm, name)(weights=None)
+    x = torch.randn(SHAPE)
+    model.train()
+    check = lambda: cnncheck.check_model(model, SHAPE)  # noqa: E731
+    step = lambda: _train_step(model, x)  # noqa: E731
+    check(), step()  # warm-up: allocator, oneDNN primitive caches, lazy imports
+    checks, steps = [], []
+    for _ in range(repeats):
+        checks.append(_seconds(check))
+        steps.append(_seconds(step))
+    return statistics.median(checks), statistics.median(steps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="*", default=list(MODELS))
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads, input {SHAPE}, "
+          f"median of {args.repeats}")
+    print(f"{'model':<14} {'check_model':>12} {'fwd+bwd':>10} {'ratio':>7}")
+    for name in args.models:
+        check, step = measure(name, args.repeats)
+        print(f"{name:<14} {check:>11.3f}s {step:>9.3f}s {check / step:>6.1f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
