@@ -64,6 +64,15 @@ class Node:
         return self.module is not None
 
     @property
+    def probe_input(self) -> torch.Tensor | None:
+        """The input to probe this layer with: a copy taken at call time for a student's layer (its
+        input may be changed in place later); the live tensor for torch's own layers, whose probes
+        need only its shape or any input at all."""
+        if self.saved_input is not None:
+            return self.saved_input
+        return self.inputs[0] if self.inputs else None
+
+    @property
     def in_shape(self) -> tuple[int, ...] | None:
         return tuple(self.inputs[0].shape) if self.inputs else None
 
@@ -181,6 +190,10 @@ def module_inventory(model: nn.Module, pm: Any = None) -> dict[nn.Module, Module
     return inventory
 
 
+def _from_torch(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("torch.")
+
+
 def _torch_leaf(module: nn.Module) -> bool:
     """torch's own childless modules (ReLU, Flatten, ...) are one node each; a student's own
     unclassified module is traced inside, so functional convs and norms in it are seen."""
@@ -292,8 +305,6 @@ class _Tracer(TorchFunctionMode):
             kwargs=kwargs,
             location=user_location(),
         )
-        if node.kind in self.save_inputs and inputs:
-            node.saved_input = inputs[0].detach().clone()
         self.nodes.append(node)
         self.produced(node)
         if self.grad_probe and name in _BIASED_FUNCTIONS:
@@ -341,7 +352,7 @@ class _Tracer(TorchFunctionMode):
                 outputs=_tensors(output),
                 training=frame.training,
             )
-            if info.kind in self.save_inputs and frame.inputs:
+            if info.kind in self.save_inputs and frame.inputs and not _from_torch(module):
                 node.saved_input = frame.inputs[0].detach().clone()
             self.nodes.append(node)
             self.produced(node)

@@ -28,15 +28,15 @@ def _describe_dims(dims: tuple[int, ...], rank: int) -> str:
 
 def reduction_of(ctx: CheckContext, node: Node) -> tuple[int, ...] | None:
     """The dims a BN-like layer takes its train-mode statistics over (memoised; measured once)."""
-    assert node.module is not None and node.saved_input is not None
-    x = node.saved_input
+    assert node.module is not None and node.probe_input is not None
+    x = node.probe_input
     if is_stock_batchnorm(node.module):
         return per_channel_dims(x)
     return ctx.memo(("dims", id(node.module)), lambda: statistics_dims(node.module, x))  # type: ignore[arg-type]
 
 
 def _is_per_channel(ctx: CheckContext, node: Node) -> bool:
-    x = node.saved_input
+    x = node.probe_input
     if x is None or x.dim() < 2:
         return False
     dims = reduction_of(ctx, node)
@@ -55,7 +55,7 @@ def check_per_channel(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
                 ctx.forward_error_explained = True
                 yield finding
     for node in trace.module_nodes(LayerKind.BATCH_NORM):
-        module, x = node.module, node.saved_input
+        module, x = node.module, node.probe_input
         if module is None or x is None or x.dim() < 2:
             continue
         finding = _num_features(ctx, rule, module, node.name, x) or _shapes(ctx, rule, node)
@@ -84,7 +84,7 @@ def _num_features(ctx: CheckContext, rule: Rule, module: nn.Module, name: str, x
 
 
 def _shapes(ctx: CheckContext, rule: Rule, node: Node) -> Finding | None:
-    module, x = node.module, node.saved_input
+    module, x = node.module, node.probe_input
     assert module is not None and x is not None
     channels = int(x.shape[1])
     tensors = dict(module.named_parameters(recurse=False))
@@ -107,7 +107,7 @@ def _shapes(ctx: CheckContext, rule: Rule, node: Node) -> Finding | None:
 
 
 def _statistics(ctx: CheckContext, rule: Rule, node: Node) -> Finding | None:
-    x = node.saved_input
+    x = node.probe_input
     assert x is not None and node.module is not None
     dims = reduction_of(ctx, node)
     expected = per_channel_dims(x)
@@ -127,7 +127,7 @@ def _statistics(ctx: CheckContext, rule: Rule, node: Node) -> Finding | None:
 
 
 def _flattened(ctx: CheckContext, rule: Rule, trace: Trace, node: Node) -> Finding | None:
-    x = node.saved_input
+    x = node.probe_input
     assert x is not None and node.module is not None
     if x.dim() != 2:
         return None
@@ -155,7 +155,7 @@ def _flattened(ctx: CheckContext, rule: Rule, trace: Trace, node: Node) -> Findi
 # -- bn-train-behaviour --------------------------------------------------------------------------------
 def check_train(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
     for node in ctx.train_trace.module_nodes(LayerKind.BATCH_NORM):
-        module, x = node.module, node.saved_input
+        module, x = node.module, node.probe_input
         if module is None or x is None or x.dim() < 2 or not node.training:
             continue
         if is_stock_batchnorm(module) or not _per_channel_shapes(module, x) or not _is_per_channel(ctx, node):
@@ -179,7 +179,7 @@ def check_eval(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
     trace = ctx.eval_trace
     explained = False
     for node in trace.module_nodes(LayerKind.BATCH_NORM):
-        module, x = node.module, node.saved_input
+        module, x = node.module, node.probe_input
         if module is None or x is None or x.dim() < 2 or node.training:
             continue  # still training after eval(): that is mode-not-propagated's finding
         if not _per_channel_shapes(module, x) or not _is_per_channel(ctx, _train_call(ctx, node) or node):
@@ -198,7 +198,7 @@ def check_eval(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
 
 def _train_call(ctx: CheckContext, node: Node) -> Node | None:
     """The same layer's call in the train trace, where its statistics dims are measured."""
-    return next((n for n in ctx.train_trace.nodes if n.module is node.module and n.saved_input is not None), None)
+    return next((n for n in ctx.train_trace.nodes if n.module is node.module and n.probe_input is not None), None)
 
 
 def _mode_leaks(trace: Trace) -> bool:

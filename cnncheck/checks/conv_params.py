@@ -89,9 +89,9 @@ def _check_conv(ctx: CheckContext, rule: Rule, module: nn.Module, name: str) -> 
 def _numeric_mismatch(ctx: CheckContext, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None,
                       rank: int, groups: int, transposed: bool) -> str | None:
     node = first_call(ctx.train_trace, module)
-    if node is None or node.saved_input is None or not node.outputs:
+    if node is None or node.probe_input is None or not node.outputs:
         return None
-    x = node.saved_input
+    x = node.probe_input
     stride = as_tuple(getattr(module, "stride", 1), rank)
     padding = getattr(module, "padding", 0)
     padding = padding if isinstance(padding, str) else as_tuple(padding, rank)

@@ -55,11 +55,11 @@ def eval_leaks(trace: Trace) -> list[Leak]:
 
 def _drops_in_eval(node: Node) -> bool:
     """A hand-written dropout in eval mode must be the identity; torch's own dropout is."""
-    if isinstance(node.module, _DropoutNd) or node.saved_input is None:
+    if isinstance(node.module, _DropoutNd) or node.probe_input is None:
         return False
     with torch.no_grad():
-        out = node.module(node.saved_input)  # type: ignore[misc]
-    return isinstance(out, torch.Tensor) and mismatch(out, node.saved_input) is not None
+        out = node.module(node.probe_input)  # type: ignore[misc]
+    return isinstance(out, torch.Tensor) and mismatch(out, node.probe_input) is not None
 
 
 def _functional_training(node: Node) -> bool:

@@ -10,7 +10,7 @@ from torch import nn
 
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
-from cnncheck.layers import LayerKind
+from cnncheck.layers import LayerKind, as_tuple
 from cnncheck.probes import tolerance
 from cnncheck.rules import Rule
 
@@ -33,7 +33,7 @@ def check_parameters(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
 
 def check_channels(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
     for node in ctx.train_trace.module_nodes(LayerKind.POOL):
-        x = node.saved_input
+        x = node.probe_input
         if x is None or x.dim() < 3 or not node.outputs:
             continue
         out = node.outputs[0]
@@ -48,7 +48,7 @@ def check_channels(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
                 location=where,
             )
             continue
-        leak = _channel_leak(node.module, x)  # type: ignore[arg-type]
+        leak = _channel_leak(node.module, _probe_input(node.module, x))  # type: ignore[arg-type]
         if leak is not None:
             source, target = leak
             yield rule.finding(
@@ -58,6 +58,20 @@ def check_channels(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
                 found=f"changing input channel {source} changes output channel {target}",
                 location=where,
             )
+
+
+def _probe_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """For torch's own pooling layers, one sample and a small spatial window are enough to see
+    channel mixing (a MaxPool3d fed a 4-d map, say); a student's layer gets its whole input, since
+    its behaviour may depend on the size."""
+    if type(module).__module__ != "torch.nn.modules.pooling":
+        return x
+    kernel = getattr(module, "kernel_size", 1)
+    stride = getattr(module, "stride", None) or kernel
+    reach = 2 * max(as_tuple(kernel, 1)) + 2 * max(as_tuple(stride, 1))
+    side = max(16, reach)
+    window = (slice(0, 1), slice(None)) + tuple(slice(0, side) for _ in range(x.dim() - 2))
+    return x[window]
 
 
 def _channel_leak(module: nn.Module, x: torch.Tensor) -> tuple[int, int] | None:
