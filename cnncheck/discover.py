@@ -21,10 +21,11 @@ class Candidate:
     name: str
     build: Callable[[], Any]
     spec: ModelSpec
+    variant: str | None = None
 
     @property
     def id(self) -> str:
-        return f"{self.file}::{self.name}"
+        return f"{self.file}::{self.name}" + (f"[{self.variant}]" if self.variant else "")
 
 
 def python_files(paths: list[str]) -> Iterator[Path]:
@@ -62,7 +63,7 @@ def candidates(module: Any, file: Path) -> list[Candidate]:
         if spec is not None and spec.variants:
             for variant, kwargs in spec.variants:
                 build = functools.partial(value, **kwargs)
-                found.append(Candidate(file, f"{name}[{variant}]", build, spec))
+                found.append(Candidate(file, name, build, spec, variant))
         elif spec is not None:
             found.append(Candidate(file, name, value, spec))
     if found:

@@ -90,7 +90,9 @@ class ModelFile(pytest.File):
             yield BrokenModel.from_parent(self, name="import", error=f"cannot import {self.path.name}: "
                                           f"{type(exc).__name__}: {exc}")
             return
-        found = {c.name: c for c in ([] if self.only_entries else candidates(module, self.path))}
+        found: dict[str, list[Any]] = {}
+        for candidate in [] if self.only_entries else candidates(module, self.path):
+            found.setdefault(candidate.name, []).append(candidate)
         shapes: dict[str, tuple[int, ...] | None] = {}
         for entry in self.entries:
             target = getattr(module, entry.attr, None)
@@ -101,64 +103,74 @@ class ModelFile(pytest.File):
             from cnncheck.declare import ModelSpec, spec_of
             from cnncheck.discover import Candidate
 
-            found[entry.attr] = Candidate(self.path, entry.attr, target, spec_of(target) or ModelSpec())
+            found[entry.attr] = [Candidate(self.path, entry.attr, target, spec_of(target) or ModelSpec())]
             shapes[entry.attr] = entry.shape
-        for name, candidate in found.items():
-            shape = shapes.get(name) or candidate.spec.input_shape or options.default_shape
-            yield ModelCollector.from_parent(self, name=name, candidate=candidate, shape=shape)
+        for name, variants in found.items():
+            shape = shapes.get(name) or variants[0].spec.input_shape or options.default_shape
+            yield ModelCollector.from_parent(self, name=name, variants=variants, shape=shape)
 
 
 class ModelCollector(pytest.Collector):
-    """One model: built and checked once per device, shared by its rule items."""
+    """One model (or factory with variants): built and checked once per variant and device, and
+    shared by its rule items ``RULE[device]`` / ``RULE[variant-device]``."""
 
-    def __init__(self, *, candidate: Any, shape: tuple[int, ...] | None, **kwargs: Any) -> None:
+    def __init__(self, *, variants: list[Any], shape: tuple[int, ...] | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.candidate = candidate
+        self.variants = {c.variant: c for c in variants}
+        self.spec = variants[0].spec
         self.shape = shape
         self.shape_note = ""
-        self.results: dict[str, Any] = {}
-        self.error_reported_by: dict[str, str] = {}
+        self.results: dict[tuple[str | None, str], Any] = {}
+        self.error_reported_by: dict[tuple[str | None, str], str] = {}
 
     def collect(self) -> Iterator[pytest.Item]:
         from cnncheck.plugins import all_rules
         from cnncheck.rules import select_rules
 
         options = self.config.stash[OPTIONS]
-        rules = select_rules(all_rules(), options.select, [*options.ignore, *self.candidate.spec.ignore])
-        for device in options.devices():
-            for rule in rules:
-                item = RuleItem.from_parent(self, name=f"{rule.id}[{device}]", rule_id=rule.id, device=device)
-                item.add_marker("cnncheck")
-                if device == "cuda":
-                    item.add_marker(pytest.mark.skipif(not cuda_available(),
-                                                       reason="CUDA is not available on this machine"))
-                yield item
+        rules = select_rules(all_rules(), options.select, [*options.ignore, *self.spec.ignore])
+        for variant in self.variants:
+            for device in options.devices():
+                param = f"{variant}-{device}" if variant else device
+                for rule in rules:
+                    # an explicit nodeid: pytest 9 parses "name[param]" into a structured id, and
+                    # --lf matches items by that structure
+                    name = f"{rule.id}[{param}]"
+                    item = RuleItem.from_parent(self, name=name, nodeid=f"{self.nodeid}::{name}",
+                                                rule_id=rule.id, variant=variant, device=device)
+                    item.add_marker("cnncheck")
+                    if device == "cuda":
+                        item.add_marker(pytest.mark.skipif(not cuda_available(),
+                                                           reason="CUDA is not available on this machine"))
+                    yield item
 
-    def result(self, device: str) -> Any:
-        """The report for ``device`` (or the exception that prevented it), computed on first use."""
-        if device not in self.results:
-            self.results[device] = self._check(device)
-        return self.results[device]
+    def result(self, variant: str | None, device: str) -> Any:
+        """The report (or the reason there is none) for one variant on one device, on first use."""
+        key = (variant, device)
+        if key not in self.results:
+            self.results[key] = self._check(self.variants[variant], device)
+        return self.results[key]
 
-    def _check(self, device: str) -> Any:
+    def _check(self, candidate: Any, device: str) -> Any:
         from cnncheck.api import CheckError, check_model
         from cnncheck.discover import infer_input_shape
 
         options = self.config.stash[OPTIONS]
+        label = self.name + (f"[{candidate.variant}]" if candidate.variant else "")
         try:
-            model = self.candidate.build()
+            model = candidate.build()
         except Exception as exc:  # the student's constructor raised
-            return ModelError(f"cannot build {self.name}: {type(exc).__name__}: {exc}", _user_line(exc))
+            return ModelError(f"cannot build {label}: {type(exc).__name__}: {exc}", _user_line(exc))
         shape = self.shape
         if shape is None:
             inferred = infer_input_shape(model)
             if inferred is None:
-                return ModelError(f"no input shape for {self.name} and no conv to infer one from; declare it "
+                return ModelError(f"no input shape for {label} and no conv to infer one from; declare it "
                                   f"with @cnncheck.model(input_shape=...) or the cnncheck_input_shape ini key")
             shape, self.shape_note = inferred
         try:
             return check_model(model, shape, device=device, checks=options.select,
-                               ignore=[*options.ignore, *self.candidate.spec.ignore])
+                               ignore=[*options.ignore, *self.spec.ignore])
         except CheckError as exc:
             return ModelError(str(exc), _user_line(exc.__cause__) if exc.__cause__ else None)
         except Exception as exc:  # anything else from student code outside forward
@@ -195,18 +207,19 @@ class ModelUnusable(Exception):
 
 
 class RuleItem(pytest.Item):
-    def __init__(self, *, rule_id: str, device: str, **kwargs: Any) -> None:
+    def __init__(self, *, rule_id: str, variant: str | None, device: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rule_id = rule_id
+        self.variant = variant
         self.device = device
         self.user_properties.append(("cnncheck_rule", rule_id))
         self.user_properties.append(("cnncheck_model", self.parent.nodeid))  # type: ignore[union-attr]
 
     def runtest(self) -> None:
         collector: ModelCollector = self.parent  # type: ignore[assignment]
-        result = collector.result(self.device)
+        result = collector.result(self.variant, self.device)
         if isinstance(result, ModelError):
-            first = collector.error_reported_by.setdefault(self.device, self.nodeid)
+            first = collector.error_reported_by.setdefault((self.variant, self.device), self.nodeid)
             if first != self.nodeid:
                 pytest.skip(f"{collector.name} could not be checked; the reason is reported by {first}")
             raise ModelUnusable(result.message + (f"\n  at: {result.location}" if result.location else ""))

@@ -263,8 +263,8 @@ def test_factory_variants_are_checked_separately(pytester: pytest.Pytester) -> N
     )
     result = pytester.runpytest("--cnncheck", "-k", "redundant", "-v")
     result.stdout.fnmatch_lines([
-        "*nets.py::make[[]nobias[]]::redundant-bias-before-bn[[]cpu[]] PASSED*",
-        "*nets.py::make[[]bias[]]::redundant-bias-before-bn[[]cpu[]] FAILED*",
+        "*nets.py::make::redundant-bias-before-bn[[]nobias-cpu[]] PASSED*",
+        "*nets.py::make::redundant-bias-before-bn[[]bias-cpu[]] FAILED*",
     ])
 
 
@@ -280,3 +280,23 @@ def test_xdist_gives_the_same_items_and_outcomes(pytester: pytest.Pytester) -> N
 
     assert ids(serial) == ids(parallel) and len(ids(serial)) == 2 * RULES
     parallel.stdout.fnmatch_lines(["*cnncheck: 2 model(s) checked; findings per rule: redundant-bias-before-bn: 1"])
+
+
+def test_bundled_examples_show_one_explained_failure_per_rule(pytester: pytest.Pytester) -> None:
+    for source in (ROOT / "examples").glob("*.py"):
+        (pytester.path / source.name).write_text(source.read_text())
+    result = pytester.runpytest("--cnncheck", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=9 * RULES - 9, failed=9)
+    failed_rules = sorted(line.split("::")[2].split("[")[0] for line in result.outlines if line.startswith("FAILED "))
+    assert sorted(set(failed_rules)) == sorted(failed_rules)  # one failure per rule
+    assert len(failed_rules) == RULES
+    result.stdout.fnmatch_lines(["*cnncheck: 9 model(s) checked; findings per rule:*feature-size-mismatch: 1*"])
+
+
+def test_exitfirst_and_last_failed(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(biased=BIASED, clean=CLEAN)
+    first = pytester.runpytest("--cnncheck", "-x")
+    first.assert_outcomes(passed=3, failed=1)  # stops at biased.py's redundant-bias item
+    again = pytester.runpytest("--cnncheck", "--lf")
+    again.assert_outcomes(failed=1)
+    again.stdout.fnmatch_lines(["*run-last-failure: rerun previous 1 failure*"])
