@@ -31,6 +31,8 @@ _EXPORTS = {
     "Rule": "cnncheck.rules",
     "LayerKind": "cnncheck.layers",
     "all_rules": "cnncheck.plugins",
+    "register": "cnncheck.plugins",
+    "unregister": "cnncheck.plugins",
     "model_param_formulas": "cnncheck.explain",
 }
 
@@ -62,5 +64,5 @@ if TYPE_CHECKING:
     from cnncheck.findings import Finding, Report, Severity
     from cnncheck.formulas import conv_param_count
     from cnncheck.layers import LayerKind
-    from cnncheck.plugins import all_rules
+    from cnncheck.plugins import all_rules, register, unregister
     from cnncheck.rules import Rule

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import contextlib
+import copy
+import fnmatch
 import os
 import types
 from collections.abc import Iterable, Sequence
@@ -12,12 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
+from torch.utils._pytree import tree_flatten, tree_map
 
 from cnncheck.context import CheckContext
 from cnncheck.findings import Report, RuleCrash
-from cnncheck.plugins import all_rules, plugin_manager
+from cnncheck.plugins import PluginProblem, all_rules, call_each, first_result, plugin_manager, registered
 from cnncheck.preserve import preserved, preserved_global_state
-from cnncheck.rules import select_rules
+from cnncheck.rules import matches, select_rules
 from cnncheck.trace import module_inventory
 
 _PACKAGE_DIR = os.path.dirname(__file__)
@@ -42,34 +44,49 @@ def check_model(
     device: str | torch.device | None = None,
     checks: Iterable[str] | None = None,
     ignore: Iterable[str] = (),
+    plugins: Iterable[Any] = (),
 ) -> Report:
     """Check ``model`` for the correctness rules and return a :class:`~cnncheck.Report`.
 
-    ``example_input`` is a shape with the batch first, ``(4, 1, 28, 28)``, a tensor, or a tuple of
-    tensors passed as positional arguments. ``device`` runs the checks on that device (default: where
-    the model's parameters are) on a copy, so the user's model stays where it was. ``checks`` selects
-    rule ids or prefixes (default: all); ``ignore`` removes some. The model is left exactly as it was.
+    ``example_input`` is a shape with the batch first, ``(4, 1, 28, 28)``, a tensor, a tuple of
+    tensors passed as positional arguments, or a dict passed as keyword arguments (a plugin's
+    ``cnncheck_example_input`` hook may build it instead). ``device`` runs the checks on that device
+    (default: where the model's parameters are) on a copy, so the user's model stays where it was.
+    ``checks`` selects rule ids or prefixes (default: all). ``ignore`` removes rules by id or prefix,
+    or, as ``"rule-id:module-glob"``, suppresses one rule's findings on matching layers (a deliberate
+    design); such a layer ignore that suppresses nothing is listed in ``Report.unused_ignores``.
+    ``plugins`` are registered for this call only. The model is left exactly as it was.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"cnncheck.check_model expects a torch.nn.Module, got {type(model).__name__}: "
             f"{_short_repr(model)}. Pass the model instance, e.g. check_model(ConvNet(), (4, 1, 28, 28))."
         )
+    with registered(plugins):
+        return _check(model, example_input, device, checks, list(ignore))
+
+
+def _check(model: nn.Module, example_input: Any, device: str | torch.device | None,
+           checks: Iterable[str] | None, ignore: list[str]) -> Report:
     name = type(model).__name__
     _refuse_unready(model, name)
     pm = plugin_manager()
-    rules = select_rules(all_rules(pm), checks, ignore)
+    problems: list[PluginProblem] = []
+    layer_ignores = [pattern for pattern in ignore if ":" in pattern]
+    rules = select_rules(all_rules(pm, problems), checks, [p for p in ignore if ":" not in p])
     home = _model_device(model)
     target = torch.device(device) if device is not None else home
     if target.type == "cuda" and not torch.cuda.is_available():
         raise CheckError(f"cannot check {name} on {target}: CUDA is not available on this machine")
-    inputs = _example_inputs(example_input, target, _model_dtype(model), name)
+    built = first_result(pm, "cnncheck_example_input", problems, model=model, input_shape=example_input,
+                         device=target)
+    args, kwargs = _example_inputs(built if built is not None else example_input, target, _model_dtype(model), name)
 
     with preserved_global_state(), contextlib.ExitStack() as stack:
         work = model if target == home else copy.deepcopy(model).to(target)
-        modules = module_inventory(work, pm)
+        modules = module_inventory(work, pm, problems)
         stack.enter_context(preserved(modules))
-        ctx = CheckContext(model=work, user_model=model, inputs=inputs, modules=modules, pm=pm)
+        ctx = CheckContext(model=work, user_model=model, inputs=args, kwargs=kwargs, modules=modules, pm=pm)
         ctx.train_trace  # every rule needs to know whether forward runs at all
         report = Report(
             model_name=name,
@@ -85,7 +102,28 @@ def check_model(
         failure = ctx.train_trace.error
         if failure is not None and not ctx.forward_error_explained:
             raise _forward_failed(name, ctx, failure) from _without_cnncheck_frames(failure)
+    _apply_layer_ignores(report, layer_ignores)
+    for _ in call_each(pm, "cnncheck_report", problems, report=report, model=model):
+        pass
+    report.plugin_problems.extend(dict.fromkeys(problems))
     return report
+
+
+def _apply_layer_ignores(report: Report, patterns: list[str]) -> None:
+    """Suppress findings matched by ``rule:module-glob`` patterns; list the patterns that match none."""
+    used: set[str] = set()
+    kept = []
+    for finding in report.findings:
+        hits = [p for p in patterns if _layer_ignore_matches(p, finding.rule, finding.module)]
+        used.update(hits)
+        (report.suppressed if hits else kept).append(finding)
+    report.findings = kept
+    report.unused_ignores = [p for p in patterns if p not in used]
+
+
+def _layer_ignore_matches(pattern: str, rule_id: str, module: str) -> bool:
+    rule_pattern, _, module_glob = pattern.partition(":")
+    return matches(rule_id, [rule_pattern]) and fnmatch.fnmatchcase(module, module_glob or "*")
 
 
 def _forward_failed(name: str, ctx: CheckContext, error: BaseException) -> CheckError:
@@ -151,7 +189,8 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def _example_inputs(example: Any, device: torch.device, dtype: torch.dtype, name: str) -> tuple[Any, ...]:
+def _example_inputs(example: Any, device: torch.device, dtype: torch.dtype,
+                    name: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if isinstance(example, torch.Size) or (
         isinstance(example, (tuple, list)) and example and all(isinstance(s, int) for s in example)
     ):
@@ -162,14 +201,18 @@ def _example_inputs(example: Any, device: torch.device, dtype: torch.dtype, name
                 f"positive, e.g. (4, 1, 28, 28)"
             )
         generator = torch.Generator().manual_seed(0)
-        return (torch.randn(shape, generator=generator, dtype=dtype).to(device),)
+        return (torch.randn(shape, generator=generator, dtype=dtype).to(device),), {}
     if isinstance(example, torch.Tensor):
-        return (example.to(device),)
-    if isinstance(example, (tuple, list)) and example and all(isinstance(e, torch.Tensor) for e in example):
-        return tuple(e.to(device) for e in example)
+        return (example.to(device),), {}
+    moved = tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, example)
+    has_tensor = any(isinstance(leaf, torch.Tensor) for leaf in tree_flatten(example)[0])
+    if isinstance(example, (tuple, list)) and example and has_tensor:
+        return tuple(moved), {}
+    if isinstance(example, dict) and has_tensor:
+        return (), dict(moved)
     raise TypeError(
-        f"example_input for {name} must be a shape like (4, 1, 28, 28), a tensor, or a tuple of "
-        f"tensors; got {type(example).__name__}: {_short_repr(example)}"
+        f"example_input for {name} must be a shape like (4, 1, 28, 28), a tensor, a tuple of "
+        f"tensors or a dict of them; got {type(example).__name__}: {_short_repr(example)}"
     )
 
 

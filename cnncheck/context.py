@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 from cnncheck.layers import LayerKind
 from cnncheck.locate import creation_site
@@ -31,6 +31,7 @@ class CheckContext:
     inputs: tuple[Any, ...]
     modules: dict[nn.Module, ModuleInfo]
     pm: Any = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
     forward_error_explained: bool = False
     _cache: dict[str, Any] = field(default_factory=dict)
 
@@ -41,7 +42,7 @@ class CheckContext:
 
     @property
     def example(self) -> torch.Tensor:
-        return next(t for t in _leaves(self.inputs))
+        return next(t for t in _leaves((self.inputs, self.kwargs)))
 
     @property
     def batch_size(self) -> int:
@@ -66,13 +67,14 @@ class CheckContext:
     def train_trace(self) -> Trace:
         """The model in train mode (through its own ``train()``), traced, with gradients watched."""
         if "train" not in self._cache:
-            inputs = tuple(_requires_grad(a) for a in self.inputs)
-            self._cache["grad_inputs"] = inputs
+            inputs, kwargs = tree_map(_requires_grad, (self.inputs, self.kwargs))
+            self._cache["grad_inputs"] = (inputs, kwargs)
             with torch.enable_grad():
                 self._cache["train"] = run_trace(
                     self.model,
                     inputs,
                     self.modules,
+                    kwargs=kwargs,
                     grad_probe=True,
                     save_inputs=_PROBED,
                     before=lambda: self.model.train(),
@@ -108,6 +110,7 @@ class CheckContext:
                     self.model,
                     self.inputs,
                     self.modules,
+                    kwargs=self.kwargs,
                     save_inputs=_PROBED,
                     before=lambda: self.model.eval(),
                 )
@@ -116,11 +119,16 @@ class CheckContext:
     def eval_output_of_first_sample(self) -> Any:
         """The eval-mode output for the first sample alone (to test batch independence)."""
         if "single" not in self._cache:
-            single = tuple(a[:1] if isinstance(a, torch.Tensor) and a.dim() else a for a in self.inputs)
+            batch = self.batch_size
+
+            def first(a: Any) -> Any:
+                return a[:1] if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == batch else a
+
+            args, kwargs = tree_map(first, (self.inputs, self.kwargs))
             self.model.eval()
             try:
                 with torch.no_grad():
-                    self._cache["single"] = self.model(*single)
+                    self._cache["single"] = self.model(*args, **kwargs)
             except Exception as exc:  # a batch of one may fail where batch statistics are used
                 self._cache["single"] = exc
         return self._cache["single"]

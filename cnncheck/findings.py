@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class Severity(str, enum.Enum):
@@ -75,11 +76,14 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     crashes: list[RuleCrash] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    plugin_problems: list[Any] = field(default_factory=list)
+    suppressed: list[Finding] = field(default_factory=list)
+    unused_ignores: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """True when no rule found anything and no rule crashed."""
-        return not self.findings and not self.crashes
+        """True when no rule found anything, no rule crashed and no plugin misbehaved."""
+        return not self.findings and not self.crashes and not self.plugin_problems
 
     @property
     def errors(self) -> list[Finding]:
@@ -95,11 +99,16 @@ class Report:
     def __str__(self) -> str:
         shape = "x".join(str(s) for s in self.input_shape)
         head = f"cnncheck: {self.model_name} on input {shape} ({self.device})"
+        tail = [f"unused ignore {p!r}: it matches no finding; remove it" for p in self.unused_ignores]
+        tail += self.notes
         if self.ok:
-            return f"{head}: no findings ({len(self.rules_run)} rules)"
-        parts = [head + ":", render_findings(self.findings), ""]
+            return "\n".join([f"{head}: no findings ({len(self.rules_run)} rules)", *tail])
+        parts = [head + ":"]
+        if self.findings:
+            parts += [render_findings(self.findings), ""]
         parts.extend(f"internal error in rule {c.rule}: {c.error}" for c in self.crashes)
-        parts.extend(self.notes)
+        parts.extend(str(p) for p in self.plugin_problems)
+        parts.extend(tail)
         counts = f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)"
         parts.append(counts)
         return "\n".join(parts).rstrip()

@@ -46,3 +46,20 @@ def cnncheck_classify_module(module: Any) -> LayerKind | None:
     Used for layers that cnncheck cannot place by their attributes and behaviour, for example a fused
     or quantized convolution. First non-None result wins; cnncheck's own duck typing runs last.
     """
+
+
+@hookspec(firstresult=True)
+def cnncheck_example_input(model: Any, input_shape: Any, device: Any) -> Any:
+    """Build the example input for ``model`` from the declared ``input_shape`` (whatever the user
+    passed as ``example_input``: a shape, a tensor, ...), or return None to let others decide.
+
+    Return a tensor, a tuple of positional arguments, or a dict of keyword arguments for a model whose
+    ``forward`` takes several inputs or a dict. First non-None result wins; cnncheck's default makes a
+    seeded ``torch.randn(input_shape)``.
+    """
+
+
+@hookspec
+def cnncheck_report(report: Any, model: Any) -> None:
+    """See the finished :class:`~cnncheck.Report` of ``model`` before it is returned: add notes
+    (``report.notes.append(...)``) or export it somewhere. Return values are ignored."""

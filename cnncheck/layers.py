@@ -41,12 +41,23 @@ _POOL_BASES: tuple[type, ...] = (
 )
 
 
-def classify(module: nn.Module, pm: Any = None) -> LayerKind:
-    """The kind of ``module``: a plugin's answer first, then torch's base classes, then duck typing."""
+def classify(module: nn.Module, pm: Any = None, problems: list[Any] | None = None) -> LayerKind:
+    """The kind of ``module``: a plugin's answer first, then torch's base classes, then duck typing.
+
+    A plugin that raises or answers something that is not a kind is recorded in ``problems`` and
+    ignored."""
     if pm is not None:
-        answer = pm.hook.cnncheck_classify_module(module=module)
-        if answer is not None:
-            return LayerKind(answer)
+        from cnncheck.plugins import PluginProblem, call_each
+
+        problems = [] if problems is None else problems
+        for plugin, answer in call_each(pm, "cnncheck_classify_module", problems, module=module):
+            if answer is None:
+                continue
+            try:
+                return LayerKind(answer)
+            except ValueError:
+                problems.append(PluginProblem(plugin, "cnncheck_classify_module",
+                                              f"returned {answer!r}, which is not a cnncheck.LayerKind"))
     if isinstance(module, conv._ConvNd):
         return LayerKind.CONV
     if isinstance(module, _POOL_BASES):

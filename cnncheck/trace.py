@@ -164,7 +164,7 @@ def user_location() -> str | None:
     return None
 
 
-def module_inventory(model: nn.Module, pm: Any = None) -> dict[nn.Module, ModuleInfo]:
+def module_inventory(model: nn.Module, pm: Any = None, problems: list[Any] | None = None) -> dict[nn.Module, ModuleInfo]:
     """Every module reachable from ``model``: registered ones by their qualified names, and those
     kept in plain lists, tuples or dicts (which ``model.train()`` never reaches) as ``parent.attr[i]``.
     """
@@ -174,7 +174,7 @@ def module_inventory(model: nn.Module, pm: Any = None) -> dict[nn.Module, Module
         for name, sub in module.named_modules(prefix=prefix):
             if sub in inventory:
                 continue
-            kind = classify(sub, pm)
+            kind = classify(sub, pm, problems)
             atomic = kind is not LayerKind.OTHER or _torch_leaf(sub)
             inventory[sub] = ModuleInfo(name, kind, hidden, atomic)
         for name, sub in list(module.named_modules(prefix=prefix)):
@@ -417,11 +417,13 @@ def run_trace(
     grad_probe: bool = False,
     save_inputs: frozenset[LayerKind] = frozenset(),
     before: Callable[[], None] | None = None,
+    kwargs: dict[str, Any] | None = None,
 ) -> Trace:
-    """Run ``model(*inputs)`` once, recording the graph. An exception in ``forward`` is caught and
+    """Run ``model(*inputs, **kwargs)`` once, recording the graph. An exception in ``forward`` is caught and
     kept in ``Trace.error`` with the call that raised it; the nodes before it are kept too."""
     tracer = _Tracer(model, modules, grad_probe, save_inputs)
-    for i, t in enumerate(_tensors(inputs)):
+    kwargs = kwargs or {}
+    for i, t in enumerate(_tensors((inputs, kwargs))):
         tracer.inputs[id(t)] = f"input:{i}"
     handles = []
     for module in modules:
@@ -432,7 +434,7 @@ def run_trace(
         if before is not None:
             before()
         with tracer:
-            trace.output = model(*inputs)
+            trace.output = model(*inputs, **kwargs)
         trace.output_sources = [tracer.source_of(t) for t in _tensors(trace.output)]
     except Exception as exc:  # the student's forward raised: keep it for the diagnosing rules
         trace.error = exc
