@@ -79,12 +79,23 @@ def unregister(plugin: Any) -> None:
         pm.unregister(plugin)
 
 
-def block(name: str) -> None:
-    """Disable a plugin by name (an entry-point name or a registered name) for this process."""
+def block(name: str) -> Any:
+    """Disable a plugin by name (an entry-point name or a registered name); returns the plugin
+    object it removed (or None), so that :func:`unblock` can put it back."""
     pm = plugin_manager()
-    if pm.get_plugin(name) is not None:
-        pm.unregister(name=name)
+    if name not in plugin_names() and not pm.is_blocked(name):
+        known = ", ".join(plugin_names())
+        raise ValueError(f"no cnncheck plugin named {name!r} to disable; registered: {known}")
+    plugin = pm.get_plugin(name)
     pm.set_blocked(name)
+    return plugin
+
+
+def unblock(name: str, plugin: Any = None) -> None:
+    pm = plugin_manager()
+    pm.unblock(name)
+    if plugin is not None and not pm.is_registered(plugin):
+        pm.register(plugin, name=name)
 
 
 def plugin_names() -> list[str]:

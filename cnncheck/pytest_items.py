@@ -5,6 +5,7 @@ Imported by :mod:`cnncheck.pytest_plugin` only when cnncheck is enabled for the 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,17 @@ from typing import Any, NamedTuple
 import pytest
 
 from cnncheck.pytest_plugin import OPTIONS, Options
+
+BASELINE = pytest.StashKey[Any]()
+
+
+def _load_baseline(path: str) -> Any:
+    from cnncheck.baseline import Baseline
+
+    try:
+        return Baseline.load(path)
+    except ValueError as exc:
+        raise pytest.UsageError(f"cnncheck: {exc}") from None
 
 
 
@@ -23,6 +35,7 @@ class Collection:
         self.config = config
         self.options = options
         self.seen: set[Path] = set()
+        config.stash[BASELINE] = _load_baseline(options.baseline) if options.baseline else None
 
     def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
         if file_path.suffix != ".py" or file_path.name in ("conftest.py", "setup.py", "__init__.py"):
@@ -224,9 +237,18 @@ class RuleItem(pytest.Item):
                 pytest.skip(f"{collector.name} could not be checked; the reason is reported by {first}")
             raise ModelUnusable(result.message + (f"\n  at: {result.location}" if result.location else ""))
         findings = result.by_rule(self.rule_id)
+        model = collector.nodeid + (f"[{self.variant}]" if self.variant else "")
+        keys = [(model, f.rule, f.module) for f in findings]
         self.user_properties.append(("cnncheck_modules", ",".join(f.module or "<model>" for f in findings)))
         self.user_properties.append(("cnncheck_findings", str(len(findings))))
+        self.user_properties.append(("cnncheck_keys", json.dumps(keys)))
+        self.user_properties.append(("cnncheck_checked", json.dumps([model, self.rule_id])))
         options = self.config.stash[OPTIONS]
+        baseline = self.config.stash.get(BASELINE, None)
+        known = [f for f, key in zip(findings, keys) if baseline is not None and baseline.is_known(key)]
+        findings = [f for f in findings if f not in known]
+        if known:
+            self.user_properties.append(("cnncheck_baselined", str(len(known))))
         failing = [f for f in findings if options.fail_on == "warning" or str(f.severity) == "error"]
         note = f"({collector.shape_note})\n" if collector.shape_note else ""
         if failing:
@@ -288,6 +310,9 @@ class Reporter:
         self.models: set[str] = set()
         self.findings: Counter[str] = Counter()
         self.passing_warnings: list[str] = []
+        self.keys: set[tuple[str, str, str]] = set()
+        self.checked: set[tuple[str, str]] = set()
+        self.baselined = 0
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
@@ -299,6 +324,10 @@ class Reporter:
             self.findings[str(props["cnncheck_rule"])] += count
         if "cnncheck_passing_warnings" in props:
             self.passing_warnings.append(f"{report.nodeid}\n{props['cnncheck_passing_warnings']}")
+        self.keys.update(tuple(k) for k in json.loads(str(props.get("cnncheck_keys", "[]"))))
+        if "cnncheck_checked" in props:
+            self.checked.add(tuple(json.loads(str(props["cnncheck_checked"]))))  # type: ignore[arg-type]
+        self.baselined += int(props.get("cnncheck_baselined", 0) or 0)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         writer = terminalreporter
@@ -309,11 +338,26 @@ class Reporter:
         per_rule = ", ".join(f"{rule}: {n}" for rule, n in sorted(self.findings.items())) or "none"
         writer.write_sep("-", "cnncheck")
         writer.write_line(f"cnncheck: {len(self.models)} model(s) checked; findings per rule: {per_rule}")
+        self._baseline_summary(writer)
         if self.findings:
             writer.write_line("cnncheck: `cnncheck rules RULE-ID` explains a rule and how to fix it")
 
 
 # -- fixtures -----------------------------------------------------------------------------------------
+    def _baseline_summary(self, writer: Any) -> None:
+        if self.options.baseline:
+            fixed = _load_baseline(self.options.baseline).fixed(self.checked, matched=self.keys)
+            writer.write_line(f"cnncheck baseline: {self.baselined} known finding(s) passed; "
+                              f"{len(fixed)} entr{'y' if len(fixed) == 1 else 'ies'} fixed since it was written")
+            for model, rule, module in fixed:
+                writer.write_line(f"  fixed: {model} {rule} {module or '<model>'} (remove it from the baseline)")
+        if self.options.baseline_write:
+            from cnncheck.baseline import write
+
+            count = write(self.options.baseline_write, self.keys)
+            writer.write_line(f"cnncheck baseline: wrote {count} finding(s) to {self.options.baseline_write}")
+
+
 class Checker:
     """The ``cnncheck`` fixture: ``check_model`` and an assertion bound to the session's options."""
 

@@ -30,6 +30,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="comma-separated rule ids or prefixes to skip")
     group.addoption("--cnncheck-fail-on", dest="cnncheck_fail_on", default=None, type=_fail_on,
                     help="warning (default): warnings fail too; error: warnings pass but are reported")
+    group.addoption("--cnncheck-plugin", dest="cnncheck_plugins", action="append", default=None,
+                    metavar="MODULE", help="load a cnncheck plugin module (repeatable)")
+    group.addoption("--cnncheck-disable-plugin", dest="cnncheck_disable_plugins", action="append", default=None,
+                    metavar="NAME", help="disable a cnncheck plugin by name, e.g. an entry point (repeatable)")
+    group.addoption("--cnncheck-baseline", dest="cnncheck_baseline", default=None, metavar="FILE",
+                    help="fail only on findings not recorded in this baseline file")
+    group.addoption("--cnncheck-baseline-write", dest="cnncheck_baseline_write", default=None, metavar="FILE",
+                    help="record every finding of this run in a baseline file")
     parser.addini("cnncheck_enable", type="bool", default=False, help="run cnncheck as if --cnncheck were given")
     parser.addini("cnncheck_models", type="linelist", default=[],
                   help="models to check: 'pkg.module:Attr' or 'path/file.py::Attr', then an optional shape")
@@ -38,6 +46,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("cnncheck_select", type="args", default=[], help="see --cnncheck-select")
     parser.addini("cnncheck_ignore", type="args", default=[], help="see --cnncheck-ignore")
     parser.addini("cnncheck_fail_on", default="warning", help="see --cnncheck-fail-on")
+    parser.addini("cnncheck_plugins", type="linelist", default=[], help="see --cnncheck-plugin")
+    parser.addini("cnncheck_disable_plugins", type="linelist", default=[], help="see --cnncheck-disable-plugin")
+    parser.addini("cnncheck_baseline", default="", help="see --cnncheck-baseline")
 
 
 def _device(value: str) -> str:
@@ -66,6 +77,10 @@ class Options(NamedTuple):
     fail_on: str
     default_shape: tuple[int, ...] | None
     models: list[str]
+    plugins: list[str]
+    disabled: list[str]
+    baseline: str
+    baseline_write: str
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Options:
@@ -90,7 +105,9 @@ class Options(NamedTuple):
             except ValueError as exc:
                 raise pytest.UsageError(f"cnncheck_input_shape: {exc}") from None
         return cls(enabled, device, select, list(pick("cnncheck_ignore") or []), fail_on, default_shape,
-                   list(config.getini("cnncheck_models")))
+                   list(config.getini("cnncheck_models")), list(pick("cnncheck_plugins") or []),
+                   list(pick("cnncheck_disable_plugins") or []), pick("cnncheck_baseline") or "",
+                   config.getoption("cnncheck_baseline_write") or "")
 
     def devices(self) -> list[str]:
         if self.device in ("cpu", "cuda"):
@@ -103,18 +120,67 @@ class Options(NamedTuple):
 
 
 OPTIONS = pytest.StashKey[Options]()
+UNDO = pytest.StashKey[list]()  # callables that undo this session's plugin changes, at unconfigure
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cnncheck: a cnncheck rule check of one model (added by --cnncheck)")
     options = Options.from_config(config)
     config.stash[OPTIONS] = options
+    config.stash[UNDO] = []
+    config.pluginmanager.register(ConftestBridge(config), "cnncheck-conftest-bridge")
+    if options.plugins or options.disabled:
+        _load_plugins(config, options)
     if options.enabled:
         from cnncheck.pytest_items import Collection, Reporter
 
         _validate_rules(options)
         config.pluginmanager.register(Collection(config, options), "cnncheck-collection")
         config.pluginmanager.register(Reporter(options), "cnncheck-reporter")
+
+
+def _load_plugins(config: pytest.Config, options: Options) -> None:
+    from cnncheck import plugins
+
+    undo = config.stash[UNDO]
+    try:
+        for module in options.plugins:
+            name = plugins.register(module)
+            undo.append(lambda name=name: plugins.unregister(name))
+        for name in options.disabled:
+            removed = plugins.block(name)
+            undo.append(lambda name=name, removed=removed: plugins.unblock(name, removed))
+    except (ImportError, ValueError) as exc:
+        raise pytest.UsageError(f"cnncheck: {exc}") from None
+
+
+class ConftestBridge:
+    """Makes a conftest.py (or any pytest plugin) with ``@cnncheck.hookimpl`` functions a cnncheck
+    plugin too, for the session. pytest replays earlier registrations to a newly registered
+    implementer, so conftests loaded before configure are seen as well."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_plugin_registered(self, plugin: object) -> None:
+        if not any(getattr(getattr(plugin, name, None), "cnncheck_impl", None) for name in _hook_names(plugin)):
+            return
+        from cnncheck import plugins
+
+        plugins.register(plugin, name=f"conftest:{getattr(plugin, '__file__', plugin)!s}")
+        self.config.stash[UNDO].append(lambda: plugins.unregister(plugin))
+
+
+def _hook_names(plugin: object) -> list[str]:
+    try:
+        return [name for name in vars(plugin) if name.startswith("cnncheck_")]
+    except TypeError:  # objects without __dict__ have no hook functions of ours
+        return []
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for undo in reversed(config.stash.get(UNDO, [])):
+        undo()
 
 
 def _validate_rules(options: Options) -> None:
