@@ -18,14 +18,19 @@ def _shape(text: str) -> tuple[int, ...]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnncheck", description="Check PyTorch CNNs for correctness.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="load a cnncheck plugin module (repeatable)")
+    common.add_argument("--disable-plugin", action="append", default=[], metavar="NAME",
+                        help="disable a cnncheck plugin by name (repeatable)")
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="check the models defined in Python files or folders")
+    check = sub.add_parser("check", parents=[common], help="check the models defined in Python files or folders")
     check.add_argument("paths", nargs="+", help="files or folders with nn.Module definitions")
     check.add_argument("--input-shape", type=_shape, help="input shape with the batch first, e.g. 4,1,28,28")
     check.add_argument("--device", default=None, help="cpu, cuda, ... (default: where the model is)")
     check.add_argument("--select", action="append", default=None, help="rule id or prefix (repeatable)")
     check.add_argument("--ignore", action="append", default=[], help="rule id or prefix (repeatable)")
-    rules = sub.add_parser("rules", help="list the rules, or show one rule's documentation")
+    rules = sub.add_parser("rules", parents=[common], help="list the rules, or show one rule's documentation")
     rules.add_argument("id", nargs="?")
     rules.add_argument("--write-docs", metavar="DIR", help="write one Markdown page per rule into DIR")
     return parser
@@ -33,6 +38,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.plugin or args.disable_plugin:
+        from cnncheck import plugins
+
+        try:
+            for module in args.plugin:
+                plugins.register(module)
+            for name in args.disable_plugin:
+                plugins.block(name)
+        except (ImportError, ValueError) as exc:
+            print(f"cnncheck: {exc}", file=sys.stderr)
+            return 2
     try:
         if args.command == "rules":
             return _write_docs(args.write_docs) if args.write_docs else _rules(args.id)

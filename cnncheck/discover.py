@@ -29,12 +29,25 @@ class Candidate:
 
 
 def python_files(paths: list[str]) -> Iterator[Path]:
+    """The .py files under ``paths``, skipping tests, conftests, and sub-folders that are projects of
+    their own (they have a pyproject.toml or setup.py, and their own imports)."""
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*.py") if not p.name.startswith(("test_", "conftest")))
-        else:
+        if not path.is_dir():
             yield path
+            continue
+        for file in sorted(path.rglob("*.py")):
+            if file.name.startswith(("test_", "conftest")):
+                continue
+            inner = file.parent
+            nested = False
+            while inner != path and path in inner.parents:
+                if (inner / "pyproject.toml").exists() or (inner / "setup.py").exists():
+                    nested = True
+                    break
+                inner = inner.parent
+            if not nested:
+                yield file
 
 
 def load_file(path: Path) -> Any:

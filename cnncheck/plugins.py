@@ -118,11 +118,14 @@ def registered(plugins: Iterable[Any]) -> Iterator[None]:
             unregister(plugin)
 
 
-def call_each(pm: pluggy.PluginManager, hook: str, problems: list[PluginProblem], **kwargs: Any) -> Iterator[tuple[str, Any]]:
-    """Call every implementation of ``hook`` in pluggy's order, one at a time, so that one that
-    raises is reported by plugin name (in ``problems``) and skipped instead of stopping the run."""
+def call_each(pm: pluggy.PluginManager, hook: str, problems: list[PluginProblem], *,
+              registration_order: bool = False, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+    """Call every implementation of ``hook`` one at a time, so that one that raises is reported by
+    plugin name (in ``problems``) and skipped instead of stopping the run. The order is pluggy's
+    (the last registered first), or registration order when listing (cnncheck's own rules first)."""
     caller = getattr(pm.hook, hook)
-    for impl in reversed(caller.get_hookimpls()):
+    impls = caller.get_hookimpls()
+    for impl in impls if registration_order else reversed(impls):
         arguments = {name: kwargs[name] for name in impl.argnames}
         try:
             yield impl.plugin_name, impl.function(**arguments)
@@ -149,7 +152,7 @@ def all_rules(pm: pluggy.PluginManager | None = None, problems: list[PluginProbl
     problems = [] if problems is None else problems
     rules: dict[str, Rule] = {}
     owners: dict[str, str] = {}
-    for owner, result in call_each(pm, "cnncheck_register_rules", problems):
+    for owner, result in call_each(pm, "cnncheck_register_rules", problems, registration_order=True):
         try:
             contributed = list(result or ())
         except TypeError:

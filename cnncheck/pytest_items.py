@@ -68,12 +68,14 @@ class Collection:
             return []
         return [e for e in self._parsed_entries() if e.file == file_path.resolve()]
 
-    def pytest_report_header(self, config: pytest.Config) -> str:
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
         from cnncheck.plugins import all_rules
         from cnncheck.rules import select_rules
 
-        rules = select_rules(all_rules(), self.options.select, self.options.ignore)
-        return f"cnncheck: {len(rules)} rules, device {', '.join(self.options.devices())}, fail on {self.options.fail_on}"
+        problems: list[Any] = []
+        rules = select_rules(all_rules(problems=problems), self.options.select, self.options.ignore)
+        header = f"cnncheck: {len(rules)} rules, device {', '.join(self.options.devices())}, fail on {self.options.fail_on}"
+        return [header, *(f"cnncheck: {problem}" for problem in dict.fromkeys(problems))]
 
 
 def _genitems(collector: pytest.Collector) -> Iterator[pytest.Item]:
@@ -141,7 +143,8 @@ class ModelCollector(pytest.Collector):
         from cnncheck.rules import select_rules
 
         options = self.config.stash[OPTIONS]
-        rules = select_rules(all_rules(), options.select, [*options.ignore, *self.spec.ignore])
+        rule_ignores = [p for p in self.spec.ignore if ":" not in p]
+        rules = select_rules(all_rules(problems=[]), options.select, [*options.ignore, *rule_ignores])
         for variant in self.variants:
             for device in options.devices():
                 param = f"{variant}-{device}" if variant else device
@@ -182,8 +185,11 @@ class ModelCollector(pytest.Collector):
                                   f"with @cnncheck.model(input_shape=...) or the cnncheck_input_shape ini key")
             shape, self.shape_note = inferred
         try:
+            # the model's own ignores suppress findings rather than skip the rule, so that an ignore
+            # that no longer matches anything is noticed
+            model_ignores = [p if ":" in p else f"{p}:*" for p in self.spec.ignore]
             return check_model(model, shape, device=device, checks=options.select,
-                               ignore=[*options.ignore, *self.spec.ignore])
+                               ignore=[*options.ignore, *model_ignores])
         except CheckError as exc:
             return ModelError(str(exc), _user_line(exc.__cause__) if exc.__cause__ else None)
         except Exception as exc:  # anything else from student code outside forward
@@ -243,6 +249,10 @@ class RuleItem(pytest.Item):
         self.user_properties.append(("cnncheck_findings", str(len(findings))))
         self.user_properties.append(("cnncheck_keys", json.dumps(keys)))
         self.user_properties.append(("cnncheck_checked", json.dumps([model, self.rule_id])))
+        notes = [f"{model}: unused ignore {p!r}: it matches no finding; remove it" for p in result.unused_ignores]
+        notes += [f"{model}: {problem}" for problem in result.plugin_problems]
+        if notes:
+            self.user_properties.append(("cnncheck_notes", json.dumps(notes)))
         options = self.config.stash[OPTIONS]
         baseline = self.config.stash.get(BASELINE, None)
         known = [f for f, key in zip(findings, keys) if baseline is not None and baseline.is_known(key)]
@@ -311,6 +321,7 @@ class Reporter:
         self.findings: Counter[str] = Counter()
         self.passing_warnings: list[str] = []
         self.keys: set[tuple[str, str, str]] = set()
+        self.notes: dict[str, None] = {}
         self.checked: set[tuple[str, str]] = set()
         self.baselined = 0
 
@@ -328,6 +339,7 @@ class Reporter:
         if "cnncheck_checked" in props:
             self.checked.add(tuple(json.loads(str(props["cnncheck_checked"]))))  # type: ignore[arg-type]
         self.baselined += int(props.get("cnncheck_baselined", 0) or 0)
+        self.notes.update(dict.fromkeys(json.loads(str(props.get("cnncheck_notes", "[]")))))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         writer = terminalreporter
@@ -338,6 +350,8 @@ class Reporter:
         per_rule = ", ".join(f"{rule}: {n}" for rule, n in sorted(self.findings.items())) or "none"
         writer.write_sep("-", "cnncheck")
         writer.write_line(f"cnncheck: {len(self.models)} model(s) checked; findings per rule: {per_rule}")
+        for note in self.notes:
+            writer.write_line(f"cnncheck: {note}")
         self._baseline_summary(writer)
         if self.findings:
             writer.write_line("cnncheck: `cnncheck rules RULE-ID` explains a rule and how to fix it")

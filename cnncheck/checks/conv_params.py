@@ -23,12 +23,14 @@ def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
 
 
 def _check_conv(ctx: CheckContext, rule: Rule, module: nn.Module, name: str) -> Iterator[Finding]:
-    c_in, c_out = int(getattr(module, "in_channels")), int(getattr(module, "out_channels"))
     groups = int(getattr(module, "groups", 1) or 1)
     transposed = is_transposed(module)
     found_weight = conv_weight(module)
-    rank = found_weight[1].dim() - 2 if found_weight is not None else _rank(module)
-    kernel = as_tuple(getattr(module, "kernel_size"), rank)
+    geometry = _declared_geometry(module, found_weight[1] if found_weight else None, groups, transposed)
+    if geometry is None:
+        return  # placed as a conv by a plugin, with neither attributes nor a filter bank to read
+    c_in, c_out, kernel = geometry
+    rank = len(kernel)
     bias = getattr(module, "bias", None)
     has_bias = isinstance(bias, torch.Tensor)
     expected = conv_param_formula(c_in, c_out, kernel, groups, has_bias, transposed=transposed)
@@ -116,6 +118,22 @@ def _numeric_mismatch(ctx: CheckContext, module: nn.Module, weight: torch.Tensor
     if found.shape != expected.shape:
         return f"output of shape {_shape(tuple(found.shape))} where F.conv gives {_shape(tuple(expected.shape))}"
     return str(result)
+
+
+def _declared_geometry(module: nn.Module, weight: torch.Tensor | None, groups: int,
+                       transposed: bool) -> tuple[int, int, tuple[int, ...]] | None:
+    """(C_in, C_out, kernel) from the layer's attributes; for a layer a plugin placed as a conv
+    without them, read from its filter bank (then only its numerics can be wrong)."""
+    declared = [getattr(module, n, None) for n in ("in_channels", "out_channels", "kernel_size")]
+    if all(v is not None for v in declared):
+        rank = weight.dim() - 2 if weight is not None else _rank(module)
+        return int(declared[0]), int(declared[1]), as_tuple(declared[2], rank)  # type: ignore[arg-type]
+    if weight is None:
+        return None
+    first, second, *kernel = weight.shape
+    if transposed:
+        return int(first), int(second) * groups, tuple(int(k) for k in kernel)
+    return int(second) * groups, int(first), tuple(int(k) for k in kernel)
 
 
 def _stock(module: nn.Module) -> bool:
