@@ -16,14 +16,6 @@ MNIST = (4, 1, 28, 28)
 RULE = "feature-size-mismatch"
 
 
-@pytest.fixture(autouse=True)
-def _small_and_fast():
-    """Seed, and run these tiny models on one thread: thread start-up costs more than the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 FLAGGED = [

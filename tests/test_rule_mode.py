@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import os
 
 import pytest
 import torch
 from torch import nn
 
+import checking
 import cnncheck
 import models_bn
 from models_bn import (
@@ -20,19 +23,10 @@ from models_bn import (
 RULE = "mode-not-propagated"
 
 
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
 
 
-def run(model: nn.Module, checks: list[str] | None = None) -> cnncheck.Report:
-    report = cnncheck.check_model(model, SHAPE, checks=checks)
-    assert report.crashes == [], report.crashes
-    return report
-
-
-def pairs(report: cnncheck.Report, rule: str) -> set[tuple[str, str]]:
-    return {(f.rule, f.module) for f in report.findings if f.rule == rule}
+run = functools.partial(checking.run, shape=SHAPE)
+pairs = checking.pairs
 
 
 def same_place(location: str | None, marker: str) -> bool:

@@ -13,14 +13,6 @@ SHAPE = (4, 3, 16, 16)
 RULE = "redundant-bias-before-bn"
 
 
-@pytest.fixture(autouse=True)
-def _small_and_fast():
-    """Seed, and run these tiny models on one thread: thread start-up costs more than the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 FLAGGED = [

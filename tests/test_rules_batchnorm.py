@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+import checking
 import cnncheck
 from models_bn import (
     C, SHAPE, BatchCentering, BiasedRunningVarBN2d, BNList, CumulativeIgnoredBN2d, EvalUpdatesBN2d,
@@ -19,19 +22,10 @@ from models_bn import (
 BN_RULES = ("bn-not-per-channel", "bn-train-behaviour", "bn-eval-behaviour")
 
 
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
 
 
-def run(model: nn.Module, checks: list[str] | None = None) -> cnncheck.Report:
-    report = cnncheck.check_model(model, SHAPE, checks=checks)
-    assert report.crashes == [], report.crashes
-    return report
-
-
-def pairs(report: cnncheck.Report, rule: str) -> set[tuple[str, str]]:
-    return {(f.rule, f.module) for f in report.findings if f.rule == rule}
+run = functools.partial(checking.run, shape=SHAPE)
+pairs = checking.pairs
 
 
 def text_of(report: cnncheck.Report, rule: str) -> str:

@@ -18,14 +18,6 @@ POOL_PARAMS = "pool-has-parameters"
 POOL_MIX = "pool-mixes-channels"
 
 
-@pytest.fixture(autouse=True)
-def _small_and_fast():
-    """Seed, and run these tiny models on one thread: thread start-up costs more than the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 def flagged_case(rule, factory, expected, shape=SHAPE, also=(), id=None):

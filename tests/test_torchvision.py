@@ -76,11 +76,6 @@ def expected_findings(name: str, model: nn.Module) -> set[tuple[str, str]]:
     }
 
 
-@pytest.fixture(autouse=True)
-def _seeded():
-    torch.manual_seed(0)
-
-
 @pytest.mark.parametrize("name", PARAMS)
 def test_param_count_matches_torchvision_meta(name: str) -> None:
     try:
