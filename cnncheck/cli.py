@@ -30,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--device", default=None, help="cpu, cuda, ... (default: where the model is)")
     check.add_argument("--select", action="append", default=None, help="rule id or prefix (repeatable)")
     check.add_argument("--ignore", action="append", default=[], help="rule id or prefix (repeatable)")
+    explain = sub.add_parser("explain", parents=[common],
+                             help="a model layer by layer: output shapes and parameter formulas")
+    explain.add_argument("model", help="path/to/file.py or path/to/file.py::ClassName")
+    explain.add_argument("--input-shape", type=_shape, help="input shape with the batch first, e.g. 4,1,28,28")
     rules = sub.add_parser("rules", parents=[common], help="list the rules, or show one rule's documentation")
     rules.add_argument("id", nargs="?")
     rules.add_argument("--write-docs", metavar="DIR", help="write one Markdown page per rule into DIR")
@@ -52,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "rules":
             return _write_docs(args.write_docs) if args.write_docs else _rules(args.id)
+        if args.command == "explain":
+            return _explain(args)
         return _check(args)
     except BrokenPipeError:  # `cnncheck ... | head`: the reader left, which is not an error of ours
         import os
@@ -75,6 +81,36 @@ def _rules(rule_id: str | None) -> int:
         print(f"cnncheck: no rule {rule_id!r}; `cnncheck rules` lists them", file=sys.stderr)
         return 2
     print(render_text(match[0]))
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    """Runs the model in this process: explain is for reading one's own model, not for grading."""
+    from pathlib import Path
+
+    from cnncheck.discover import candidates, infer_input_shape, load_file
+    from cnncheck.explain import explain_model
+
+    target, _, wanted = args.model.partition("::")
+    path = Path(target)
+    if not path.exists():
+        print(f"cnncheck: {path}: no such file", file=sys.stderr)
+        return 2
+    found = [c for c in candidates(load_file(path), path) if not wanted or c.name == wanted]
+    if not found:
+        print(f"cnncheck: no model {wanted or ''} found in {path}", file=sys.stderr)
+        return 2
+    for candidate in found:
+        model = candidate.build()
+        shape = args.input_shape or candidate.spec.input_shape
+        if shape is None:
+            inferred = infer_input_shape(model)
+            if inferred is None:
+                print(f"cnncheck: {candidate.id}: pass --input-shape", file=sys.stderr)
+                return 2
+            shape, note = inferred
+            print(f"({note})")
+        print(explain_model(model, shape).render() + "\n")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 from torch.nn.modules import batchnorm, conv, instancenorm
@@ -93,3 +94,102 @@ def model_param_formulas(model: nn.Module) -> list[LayerCount]:
 def total_param_count(model: nn.Module) -> int:
     """The model's parameter count, each layer from its formula and each tied tensor once."""
     return sum(c.count for c in model_param_formulas(model))
+
+
+@dataclass(frozen=True, slots=True)
+class ExplainedLayer:
+    """One row of ``cnncheck explain``: a layer as forward ran it."""
+
+    name: str
+    layer: str
+    kind: str
+    output_shape: tuple[int, ...] | None
+    formula: str
+    params: int
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    model: str
+    input_shape: tuple[int, ...]
+    layers: tuple[ExplainedLayer, ...]
+    formula_total: int
+    numel_total: int
+    stopped: tuple[str, ...] = ()
+
+    def render(self) -> str:
+        shape = "x".join(map(str, self.input_shape))
+        rows = [("layer", "kind", "output", "parameters (formula)", "params")]
+        for row in self.layers:
+            out = "x".join(map(str, row.output_shape[1:])) if row.output_shape else "-"
+            formula = f"{row.formula} = {row.params}" if row.formula and row.formula != "numel" else (
+                str(row.params) if row.params else "-")
+            rows.append((f"{row.name or '<model>'} {row.layer}", row.kind, out, formula, str(row.params)))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = [f"{self.model} on input {shape} (output shapes without the batch dimension)"]
+        for i, row in enumerate(rows):
+            lines.append("  ".join(cell.ljust(widths[j]) if j < 4 else cell.rjust(widths[j]) for j, cell in enumerate(row)))
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        lines.extend(self.stopped)
+        verdict = "matches" if self.formula_total == self.numel_total else "DOES NOT match"
+        lines.append(f"total: {self.formula_total} parameters by formula; sum(p.numel()) = {self.numel_total} "
+                     f"({verdict})")
+        return "\n".join(lines)
+
+
+def explain_model(model: nn.Module, example_input: Any) -> Explanation:
+    """The model layer by layer, as its ``forward`` runs them in eval mode: kind, output shape, the
+    parameter formula with the layer's numbers, and totals that must agree with ``sum(p.numel())``."""
+    import torch
+
+    from cnncheck.api import _example_inputs, _model_device, _model_dtype
+    from cnncheck.layers import short_repr
+    from cnncheck.preserve import preserved, preserved_global_state
+    from cnncheck.trace import module_inventory, run_trace
+
+    name = type(model).__name__
+    args, kwargs = _example_inputs(example_input, _model_device(model), _model_dtype(model), name)
+    modules = module_inventory(model)
+    with preserved_global_state(), preserved(modules), torch.no_grad():
+        trace = run_trace(model, args, modules, kwargs=kwargs, before=model.eval)
+    stopped: list[str] = []
+    if trace.error is not None:
+        stopped.append(f"forward stopped here: {type(trace.error).__name__}: {trace.error}")
+        stopped += _diagnosis(model, example_input)
+    formulas = {c.name: c for c in model_param_formulas(model)}
+    rows: list[ExplainedLayer] = []
+    shown: set[str] = set()
+    for node in trace.nodes:
+        if node.module is None and node.in_shape != node.out_shape and node.in_shape is not None:
+            where = node.location.rsplit("/", 1)[-1] if node.location else node.scope or "forward"
+            rows.append(ExplainedLayer(f"{node.func_name}()", f"at {where}", "function", node.out_shape, "", 0))
+            continue
+        if node.module is None or node.name in shown:
+            continue
+        shown.add(node.name)
+        count = formulas.get(node.name)
+        loose = sum(c.count for n, c in formulas.items() if n.startswith(f"{node.name}.") and c.kind == "parameter"
+                    and n.count(".") == node.name.count(".") + (1 if node.name else 0))
+        rows.append(ExplainedLayer(node.name, short_repr(node.module), node.kind.value, node.out_shape,
+                                   count.formula if count else ("numel" if loose else ""),
+                                   (count.count if count else 0) + loose))
+    for count in formulas.values():  # parameters of layers that forward never ran
+        owner = count.name.rsplit(".", 1)[0] if count.kind == "parameter" else count.name
+        if owner not in shown and count.name not in shown:
+            rows.append(ExplainedLayer(count.name, "(not run by forward)", count.kind, None, count.formula, count.count))
+    unique = {id(p): p for p in model.parameters()}
+    return Explanation(name, tuple(args[0].shape) if args else (), tuple(rows),
+                       sum(c.count for c in formulas.values()), sum(p.numel() for p in unique.values()),
+                       tuple(stopped))
+
+
+def _diagnosis(model: nn.Module, example_input: Any) -> list[str]:
+    """cnncheck's explanation of a forward that does not run, when a rule has one."""
+    from cnncheck.api import CheckError, check_model
+
+    try:
+        report = check_model(model, example_input, checks=["feature-size-mismatch", "bn-not-per-channel"])
+    except CheckError:
+        return []
+    return [line for f in report.findings for line in (f.message, f"fix: {f.fix}")]

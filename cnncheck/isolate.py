@@ -1,0 +1,276 @@
+"""Check student code in worker processes, never in the caller's.
+
+Each file is imported, its models discovered and checked in a fresh process forked from a server
+that has already imported torch (``multiprocessing``'s forkserver), so a worker starts in a fraction
+of a second. Every model has a time limit and the worker a memory limit; a file that hangs, calls
+``sys.exit``, crashes the interpreter or exhausts memory becomes an error result with the reason, and
+the other files are still checked.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnncheck.results import ModelResult
+
+_CONTEXT_LOCK = threading.Lock()
+_CONTEXT: Any = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One file to check, with the options that apply to each model in it."""
+
+    file: str
+    input_shape: tuple[int, ...] | None = None
+    device: str | None = None
+    select: tuple[str, ...] | None = None
+    ignore: tuple[str, ...] = ()
+    plugins: tuple[str, ...] = ()
+    disabled_plugins: tuple[str, ...] = ()
+    timeout: float = 60.0
+    max_memory: int | None = None  # bytes of data segment for the worker process
+
+
+@dataclass
+class _Progress:
+    discovered: list[str] = field(default_factory=list)
+    results: list[ModelResult] = field(default_factory=list)
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``4G``, ``2.5GB`` or a number of bytes."""
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = cleaned, ""
+    if cleaned and cleaned[-1] in units:
+        number, unit = cleaned[:-1], cleaned[-1]
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size; write it like 512M or 4G") from None
+    if value <= 0:
+        raise ValueError(f"{text!r}: the memory limit must be positive")
+    return int(value)
+
+
+def _context() -> Any:
+    global _CONTEXT
+    with _CONTEXT_LOCK:
+        if _CONTEXT is None:
+            if "forkserver" in multiprocessing.get_all_start_methods():
+                _CONTEXT = multiprocessing.get_context("forkserver")
+                _CONTEXT.set_forkserver_preload(["torch", "cnncheck.api"])
+            else:  # no fork on this platform: a fresh interpreter per file
+                _CONTEXT = multiprocessing.get_context("spawn")
+        return _CONTEXT
+
+
+def check_files(jobs: Iterable[Job], workers: int = 1,
+                on_result: Callable[[ModelResult], None] | None = None) -> list[ModelResult]:
+    """Check every job's file in its own worker, ``workers`` at a time; results in job order."""
+    jobs = list(jobs)
+    lock = threading.Lock()
+
+    def supervise(job: Job) -> list[ModelResult]:
+        results = _supervise(job)
+        if on_result is not None:
+            with lock:
+                for result in results:
+                    on_result(result)
+        return results
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        per_file = list(pool.map(supervise, jobs))
+    return [result for results in per_file for result in results]
+
+
+def _supervise(job: Job) -> list[ModelResult]:
+    ctx = _context()
+    receiver, sender = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_worker, args=(job, sender), daemon=True)
+    process.start()
+    sender.close()
+    progress = _Progress()
+    deadline = time.monotonic() + job.timeout
+    started = time.perf_counter()
+    finished = False
+    try:
+        while not finished:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                _stop(process)
+                current = _next_unfinished(progress) or f"{job.file}::<import>"
+                progress.results.append(_error(job, current, "timeout",
+                                               f"timed out after {job.timeout:g} s (an endless loop, or a model "
+                                               f"far too large for the example input?)", time.perf_counter() - started))
+                break
+            if not receiver.poll(min(remaining, 0.5)):
+                if not process.is_alive() and not receiver.poll(0):
+                    break
+                continue
+            try:
+                kind, payload = receiver.recv()
+            except EOFError:
+                break
+            if kind == "discovered":
+                progress.discovered = list(payload)
+            elif kind == "result":
+                progress.results.append(ModelResult.from_dict(payload))
+                deadline = time.monotonic() + job.timeout
+            elif kind == "done":
+                finished = True
+    finally:
+        process.join(5)
+        if process.is_alive():
+            _stop(process)
+        receiver.close()
+    if not finished and not any(r.error_kind == "timeout" for r in progress.results):
+        current = _next_unfinished(progress) or f"{job.file}::<import>"
+        progress.results.append(_died(job, current, process.exitcode, time.perf_counter() - started))
+    return progress.results
+
+
+def _next_unfinished(progress: _Progress) -> str | None:
+    done = {r.id for r in progress.results}
+    return next((model for model in progress.discovered if model not in done), None)
+
+
+def _stop(process: Any) -> None:
+    process.kill()
+    process.join(5)
+
+
+def _error(job: Job, model_id: str, kind: str, message: str, seconds: float,
+           location: str | None = None) -> ModelResult:
+    name = model_id.rsplit("::", 1)[-1]
+    return ModelResult(model_id, job.file, name, error=message, error_kind=kind, location=location,
+                       seconds=seconds)
+
+
+def _died(job: Job, model_id: str, exitcode: int | None, seconds: float) -> ModelResult:
+    if exitcode is not None and exitcode < 0:
+        import signal
+
+        name = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else str(-exitcode)
+        reason = "killed by SIGKILL (out of memory?)" if name == "SIGKILL" else f"crashed the interpreter ({name})"
+        return _error(job, model_id, "crash", f"the worker {reason}", seconds)
+    return _error(job, model_id, "exit", f"the code ended the worker process with exit code {exitcode} "
+                  f"(os._exit?) before the check finished", seconds)
+
+
+# -- the worker process --------------------------------------------------------------------------------
+def _worker(job: Job, conn: Any) -> None:
+    """Runs in the child: import the file, discover its models, check each, report each result."""
+    _quiet()
+    if job.max_memory:
+        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        resource.setrlimit(resource.RLIMIT_DATA, (job.max_memory, hard))
+    path = Path(job.file)
+    start = time.perf_counter()
+    try:
+        _apply_plugins(job)
+        from cnncheck.discover import candidates, load_file
+
+        module = load_file(path)
+        found = candidates(module, path)
+    except SystemExit as exc:
+        conn.send(("result", _error(job, f"{job.file}::<import>", "exit", f"importing the file called "
+                                    f"sys.exit({exc.code!r})", time.perf_counter() - start).to_dict()))
+        conn.send(("done", None))
+        return
+    except BaseException as exc:  # the student's file does not import
+        conn.send(("result", _error(job, f"{job.file}::<import>", "import", f"cannot import "
+                                    f"{path.name}: {type(exc).__name__}: {exc}", time.perf_counter() - start,
+                                    _location(exc)).to_dict()))
+        conn.send(("done", None))
+        return
+    conn.send(("discovered", [c.id for c in found]))
+    for candidate in found:
+        conn.send(("result", _check_one(job, candidate).to_dict()))
+    conn.send(("done", None))
+
+
+def _check_one(job: Job, candidate: Any) -> ModelResult:
+    from cnncheck.api import CheckError, check_model
+    from cnncheck.discover import infer_input_shape
+
+    start = time.perf_counter()
+    result = ModelResult(candidate.id, job.file, candidate.name)
+    try:
+        model = candidate.build()
+        shape = job.input_shape or candidate.spec.input_shape
+        if shape is None:
+            inferred = infer_input_shape(model)
+            if inferred is None:
+                raise CheckError(f"no input shape for {candidate.name}: pass --input-shape or declare one with "
+                                 f"@cnncheck.model(input_shape=...)")
+            shape, note = inferred
+            result.notes.append(note)
+        result.input_shape = tuple(shape)
+        model_ignores = [p if ":" in p else f"{p}:*" for p in candidate.spec.ignore]
+        report = check_model(model, shape, device=job.device, checks=job.select,
+                             ignore=[*job.ignore, *model_ignores])
+        result.device, result.rules_run = report.device, report.rules_run
+        result.findings = list(report.findings)
+        result.notes += [f"unused ignore {p!r}: it matches no finding; remove it" for p in report.unused_ignores]
+        result.notes += [str(p) for p in report.plugin_problems]
+        result.notes += [f"internal error in rule {c.rule}: {c.error}" for c in report.crashes]
+        result.notes += report.notes
+    except SystemExit as exc:
+        result.error, result.error_kind = f"the model called sys.exit({exc.code!r})", "exit"
+    except CheckError as exc:
+        result.error, result.error_kind = str(exc), "forward"
+        result.location = _location(exc.__cause__) if exc.__cause__ else None
+    except MemoryError as exc:
+        result.error, result.error_kind = f"out of memory: {exc}", "memory"
+    except Exception as exc:
+        memory = "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower()
+        result.error_kind = "memory" if memory else "build"
+        result.error = (f"out of memory (the --max-memory limit): {str(exc).splitlines()[0]}" if memory
+                        else f"{type(exc).__name__}: {exc}")
+        result.location = _location(exc)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _apply_plugins(job: Job) -> None:
+    if not job.plugins and not job.disabled_plugins:
+        return
+    from cnncheck import plugins
+
+    for module in job.plugins:
+        plugins.register(module)
+    for name in job.disabled_plugins:
+        plugins.block(name)
+
+
+def _location(exc: BaseException | None) -> str | None:
+    if exc is None:
+        return None
+    from cnncheck.trace import traceback_location
+
+    return traceback_location(exc)
+
+
+def _quiet() -> None:
+    """Student code may print: keep it out of the report (and the progress bar)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 (lives as long as the worker)
+
+
+def format_exception(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()

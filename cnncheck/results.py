@@ -1,0 +1,55 @@
+"""What checking one discovered model produced, in a form that crosses process boundaries.
+
+The ``cnncheck check`` command checks each model in its own worker process; the worker sends back a
+:class:`ModelResult` (plain data, JSON-serialisable) and the output formats render lists of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cnncheck.findings import Finding, Severity
+
+
+@dataclass
+class ModelResult:
+    """One model's outcome: its findings, or why it could not be checked, and how long it took."""
+
+    id: str  # "path/to/model.py::ConvNet" (variants: "...::make[wide]")
+    file: str
+    name: str
+    input_shape: tuple[int, ...] | None = None
+    device: str = "cpu"
+    rules_run: tuple[str, ...] = ()
+    findings: list[Finding] = field(default_factory=list)
+    error: str | None = None  # could not import, build, run, timed out, out of memory, crashed ...
+    error_kind: str | None = None  # "import", "build", "forward", "timeout", "memory", "crash", "exit"
+    location: str | None = None  # the student's file:line for an error, when known
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.findings
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity is Severity.ERROR]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["findings"] = [dict(asdict(f), severity=str(f.severity)) for f in self.findings]
+        data["input_shape"] = list(self.input_shape) if self.input_shape else None
+        data["rules_run"] = list(self.rules_run)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelResult:
+        findings = [
+            Finding(**dict(f, severity=Severity(f["severity"]), details=tuple(f.get("details", ()))))
+            for f in data.get("findings", [])
+        ]
+        shape = data.get("input_shape")
+        return cls(**{**data, "findings": findings, "input_shape": tuple(shape) if shape else None,
+                      "rules_run": tuple(data.get("rules_run", ()))})
