@@ -65,7 +65,18 @@ def load_file(path: Path) -> Any:
     return module
 
 
-def candidates(module: Any, file: Path) -> list[Candidate]:
+def load_target(target: str) -> tuple[Any, Path]:
+    """Import a file path, or a ``package.module`` name (a ``module:attr`` target)."""
+    path = Path(target)
+    if path.suffix == ".py" or path.exists():
+        return load_file(path), path
+    module = importlib.import_module(target)
+    return module, Path(getattr(module, "__file__", target))
+
+
+def candidates(module: Any, file: Path, include_all: bool = False) -> list[Candidate]:
+    """The models of ``module``: its declared ones, else (or, with ``include_all``, also) every
+    nn.Module subclass it defines that builds with no arguments."""
     from torch import nn
 
     found = []
@@ -79,9 +90,12 @@ def candidates(module: Any, file: Path) -> list[Candidate]:
                 found.append(Candidate(file, name, build, spec, variant))
         elif spec is not None:
             found.append(Candidate(file, name, value, spec))
-    if found:
+    if found and not include_all:
         return found
+    declared = {c.name for c in found}
     for name, value in vars(module).items():
+        if name in declared:
+            continue
         if (
             inspect.isclass(value)
             and issubclass(value, nn.Module)

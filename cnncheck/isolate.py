@@ -32,7 +32,8 @@ _CONTEXT: Any = None
 class Job:
     """One file to check, with the options that apply to each model in it."""
 
-    file: str
+    file: str  # a path, or "package.module" with ``only`` set (a module:attr target)
+    only: str | None = None  # check just this model (path.py::Name, package.module:Name)
     input_shape: tuple[int, ...] | None = None
     device: str | None = None
     select: tuple[str, ...] | None = None
@@ -181,10 +182,14 @@ def _worker(job: Job, conn: Any) -> None:
     start = time.perf_counter()
     try:
         _apply_plugins(job)
-        from cnncheck.discover import candidates, load_file
+        from cnncheck.discover import candidates, load_target
 
-        module = load_file(path)
-        found = candidates(module, path)
+        module, path = load_target(job.file)
+        found = candidates(module, path, include_all=job.only is not None)
+        if job.only is not None:
+            found = [c for c in found if c.name == job.only]
+            if not found:
+                raise LookupError(f"{job.file} defines no model named {job.only!r}")
     except SystemExit as exc:
         conn.send(("result", _error(job, f"{job.file}::<import>", "exit", f"importing the file called "
                                     f"sys.exit({exc.code!r})", time.perf_counter() - start).to_dict()))
