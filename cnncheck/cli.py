@@ -16,6 +16,25 @@ def _shape(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("give at least 1")
+    return value
+
+
+def _size(text: str) -> int:
+    from cnncheck.isolate import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnncheck", description="Check PyTorch CNNs for correctness.")
     common = argparse.ArgumentParser(add_help=False)
@@ -25,11 +44,20 @@ def _parser() -> argparse.ArgumentParser:
                         help="disable a cnncheck plugin by name (repeatable)")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", parents=[common], help="check the models defined in Python files or folders")
-    check.add_argument("paths", nargs="+", help="files or folders with nn.Module definitions")
+    check.add_argument("paths", nargs="+",
+                       help="files or folders with nn.Module definitions, file.py::Name, or package.module:Name")
     check.add_argument("--input-shape", type=_shape, help="input shape with the batch first, e.g. 4,1,28,28")
     check.add_argument("--device", default=None, help="cpu, cuda, ... (default: where the model is)")
     check.add_argument("--select", action="append", default=None, help="rule id or prefix (repeatable)")
     check.add_argument("--ignore", action="append", default=[], help="rule id or prefix (repeatable)")
+    check.add_argument("--format", default="text", choices=["text", "json", "markdown", "junit", "sarif"],
+                       help="report format (default: text)")
+    check.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
+    check.add_argument("--per-model-dir", metavar="DIR", help="also write one Markdown report per model into DIR")
+    check.add_argument("-j", "--jobs", type=_positive_int, default=1, help="parallel worker processes (default 1)")
+    check.add_argument("--timeout", type=float, default=60.0, help="seconds per model (default 60)")
+    check.add_argument("--max-memory", type=_size, default=None, metavar="SIZE",
+                       help="memory limit per worker, e.g. 4G (default: none)")
     explain = sub.add_parser("explain", parents=[common],
                              help="a model layer by layer: output shapes and parameter formulas")
     explain.add_argument("model", help="path/to/file.py or path/to/file.py::ClassName")
@@ -131,40 +159,81 @@ def _write_docs(directory: str) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from cnncheck.api import CheckError, check_model
-    from cnncheck.discover import candidates, load_file, python_files
+    from pathlib import Path
 
-    failed = errors = checked = 0
-    for path in python_files(args.paths):
-        if not path.exists():
-            print(f"cnncheck: {path}: no such file or folder", file=sys.stderr)
+    from cnncheck.discover import python_files
+    from cnncheck.formats import FORMATS, render_markdown
+    from cnncheck.isolate import Job, check_files
+    from cnncheck.plugins import all_rules
+    from cnncheck.rules import select_rules
+
+    try:
+        rules = select_rules(all_rules(problems=[]), args.select, args.ignore)
+    except ValueError as exc:
+        print(f"cnncheck: {exc}", file=sys.stderr)
+        return 2
+    jobs = []
+    for target in args.paths:
+        file, only = _split_target(target)
+        if only is None and not Path(file).exists():
+            print(f"cnncheck: {target}: no such file or folder", file=sys.stderr)
             return 2
-        try:
-            module = load_file(path)
-        except Exception as exc:  # the student's file does not import: report it, go on
-            print(f"{path}: cannot import: {type(exc).__name__}: {exc}\n")
-            errors += 1
-            continue
-        for candidate in candidates(module, path):
-            shape = args.input_shape or candidate.spec.input_shape
-            if shape is None:
-                print(f"{candidate.id}: no input shape; pass --input-shape or use @cnncheck.model(input_shape=...)\n")
-                errors += 1
-                continue
-            try:
-                model = candidate.build()
-                report = check_model(model, shape, device=args.device, checks=args.select,
-                                     ignore=[*args.ignore, *candidate.spec.ignore])
-            except CheckError as exc:
-                print(f"{candidate.id}: {exc}\n")
-                errors += 1
-                continue
-            except Exception as exc:  # building the student's model failed
-                print(f"{candidate.id}: cannot build the model: {type(exc).__name__}: {exc}\n")
-                errors += 1
-                continue
-            checked += 1
-            failed += not report.ok
-            print(f"{candidate.id}\n{report}\n")
-    print(f"cnncheck: {checked} model(s) checked, {failed} with findings, {errors} could not be checked")
-    return 1 if failed or errors else 0
+        options = dict(only=only, input_shape=args.input_shape, device=args.device,
+                       select=tuple(args.select) if args.select else None, ignore=tuple(args.ignore),
+                       plugins=tuple(args.plugin), disabled_plugins=tuple(args.disable_plugin),
+                       timeout=args.timeout, max_memory=args.max_memory)
+        if only is not None:
+            jobs.append(Job(file, **options))  # type: ignore[arg-type]
+        else:
+            jobs.extend(Job(str(path), **options) for path in python_files([file]))  # type: ignore[arg-type]
+    results = _run_with_progress(jobs, args.jobs, quiet=args.format != "text" and not args.output)
+    text = FORMATS[args.format](results, rules=rules, root=Path.cwd())
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    if args.per_model_dir:
+        folder = Path(args.per_model_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        for result in results:
+            (folder / (_slug(result.id) + ".md")).write_text(render_markdown(result), encoding="utf-8")
+    return 0 if results and all(r.ok for r in results) else 1
+
+
+def _split_target(target: str) -> tuple[str, str | None]:
+    """``file.py::Name`` or ``package.module:Name`` (one model), else a file or folder."""
+    if "::" in target:
+        file, _, name = target.partition("::")
+        return file, name
+    if ":" in target and not target.endswith(".py") and "/" not in target:
+        module, _, name = target.partition(":")
+        return module, name
+    return target, None
+
+
+def _slug(model_id: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id).strip("_")
+
+
+def _run_with_progress(jobs: list, workers: int, quiet: bool) -> list:
+    """A progress bar on a terminal (on stderr, so the report on stdout stays clean); none otherwise."""
+    from cnncheck.isolate import check_files
+
+    if quiet or not sys.stderr.isatty():
+        return check_files(jobs, workers)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("cnncheck"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True) as progress:
+        task = progress.add_task("files", total=len(jobs))
+        done: set[str] = set()
+
+        def advance(result: object) -> None:
+            file = getattr(result, "file", "")
+            if file not in done:
+                done.add(file)
+                progress.advance(task)
+
+        return check_files(jobs, workers, on_result=advance)

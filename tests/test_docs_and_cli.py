@@ -69,7 +69,7 @@ def test_check_command_reports_a_file_that_does_not_import(tmp_path, capsys) -> 
     bad = tmp_path / "student.py"
     bad.write_text("import torch\nclass Net(torch.nn.Module)\n    pass\n")
     assert main(["check", str(bad), "--input-shape", "2,1,8,8"]) == 1
-    assert "cannot import: SyntaxError" in capsys.readouterr().out
+    assert "cannot import student.py: SyntaxError" in capsys.readouterr().out
 
 
 def test_bad_input_shape_is_a_usage_error() -> None:
