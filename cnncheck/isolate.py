@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class Job:
     disabled_plugins: tuple[str, ...] = ()
     timeout: float = 60.0
     max_memory: int | None = None  # bytes of data segment for the worker process
+    threads: int | None = None  # torch threads in the worker (default: the cores shared among workers)
 
 
 @dataclass
@@ -72,7 +73,7 @@ def _context() -> Any:
         if _CONTEXT is None:
             if "forkserver" in multiprocessing.get_all_start_methods():
                 _CONTEXT = multiprocessing.get_context("forkserver")
-                _CONTEXT.set_forkserver_preload(["torch", "cnncheck.api"])
+                _CONTEXT.set_forkserver_preload(["torch", "cnncheck.api", "cnncheck._warmup"])
             else:  # no fork on this platform: a fresh interpreter per file
                 _CONTEXT = multiprocessing.get_context("spawn")
         return _CONTEXT
@@ -83,6 +84,8 @@ def check_files(jobs: Iterable[Job], workers: int = 1,
     """Check every job's file in its own worker, ``workers`` at a time; results in job order."""
     jobs = list(jobs)
     lock = threading.Lock()
+    share = max(1, (os.cpu_count() or 1) // max(1, workers))
+    jobs = [job if job.threads else replace(job, threads=share) for job in jobs]
 
     def supervise(job: Job) -> list[ModelResult]:
         results = _supervise(job)
@@ -180,6 +183,9 @@ def _worker(job: Job, conn: Any) -> None:
         resource.setrlimit(resource.RLIMIT_DATA, (job.max_memory, hard))
     path = Path(job.file)
     start = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(job.threads or 1)
     try:
         _apply_plugins(job)
         from cnncheck.discover import candidates, load_target
