@@ -1,8 +1,8 @@
 """Check student code in worker processes, never in the caller's.
 
-Each file is imported, its models discovered and checked in a fresh process forked from a server
-that has already imported torch (``multiprocessing``'s forkserver), so a worker starts in a fraction
-of a second. Every model has a time limit and the worker a memory limit; a file that hangs, calls
+One worker imports a file and lists its models; then each model is checked in a fresh worker of its
+own. Workers are forked from a server that has already imported torch and run one check
+(``multiprocessing``'s forkserver), so a worker starts in about a tenth of a second. Every model has a time limit and the worker a memory limit; a file that hangs, calls
 ``sys.exit``, crashes the interpreter or exhausts memory becomes an error result with the reason, and
 the other files are still checked.
 """
@@ -43,11 +43,13 @@ class Job:
     timeout: float = 60.0
     max_memory: int | None = None  # bytes of data segment for the worker process
     threads: int | None = None  # torch threads in the worker (default: the cores shared among workers)
+    first_only: bool = False  # list the file's models, check the first; the others get workers of their own
 
 
 @dataclass
 class _Progress:
     discovered: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
     results: list[ModelResult] = field(default_factory=list)
 
 
@@ -88,7 +90,7 @@ def check_files(jobs: Iterable[Job], workers: int = 1,
     jobs = [job if job.threads else replace(job, threads=share) for job in jobs]
 
     def supervise(job: Job) -> list[ModelResult]:
-        results = _supervise(job)
+        results = _per_model(job)
         if on_result is not None:
             with lock:
                 for result in results:
@@ -100,7 +102,21 @@ def check_files(jobs: Iterable[Job], workers: int = 1,
     return [result for results in per_file for result in results]
 
 
-def _supervise(job: Job) -> list[ModelResult]:
+def _per_model(job: Job) -> list[ModelResult]:
+    """Each model in a worker of its own: the worker that imports the file lists its models and checks
+    the first; every other model gets a fresh worker."""
+    if job.only is not None:
+        return _supervise(job).results
+    first = _supervise(replace(job, first_only=True))
+    results = list(first.results)
+    if not first.labels:  # the file did not import, or did not get as far as listing its models
+        return results
+    for label in first.labels[1:]:
+        results.extend(_supervise(replace(job, only=label)).results)
+    return results
+
+
+def _supervise(job: Job) -> _Progress:
     ctx = _context()
     receiver, sender = ctx.Pipe(duplex=False)
     process = ctx.Process(target=_worker, args=(job, sender), daemon=True)
@@ -115,7 +131,8 @@ def _supervise(job: Job) -> list[ModelResult]:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 _stop(process)
-                current = _next_unfinished(progress) or f"{job.file}::<import>"
+                current = _next_unfinished(progress) or (
+                    f"{job.file}::{job.only}" if job.only else f"{job.file}::<import>")
                 progress.results.append(_error(job, current, "timeout",
                                                f"timed out after {job.timeout:g} s (an endless loop, or a model "
                                                f"far too large for the example input?)", time.perf_counter() - started))
@@ -129,7 +146,8 @@ def _supervise(job: Job) -> list[ModelResult]:
             except EOFError:
                 break
             if kind == "discovered":
-                progress.discovered = list(payload)
+                progress.discovered = [model_id for model_id, _ in payload]
+                progress.labels = [label for _, label in payload]
             elif kind == "result":
                 progress.results.append(ModelResult.from_dict(payload))
                 deadline = time.monotonic() + job.timeout
@@ -141,9 +159,9 @@ def _supervise(job: Job) -> list[ModelResult]:
             _stop(process)
         receiver.close()
     if not finished and not any(r.error_kind == "timeout" for r in progress.results):
-        current = _next_unfinished(progress) or f"{job.file}::<import>"
+        current = _next_unfinished(progress) or (f"{job.file}::{job.only}" if job.only else f"{job.file}::<import>")
         progress.results.append(_died(job, current, process.exitcode, time.perf_counter() - started))
-    return progress.results
+    return progress
 
 
 def _next_unfinished(progress: _Progress) -> str | None:
@@ -193,7 +211,7 @@ def _worker(job: Job, conn: Any) -> None:
         module, path = load_target(job.file)
         found = candidates(module, path, include_all=job.only is not None)
         if job.only is not None:
-            found = [c for c in found if c.name == job.only]
+            found = [c for c in found if job.only in (c.name, _label(c))]
             if not found:
                 raise LookupError(f"{job.file} defines no model named {job.only!r}")
     except SystemExit as exc:
@@ -207,10 +225,14 @@ def _worker(job: Job, conn: Any) -> None:
                                     _location(exc)).to_dict()))
         conn.send(("done", None))
         return
-    conn.send(("discovered", [c.id for c in found]))
-    for candidate in found:
+    conn.send(("discovered", [(c.id, _label(c)) for c in found]))
+    for candidate in found[:1] if job.first_only else found:
         conn.send(("result", _check_one(job, candidate).to_dict()))
     conn.send(("done", None))
+
+
+def _label(candidate: Any) -> str:
+    return f"{candidate.name}[{candidate.variant}]" if candidate.variant else candidate.name
 
 
 def _check_one(job: Job, candidate: Any) -> ModelResult:

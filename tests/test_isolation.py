@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from cnncheck.isolate import Job, check_files, parse_size
+import json
+
+from cnncheck.cli import main
+from cnncheck.isolate import parse_size
+from cnncheck.results import ModelResult
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = "import os, sys, ctypes\nimport torch\nfrom torch import nn\nimport torch.nn.functional as F\n"
@@ -56,12 +60,18 @@ def submissions(tmp_path_factory) -> Path:
     return root
 
 
-def test_every_submission_gets_its_verdict_and_none_is_lost(submissions: Path) -> None:
+def test_every_submission_gets_its_verdict_and_none_is_lost(submissions: Path, tmp_path: Path) -> None:
     files = sorted(submissions.rglob("model.py"))
-    jobs = [Job(str(f), timeout=8, max_memory=parse_size("3G")) for f in files]
+    report = tmp_path / "report.json"
     started = time.monotonic()
-    results = check_files(jobs, workers=2)
+    code = main(["check", str(submissions), "-j", "2", "--timeout", "8", "--max-memory", "3G",
+                 "--format", "json", "--output", str(report), "--per-model-dir", str(tmp_path / "students")])
     elapsed = time.monotonic() - started
+    assert code == 1
+    data = json.loads(report.read_text())
+    results = [ModelResult.from_dict(m) for m in data["models"]]
+    assert data["summary"]["models"] == len(files) and data["summary"]["clean"] == 1
+    assert len(list((tmp_path / "students").glob("*.md"))) == len(files)
     by_folder = {Path(r.file).parent.name: r for r in results}
     assert sorted(by_folder) == sorted(f.parent.name for f in files)  # one result per submission
     assert len(results) == len(files)
@@ -87,3 +97,15 @@ def test_parse_size() -> None:
     assert parse_size("4G") == parse_size("4GiB") == 4 * 1024**3
     with pytest.raises(ValueError, match="not a size"):
         parse_size("lots")
+
+
+def test_each_model_of_a_file_gets_its_own_worker(tmp_path: Path) -> None:
+    (tmp_path / "two.py").write_text(HEADER + textwrap.dedent(
+        NET.format(extra_init="", body="        while True:\n            pass")
+        + NET.replace("class Net(", "class Second(").format(extra_init="", body="")
+    ))
+    report = tmp_path / "report.json"
+    assert main(["check", str(tmp_path / "two.py"), "--timeout", "4", "--format", "json", "-o", str(report)]) == 1
+    models = {m["name"]: m for m in json.loads(report.read_text())["models"]}
+    assert models["Net"]["error_kind"] == "timeout"
+    assert models["Second"]["error"] is None and models["Second"]["findings"] == []
