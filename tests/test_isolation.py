@@ -109,3 +109,20 @@ def test_each_model_of_a_file_gets_its_own_worker(tmp_path: Path) -> None:
     models = {m["name"]: m for m in json.loads(report.read_text())["models"]}
     assert models["Net"]["error_kind"] == "timeout"
     assert models["Second"]["error"] is None and models["Second"]["findings"] == []
+
+
+def test_targets_by_file_and_name_and_by_module_and_name(tmp_path: Path, monkeypatch) -> None:
+    package = tmp_path / "course"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(HEADER + textwrap.dedent(
+        NET.format(extra_init="", body="") + NET.replace("class Net(", "class Biased(").format(
+            extra_init="        self.conv = nn.Conv2d(1, 4, 3, padding=1)", body="")))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the forked worker resolves the module
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for target in (f"{package / 'nets.py'}::Biased", "course.nets:Biased"):
+        report = tmp_path / "report.json"
+        assert main(["check", target, "--format", "json", "-o", str(report)]) == 1
+        models = json.loads(report.read_text())["models"]
+        assert [(m["name"], [f["rule"] for f in m["findings"]]) for m in models] == [
+            ("Biased", ["redundant-bias-before-bn"])], target
