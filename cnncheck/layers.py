@@ -91,9 +91,11 @@ def _duck_type(module: nn.Module) -> LayerKind:
     has_params = any(True for _ in module.parameters(recurse=False))
     if _has(module, "in_channels", "out_channels", "kernel_size") and has_params:
         return LayerKind.CONV
-    if running_buffers(module) is not None or (
+    own = list(module.parameters(recurse=False))
+    statistics = running_buffers(module) is not None or (
         _has(module, "num_features") and (_has(module, "eps") or _has(module, "momentum"))
-    ):
+    )
+    if statistics and len(own) <= 2:  # gamma and beta at most: a block with its own filters is not a norm
         return LayerKind.BATCH_NORM
     if _has(module, "in_features", "out_features"):
         return LayerKind.LINEAR

@@ -165,8 +165,12 @@ def train_problems(module: nn.Module, x: torch.Tensor) -> tuple[list[str], bool]
     layer = _copy(module).train()
     generator = torch.Generator().manual_seed(7)
     view = [1, channels] + [1] * (x.dim() - 2)
+    # shift the channels apart, at the data's own scale: a fixed offset on tiny activations would
+    # drown them in the rounding of the offset
+    spread = float(x.detach().double().std()) if x.numel() > 1 else 1.0
+    spread = spread if spread > 0 else 1.0
     scale = (torch.rand(view, generator=generator, dtype=torch.float64) + 0.5).to(x)
-    offset = (torch.rand(view, generator=generator, dtype=torch.float64) * 2 + 1).to(x)
+    offset = ((torch.rand(view, generator=generator, dtype=torch.float64) * 2 + 1) * spread).to(x)
     xp = x.detach() * scale + offset
     stats = _telling_buffers(layer, channels, xp)
     tracked = layer._buffers.get("num_batches_tracked")
@@ -228,7 +232,7 @@ def _update_problems(
     new_mean = layer._buffers[names[0]].detach().flatten().double()  # type: ignore[union-attr]
     new_var = layer._buffers[names[1]].detach().flatten().double()  # type: ignore[union-attr]
     old_mean, old_var = stats[0].flatten().double(), stats[1].flatten().double()
-    dims = per_channel_dims(xp)
+    dims = tuple(d for d in range(xp.dim()) if d != 1)  # every dim but the channels, size 1 or not
     batch_mean = xp.double().mean(dims)
     batch_var = xp.double().var(dims, unbiased=True)
     biased_var = xp.double().var(dims, unbiased=False)

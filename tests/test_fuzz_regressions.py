@@ -1,0 +1,79 @@
+"""cnncheck bugs found by the architecture fuzz (tests/test_fuzz.py), each as the minimal architecture
+that shows it, with the findings that are right. The fuzz generator steers clear of these known bugs
+(see the comments in tests/fuzz_models.py that point here) so that it can keep finding new ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import cnncheck
+import models_bn as MB
+
+
+def pairs(model: nn.Module, example_input) -> set[tuple[str, str]]:
+    report = cnncheck.check_model(model, example_input)
+    assert report.crashes == []
+    return {(f.rule, f.module) for f in report.findings}
+
+
+class FunctionalConvBNBlock(nn.Module):
+    """A leaf block (no child modules) whose forward is F.conv2d -> F.batch_norm -> relu, with the
+    statistics in buffers under their usual names."""
+
+    def __init__(self, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8, 3, 3, 3) * 0.2)
+        self.conv_bias = nn.Parameter(torch.randn(8) * 0.1) if bias else None
+        self.gamma = nn.Parameter(torch.ones(8))
+        self.beta = nn.Parameter(torch.zeros(8))
+        self.register_buffer("running_mean", torch.zeros(8))
+        self.register_buffer("running_var", torch.ones(8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.conv2d(x, self.weight, self.conv_bias, padding=1)
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.gamma, self.beta, training=self.training)
+        return F.relu(x)
+
+
+@pytest.mark.parametrize(("bias", "expected"), [
+    pytest.param(False, set(), id="no-bias"),
+    pytest.param(True, {("redundant-bias-before-bn", "0")}, id="bias"),
+])
+def test_functional_block_with_bn_buffers_is_not_a_batchnorm(bias: bool, expected: set) -> None:
+    """Bug: ``layers._duck_type`` places any childless module with float buffers named *mean* and
+    *var* as a BatchNorm layer, so this block becomes one atomic "BatchNorm" node. cnncheck then reports
+    bn-not-per-channel on '0' (it lists the conv weight (8, 3, 3, 3) as a BN parameter that is "not one
+    value per channel") and, with a bias, misses the redundant bias of its F.conv2d, because the ops
+    inside an atomic node are not traced. The same block with the buffers named stat_mu/stat_sigma2
+    (as tests/models_conv.py::ConvBNFunctionalBlock does) is checked correctly."""
+    torch.manual_seed(0)
+    model = nn.Sequential(FunctionalConvBNBlock(bias), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    assert pairs(model, (4, 3, 8, 8)) == expected
+
+
+def test_correct_hand_bn_on_small_activations() -> None:
+    """Bug: ``probes.train_problems`` probes a hand-written BN with ``x * scale + offset`` (offset in
+    [1, 3], whatever the scale of x) and compares it with F.batch_norm at a fixed atol of 1e-5. When
+    the channels' std is small (here about 0.005, from a conv initialised with std 0.001), float32
+    rounding of the offset is amplified by 1/std, and models_bn.HandBN2d, cnncheck's own correct
+    reference layer, gets bn-train-behaviour "its train-mode output differs from F.batch_norm"."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    nn.init.normal_(conv.weight, std=0.001)
+    model = nn.Sequential(conv, MB.HandBN2d(8))
+    assert pairs(model, (4, 3, 8, 8)) == set()
+
+
+@pytest.mark.parametrize("size", [1, (1, 4)], ids=["1x1", "1x4"])
+def test_correct_hand_bn_on_a_1x1_map(size) -> None:
+    """Bug: ``probes._update_problems`` takes the batch mean over ``per_channel_dims(xp)``, which leaves
+    out dims of size 1, so on a (N, C, 1, 1) map the mean has shape (C, 1, 1) and broadcasts against
+    the (C,) running estimates. A correct hand-written BN after global average pooling (models_bn.HandBN2d
+    here; any non-stock BN-like layer, e.g. one calling F.batch_norm) gets bn-train-behaviour
+    "running_mean after one batch does not follow (1-w)*old + w*batch_mean ...: expected nan, found nan"."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.AdaptiveAvgPool2d(size), MB.HandBN2d(8))
+    assert pairs(model, (4, 3, 8, 8)) == set()
