@@ -74,6 +74,19 @@ def mismatch(found: torch.Tensor, expected: torch.Tensor, scale: float = 1.0,
                     float(e64.reshape(-1)[flat]), float(f64.reshape(-1)[flat]), rtol, atol)
 
 
+_FUSED_ACTIVATIONS = (
+    F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.mish, F.elu, F.leaky_relu, torch.sigmoid, torch.tanh,
+)
+
+
+def matches_normalisation(y: torch.Tensor, reference: torch.Tensor) -> bool:
+    """``y`` is the reference normalisation, or that normalisation followed by a common activation:
+    a fused BN+activation layer (timm's BatchNormAct2d) is a correct BatchNorm."""
+    if mismatch(y, reference) is None:
+        return True
+    return any(mismatch(y, act(reference)) is None for act in _FUSED_ACTIVATIONS)
+
+
 def is_stock_batchnorm(module: nn.Module) -> bool:
     """A torch BatchNorm whose ``forward`` is torch's own: correct by construction, no probe needed."""
     return isinstance(module, _BatchNorm) and type(module).forward is _BatchNorm.forward
@@ -183,12 +196,12 @@ def train_problems(module: nn.Module, x: torch.Tensor) -> tuple[list[str], bool]
         y = layer(xp)
     problems: list[str] = []
     reference = F.batch_norm(xp, None, None, gamma, beta, True, 0.0, eps)
-    found = mismatch(y, reference)
+    found = None if matches_normalisation(y, reference) else mismatch(y, reference)
     if found is not None:
         frozen_ref = None
         if stats is not None:
             frozen_ref = F.batch_norm(xp, stats[0].flatten(), stats[1].flatten(), gamma, beta, False, 0.0, eps)
-        if frozen_ref is not None and mismatch(y, frozen_ref) is None:
+        if frozen_ref is not None and matches_normalisation(y, frozen_ref):
             names = running_buffers(layer)
             unchanged = names is not None and all(
                 torch.equal(layer._buffers[n].detach(), s) for n, s in zip(names, stats)  # type: ignore[union-attr]
@@ -207,7 +220,7 @@ def train_problems(module: nn.Module, x: torch.Tensor) -> tuple[list[str], bool]
                 unbiased = unbiased * gamma.reshape(affine_view)
             if beta is not None:
                 unbiased = unbiased + beta.reshape(affine_view)
-            if mismatch(y, unbiased) is None:
+            if matches_normalisation(y, unbiased):
                 problems.append(
                     "it normalises with the unbiased variance (divides by n-1); BatchNorm divides "
                     "by n, the biased variance of the batch"
@@ -314,9 +327,9 @@ def eval_problems(module: nn.Module, x: torch.Tensor) -> list[str]:
             )
     else:
         reference = F.batch_norm(x, stats[0].flatten(), stats[1].flatten(), gamma, beta, False, 0.0, eps)
-        if mismatch(y, reference) is not None:
+        if not matches_normalisation(y, reference):
             batch = F.batch_norm(x, None, None, gamma, beta, True, 0.0, eps)
-            if mismatch(y, batch) is None:
+            if matches_normalisation(y, batch):
                 problems.append(
                     "it still normalises with the batch's statistics instead of its "
                     "running statistics (does its forward check self.training?)"
