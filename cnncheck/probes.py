@@ -7,6 +7,7 @@ copy (``CheckContext.isolated``) so that its buffers can be set to telling value
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +49,7 @@ def tolerance(dtype: torch.dtype) -> tuple[float, float]:
     }.get(dtype, (1e-4, 1e-5))
 
 
-def mismatch(found: torch.Tensor, expected: torch.Tensor, scale: float = 1.0,
+def mismatch(found: torch.Tensor, expected: torch.Tensor, scale: float | torch.Tensor = 1.0,
              whole: bool = False) -> Mismatch | None:
     """None when ``found`` matches ``expected`` within the dtype's tolerance (times ``scale``).
 
@@ -58,7 +59,10 @@ def mismatch(found: torch.Tensor, expected: torch.Tensor, scale: float = 1.0,
     if found.shape != expected.shape:
         return Mismatch(found.numel(), expected.numel(), float("inf"), (), float("nan"), float("nan"), 0, 0)
     rtol, atol = tolerance(found.dtype)
-    rtol, atol = rtol * scale, atol * scale
+    if isinstance(scale, torch.Tensor):  # a per-element atol scale; rtol stays as it is
+        atol = atol * scale.detach().double().to(found.device)  # type: ignore[assignment]
+    else:
+        rtol, atol = rtol * scale, atol * scale
     f64, e64 = found.detach().double(), expected.detach().double()
     if whole:
         atol = rtol * float(e64.abs().max()) if e64.numel() else atol
@@ -79,12 +83,28 @@ _FUSED_ACTIVATIONS = (
 )
 
 
-def matches_normalisation(y: torch.Tensor, reference: torch.Tensor) -> bool:
-    """``y`` is the reference normalisation, or that normalisation followed by a common activation:
-    a fused BN+activation layer (timm's BatchNormAct2d) is a correct BatchNorm."""
-    if mismatch(y, reference) is None:
+def conditioning(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per channel, how much normalising amplifies the rounding of ``x``: max|x| / sqrt(var + eps).
+    A constant channel (a dead ReLU) has variance 0, and its rounding grows by 1/sqrt(eps)."""
+    dims = tuple(d for d in range(x.dim()) if d != 1)
+    x64 = x.detach().double()
+    view = [1, x.shape[1]] + [1] * (x.dim() - 2)
+    return (1 + x64.abs().amax(dims) / torch.sqrt(x64.var(dims, unbiased=False) + eps)).reshape(view)
+
+
+def matches_normalisation(y: torch.Tensor, normalise: Any, x: torch.Tensor, eps: float) -> bool:
+    """``y`` is ``normalise(x)``, possibly with a common activation before or after it: a fused
+    BN+activation layer (timm's BatchNormAct2d) is a correct BatchNorm. Tolerances grow with how much
+    normalising amplifies the rounding of each channel."""
+    if mismatch(y, normalise(x), scale=conditioning(x, eps)) is None:
         return True
-    return any(mismatch(y, act(reference)) is None for act in _FUSED_ACTIVATIONS)
+    for act in _FUSED_ACTIVATIONS:
+        if mismatch(y, act(normalise(x)), scale=conditioning(x, eps)) is None:
+            return True
+        activated = act(x)
+        if mismatch(y, normalise(activated), scale=conditioning(activated, eps)) is None:
+            return True
+    return False
 
 
 def is_stock_batchnorm(module: nn.Module) -> bool:
@@ -195,13 +215,17 @@ def train_problems(module: nn.Module, x: torch.Tensor) -> tuple[list[str], bool]
     with torch.no_grad():
         y = layer(xp)
     problems: list[str] = []
-    reference = F.batch_norm(xp, None, None, gamma, beta, True, 0.0, eps)
-    found = None if matches_normalisation(y, reference) else mismatch(y, reference)
+    def batch_stats(inp: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(inp, None, None, gamma, beta, True, 0.0, eps)
+
+    reference = batch_stats(xp)
+    found = None if matches_normalisation(y, batch_stats, xp, eps) else mismatch(y, reference)
     if found is not None:
-        frozen_ref = None
-        if stats is not None:
-            frozen_ref = F.batch_norm(xp, stats[0].flatten(), stats[1].flatten(), gamma, beta, False, 0.0, eps)
-        if frozen_ref is not None and matches_normalisation(y, frozen_ref):
+        def running(inp: torch.Tensor) -> torch.Tensor:
+            assert stats is not None
+            return F.batch_norm(inp, stats[0].flatten(), stats[1].flatten(), gamma, beta, False, 0.0, eps)
+
+        if stats is not None and matches_normalisation(y, running, xp, eps):
             names = running_buffers(layer)
             unchanged = names is not None and all(
                 torch.equal(layer._buffers[n].detach(), s) for n, s in zip(names, stats)  # type: ignore[union-attr]
@@ -213,14 +237,16 @@ def train_problems(module: nn.Module, x: torch.Tensor) -> tuple[list[str], bool]
                 "them); it must use the batch's per-channel mean and variance"
             )
         else:
-            dims = per_channel_dims(xp)
-            unbiased = (xp - xp.mean(dims, keepdim=True)) / torch.sqrt(xp.var(dims, unbiased=True, keepdim=True) + eps)
             affine_view = [1, channels] + [1] * (x.dim() - 2)
-            if gamma is not None:
-                unbiased = unbiased * gamma.reshape(affine_view)
-            if beta is not None:
-                unbiased = unbiased + beta.reshape(affine_view)
-            if matches_normalisation(y, unbiased):
+
+            def unbiased(inp: torch.Tensor) -> torch.Tensor:
+                dims = per_channel_dims(inp)
+                out = (inp - inp.mean(dims, keepdim=True)) / torch.sqrt(inp.var(dims, unbiased=True, keepdim=True) + eps)
+                if gamma is not None:
+                    out = out * gamma.reshape(affine_view)
+                return out + beta.reshape(affine_view) if beta is not None else out
+
+            if matches_normalisation(y, unbiased, xp, eps):
                 problems.append(
                     "it normalises with the unbiased variance (divides by n-1); BatchNorm divides "
                     "by n, the biased variance of the batch"
@@ -326,10 +352,15 @@ def eval_problems(module: nn.Module, x: torch.Tensor) -> list[str]:
                 "rest of the batch; keep running_mean/running_var buffers and use them when not training"
             )
     else:
-        reference = F.batch_norm(x, stats[0].flatten(), stats[1].flatten(), gamma, beta, False, 0.0, eps)
-        if not matches_normalisation(y, reference):
-            batch = F.batch_norm(x, None, None, gamma, beta, True, 0.0, eps)
-            if matches_normalisation(y, batch):
+        def running(inp: torch.Tensor) -> torch.Tensor:
+            return F.batch_norm(inp, stats[0].flatten(), stats[1].flatten(), gamma, beta, False, 0.0, eps)
+
+        def batch_stats(inp: torch.Tensor) -> torch.Tensor:
+            return F.batch_norm(inp, None, None, gamma, beta, True, 0.0, eps)
+
+        reference = running(x)
+        if not matches_normalisation(y, running, x, eps):
+            if matches_normalisation(y, batch_stats, x, eps):
                 problems.append(
                     "it still normalises with the batch's statistics instead of its "
                     "running statistics (does its forward check self.training?)"

@@ -29,22 +29,21 @@ pool-mixes-channels        a hand-written pool that takes the max over channels,
 bn-not-per-channel         a hand-written BN with per-pixel (dim=0) or whole-tensor statistics
 bn-eval-behaviour          a hand-written BN that always normalises with batch statistics
 bn-train-behaviour         a hand-written BN with Keras' momentum convention and momentum=0.1
-mode-not-propagated        an nn.BatchNorm in a plain list attribute (``bns[0]``), or ``F.dropout(x, p)``
-                           without ``training`` (the module whose forward makes the call)
+mode-not-propagated        an nn.BatchNorm in a plain list attribute (``bns[0]``), ``F.dropout(x, p)``
+                           without ``training``, or ``F.batch_norm(..., training=True)`` (the module
+                           whose forward makes the call)
 feature-size-mismatch      a Linear (module or ``F.linear``) whose in_features is off
 =========================  ============================================================================
 
-Look-alikes that are not defects are generated as well: a bias then ReLU/GELU/SiLU/dropout then BN; a
-bias then an AvgPool with zero padding counted (``count_include_pad=True``, padding > 0: the border
-windows see the constant only partly, so the bias does reach the output) then BN; a bias then a
-whole-tensor BN (it subtracts one mean for all channels, so the per-channel bias survives: only
-bn-not-per-channel is expected); a bias then a per-pixel BN (its mean over the batch at each position
-does remove a per-channel constant: both findings are expected).
+Look-alikes that are not defects are generated as well: a bias then ReLU/GELU/SiLU/dropout (module or
+``F.dropout(..., training=self.training)``) then BN; a bias then a hidden/eval-ignoring/Keras-momentum
+BN, or a per-pixel BN (its mean over the batch at each position removes a per-channel constant too):
+both findings are expected.
 
 How the per-channel constant of a bias is tracked (``State.live``): ops that carry it exactly (max and
-adaptive pooling, avg pooling without counted padding, flatten, add, cat) keep it; ops that destroy it
-(activations, dropout in train mode, Linear, avg pooling with counted padding) drop it; a BN that
-subtracts a per-channel (or per-pixel) mean cancels it, which is the finding.
+adaptive pooling, avg pooling without counted padding, flatten, add, cat) keep it; ops that end
+cnncheck's dataflow search (activations, dropout in train mode, Linear) drop it; a BN that subtracts a
+per-channel (or per-pixel) mean cancels it, which is the finding.
 
 Combinations that are excluded, because their ground truth is ambiguous
 -----------------------------------------------------------------------
@@ -55,12 +54,33 @@ Combinations that are excluded, because their ground truth is ambiguous
 * No bias reaches a BN when the head is broken (feature-size-mismatch): the forward then raises at the
   Linear, no backward pass can confirm that the bias gradient is zero, so whether the redundant bias is
   reported is not a property of the architecture.
+* Every output position of a conv reads the input somewhere, not only padding (the residual bodies'
+  "same" convs always do; other convs fall back to 1x1).
 * A per-pixel BN only sees maps with more than one position (on a 1x1 map per-pixel statistics are
   per-channel ones), and BatchNorms always see at least 2 channels.
 * Wrong hand-written convs have groups=1, and "swapped" channels only when C_in != C_out (otherwise the
   swapped shape is the right shape).
+* A live bias never reaches a whole-tensor BN, nor an AvgPool that counts its zero padding: in
+  cnncheck's dataflow these are a BatchNorm and a pass-through op, and the verdict is left to the
+  numeric confirmation (is the bias gradient 0?), which depends on the input: ReLU then a MaxPool whose
+  windows all have a positive max carries a small per-channel shift unchanged, so a later per-channel
+  BN cancels a bias that a whole-tensor BN did not; counted padding keeps the constant exactly when
+  every window covers as many real positions.
+* After a broken Linear nothing is injected (a bad dropout there never runs: forward raises first).
 * An in-place ReLU never directly follows another activation (that is a different student bug: autograd
   raises), and a channel-max pool returns a copy, not an expanded view that an in-place op would write to.
+
+Known cnncheck bugs the generator steers clear of, so that the fuzz can find new ones (each has a
+regression test in tests/test_fuzz_regressions.py, and the fuzz finds it again without the workaround):
+
+* a FuncNet without child modules names its BN buffers ``*_mu``/``*_sigma2``, not ``*_running_mean``/
+  ``*_running_var``; otherwise, when it owns no more parameters than a BN's gamma and beta (e.g. SiLU
+  then F.batch_norm), cnncheck takes the whole block for a BatchNorm layer and probes it as one. (This
+  also excludes an ambiguous case: a block that is nothing but ``F.batch_norm(..., training=True)`` with
+  running-stat buffers is a BN-like layer that ignores the mode, bn-eval-behaviour as much as the
+  hard-coded call's mode-not-propagated.)
+* hand-written BNs normalise with ``F.batch_norm`` in train mode rather than ``(x - mean) / sqrt(var +
+  eps)`` (which they use in eval mode): cnncheck's train probe flags the formula on a dead ReLU channel.
 """
 
 from __future__ import annotations
@@ -245,7 +265,7 @@ class Generator:
             self.residual(st, ctx, out)
 
     def conv(self, st: State, ctx: str, out: list[Step], *, same: bool = False, stride: int | None = None,
-             c_out: int | None = None, first: bool = False) -> Step:
+             c_out: int | None = None) -> Step:
         ch = self.ch
         self.kill(st, ctx, out)
         c_in = st.c
@@ -265,7 +285,7 @@ class Generator:
             eff = d * (k - 1) + 1
             p = ch.integer(0, eff // 2)
             s = pick(ch, [1, 2, 3]) if stride is None else stride
-            if eff > st.size + 2 * p:
+            if not _reads_input(st.size, k, s, p, d):
                 k, d, p = 1, 1, 0
         size = (st.size + 2 * p - d * (k - 1) - 1) // s + 1
         bias = chance(ch, 50)
@@ -289,8 +309,6 @@ class Generator:
 
     def norm(self, st: State, ctx: str, out: list[Step], head: bool = False) -> None:
         ch = self.ch
-        if st.live and self.broken_head:
-            self.kill(st, ctx, out)
         options: list[tuple[int, tuple[str, str | None]]] = [
             (4, ("nn", None)), (2, ("hand", None)), (1, ("fmod", None)), (4 if ctx == "func" else 1, ("func", None)),
         ]
@@ -302,28 +320,25 @@ class Generator:
                 (1, ("hand", "momentum")),
                 (1, ("wrap", "hidden")),
                 (1, ("func", "hidden")),
+                (1, ("func", "forced")),
             ]
         impl, defect = weighted(ch, options)
+        if self.broken_head or defect == "whole":
+            self.kill(st, ctx, out)  # see "excluded" in the module docstring
         step = Step("norm", impl, dict(c=st.c, defect=defect, head=head, training_kw=chance(ch, 50)))
         step.expect |= {
             "perpixel": {PER_CHANNEL}, "whole": {PER_CHANNEL}, "evalbatch": {BN_EVAL}, "momentum": {BN_TRAIN},
-            "hidden": {MODE}, None: set(),
+            "hidden": {MODE}, "forced": {MODE}, None: set(),
         }[defect]
-        if defect != "whole":  # every other norm subtracts a per-channel (or per-pixel) mean in training
-            for biased in st.live:
-                biased.expect.add(RB)
+        for biased in st.live:  # every norm here subtracts a per-channel (or per-pixel) mean in training
+            biased.expect.add(RB)
         out.append(step)
-        reached = bool(st.live)
         st.live, st.last = [], "norm"
-        if defect == "whole" and reached:
-            # the bias survives a whole-tensor BN as a per-channel shift that a later per-channel norm
-            # would cancel after all: an activation first keeps "not redundant" the exact truth
-            self.act(st, ctx, out)
 
     def drop(self, st: State, ctx: str, out: list[Step], head: bool = False) -> None:
         ch = self.ch
         p = pick(ch, [0.25, 0.1, 0.5])
-        bad = chance(ch, 20)
+        bad = chance(ch, 20) and not (head and self.broken_head)  # after a broken Linear it never runs
         if bad:
             impl = pick(ch, ["func", "wrap_rate", "wrap_p"])
             step = Step("drop", impl, dict(p=p, channel=False, bad=True))
@@ -363,8 +378,8 @@ class Generator:
             else:
                 size = num // s + 1
             cfg.update(k=k, s=s, p=p, ceil=ceil, cip=cip)
-        if defect in ("param_hand", "chmax", "roll"):
-            self.kill(st, ctx, out)  # a hand-written pool ends cnncheck's dataflow search: ambiguous
+        if defect in ("param_hand", "chmax", "roll") or cfg.get("cip"):
+            self.kill(st, ctx, out)  # see "excluded" in the module docstring
         impl = "hand" if defect in ("param_hand", "chmax", "roll") else ("nn" if defect else self.impl(ctx, ["nn"]))
         step = Step("pool", impl, cfg)
         if defect in ("param_hand", "param_builtin"):
@@ -372,8 +387,6 @@ class Generator:
         elif defect:
             step.expect.add(POOL_MIX)
         out.append(step)
-        if kind == "avg" and cfg.get("cip") and cfg.get("p", 0) > 0:
-            st.live = []  # counted zero padding: the constant is not constant at the border any more
         st.size, st.last = size, "pool"
 
     def residual(self, st: State, ctx: str, out: list[Step]) -> None:
@@ -394,9 +407,7 @@ class Generator:
         if need or chance(ch, 25):
             proj_state = State(c0, st.size, [])
             c_proj = body_state.c if merge == "add" else ch.integer(2, 8)
-            proj_out: list[Step] = []
             proj = self._proj(proj_state, c_proj, s, impl == "func")
-            proj_out.append(proj)
             proj_live = proj_state.live
         else:
             c_proj, proj_live = c0, []
@@ -448,6 +459,16 @@ class Generator:
             f_in = f_out
 
 
+def _reads_input(size: int, k: int, s: int, p: int, d: int) -> bool:
+    """Whether the conv is valid and every output position has a tap on the input, not only on padding
+    (a conv that reads only padding makes everything after it independent of the input, and every
+    gradient before it 0: nothing can be confirmed numerically then)."""
+    if d * (k - 1) + 1 > size + 2 * p:
+        return False
+    out = (size + 2 * p - d * (k - 1) - 1) // s + 1
+    return all(any(0 <= i * s - p + j * d < size for j in range(k)) for i in range(out))
+
+
 def generate(ch: Any) -> Arch:
     rank = pick(ch, [2, 1])
     style = pick(ch, ["seq", "func"])
@@ -457,7 +478,7 @@ def generate(ch: Any) -> Arch:
     gen = Generator(ch, rank, broken)
     st = State(c0, size, [])
     steps: list[Step] = []
-    gen.conv(st, style, steps, first=True)
+    gen.conv(st, style, steps)
     for _ in range(ch.integer(0, 6)):
         gen.step(st, style, steps, in_body=False)
     if broken or chance(ch, 85):
@@ -479,22 +500,17 @@ def _dims(x: torch.Tensor) -> tuple[int, ...]:
     return (0,) + tuple(range(2, x.dim()))
 
 
-def _batch_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-channel mean, biased and unbiased variance, accumulated in float64.
-
-    A float32 ``x.mean``/``x.var`` is correct too, but cnncheck's train-mode probe then flags it when
-    the channel's std is small (see test_fuzz_regressions.py::test_correct_hand_bn_on_small_activations);
-    float64 keeps that known bug out of the fuzz so that it can find new ones."""
-    xd = x.double()
-    mean, var, unbiased = xd.mean(_dims(x)), xd.var(_dims(x), unbiased=False), xd.var(_dims(x), unbiased=True)
-    return mean.to(x.dtype), var.to(x.dtype), unbiased.to(x.dtype)
-
-
 def _normalise(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float, w: torch.Tensor,
                b: torch.Tensor) -> torch.Tensor:
-    xd = x.double()
-    y = (xd - _pc(mean, x).double()) / torch.sqrt(_pc(var, x).double() + eps) * _pc(w, x).double() + _pc(b, x).double()
-    return y.to(x.dtype)
+    return (x - _pc(mean, x)) / torch.sqrt(_pc(var, x) + eps) * _pc(w, x) + _pc(b, x)
+
+
+def _batch_normalise(x: torch.Tensor, eps: float, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Normalise with the batch's statistics. ``_normalise(x, x.mean(...), x.var(...))`` is as correct,
+    but cnncheck's train-mode probe flags it when a channel is constant, e.g. a dead ReLU channel
+    (test_fuzz_regressions.py::test_correct_hand_bn_after_dead_relu_channels): the same computation as
+    cnncheck's reference keeps that known bug out of the fuzz, so that the fuzz can find new ones."""
+    return F.batch_norm(x, None, None, w, b, True, 0.0, eps)
 
 
 class HandConv(nn.Module):
@@ -573,14 +589,12 @@ class HandBN(nn.Module):
         self.running_var.mul_(1 - m).add_(m * unbiased)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            mean, var, unbiased = _batch_stats(x)
-            with torch.no_grad():
-                self.num_batches_tracked += 1
-                self.update(mean, unbiased)
-        else:
-            mean, var = self.running_mean, self.running_var
-        return _normalise(x, mean, var, self.eps, self.weight, self.bias)
+        if not self.training:
+            return _normalise(x, self.running_mean, self.running_var, self.eps, self.weight, self.bias)
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            self.update(x.mean(_dims(x)), x.var(_dims(x), unbiased=True))
+        return _batch_normalise(x, self.eps, self.weight, self.bias)
 
 
 class KerasMomentumBN(HandBN):
@@ -596,12 +610,11 @@ class AlwaysBatchBN(HandBN):
     """Wrong (bn-eval-behaviour): ignores self.training when normalising, always batch statistics."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean, var, unbiased = _batch_stats(x)
         if self.training:
             with torch.no_grad():
                 self.num_batches_tracked += 1
-                self.update(mean, unbiased)
-        return _normalise(x, mean, var, self.eps, self.weight, self.bias)
+                self.update(x.mean(_dims(x)), x.var(_dims(x), unbiased=True))
+        return _batch_normalise(x, self.eps, self.weight, self.bias)
 
 
 class PerPixelBN(nn.Module):
@@ -743,8 +756,8 @@ def build_module(step: Step, rank: int) -> nn.Module:
         if step.impl == "nn":
             module = (nn.Conv1d if rank == 1 else nn.Conv2d)(*args)
         else:
-            cls = {None: HandConv, "swapped": SwappedConv, "flat": FlatConv, "padkernel": PaddedKernelConv}[cfg["defect"]]
-            module = cls(rank, *args, tuple_k=cfg["tuple_k"])
+            classes = {None: HandConv, "swapped": SwappedConv, "flat": FlatConv, "padkernel": PaddedKernelConv}
+            module = classes[cfg["defect"]](rank, *args, tuple_k=cfg["tuple_k"])
     elif step.kind == "pool":
         module = _pool_module(cfg, rank)
     elif step.kind == "norm":
@@ -767,7 +780,9 @@ def build_module(step: Step, rank: int) -> nn.Module:
             module = _DROP_CHANNEL[rank](cfg["p"]) if cfg["channel"] else nn.Dropout(cfg["p"])
     elif step.kind == "res":
         body = build_sequential(step.body, rank)
-        proj = build_module(step.proj, rank) if step.proj is not None else (nn.Identity() if cfg["identity_module"] else None)
+        proj = build_module(step.proj, rank) if step.proj is not None else None
+        if proj is None and cfg["identity_module"]:
+            proj = nn.Identity()
         module = Residual(body, proj, cfg["merge"], cfg["order"], cfg["op"])
     elif step.kind == "flatten":
         module = nn.Flatten()
@@ -837,8 +852,9 @@ class FuncNet(nn.Module):
         self.bns: list[nn.Module] = []
         self.count = 0
         # With no child module, buffers named running_mean/running_var make cnncheck take the whole
-        # block for a BatchNorm layer (test_fuzz_regressions.py::test_functional_block_with_bn_buffers_*):
-        # a known bug, kept out of the fuzz by naming them as cnncheck's own tests do.
+        # block for a BatchNorm layer when it has no filters of its own
+        # (test_fuzz_regressions.py::test_activation_then_bn_in_one_module_is_a_correct_bn): a known
+        # bug, kept out of the fuzz by naming them as cnncheck's own tests do (see the module docstring).
         self.stat_names = ("running_mean", "running_var") if _has_module(steps) else ("mu", "sigma2")
         self.program = [self.compile(step) for step in steps]
 
@@ -881,7 +897,8 @@ class FuncNet(nn.Module):
             rm, rv = (f"{stem}_{n}" for n in self.stat_names)
             self.register_buffer(rm, torch.zeros(c))
             self.register_buffer(rv, torch.ones(c))
-            return {"op": "bn", "stem": stem, "rm": rm, "rv": rv, "training_kw": cfg["training_kw"]}
+            return {"op": "bn", "stem": stem, "rm": rm, "rv": rv, "training_kw": cfg["training_kw"],
+                    "forced": cfg["defect"] == "forced"}
         if step.kind == "act":
             return {"op": "act", "fn": cfg["fn"]}
         if step.kind == "drop":
@@ -926,6 +943,8 @@ class FuncNet(nn.Module):
             stem = op["stem"]
             rm, rv = getattr(self, op["rm"]), getattr(self, op["rv"])
             w, b = getattr(self, f"{stem}_weight"), getattr(self, f"{stem}_bias")
+            if op["forced"]:
+                return F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.1, eps=1e-5)
             if op["training_kw"]:
                 return F.batch_norm(x, rm, rv, w, b, training=self.training, momentum=0.1, eps=1e-5)
             return F.batch_norm(x, rm, rv, w, b, self.training, 0.1, 1e-5)

@@ -84,7 +84,7 @@ def test_fused_bn_and_activation_is_a_correct_bn(layer) -> None:
     activation in the same forward (FusedBNReLU; timm's BatchNormAct2d, a subclass of nn.BatchNorm2d)
     gets bn-train-behaviour "its train-mode output differs from F.batch_norm(x, training=True ...)" and
     bn-eval-behaviour "its eval-mode output differs from F.batch_norm(x, running_mean, running_var, ...)".
-    The fuzz found it as a childless functional block doing F.relu/F.gelu then F.batch_norm."""
+    (Fixed in probes: the reference followed by a common activation is accepted.)"""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), layer(8), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(8, 2))
