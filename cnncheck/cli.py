@@ -163,7 +163,7 @@ def _check(args: argparse.Namespace) -> int:
 
     from cnncheck.discover import python_files
     from cnncheck.formats import FORMATS, render_markdown
-    from cnncheck.isolate import Job, check_files
+    from cnncheck.isolate import Job
     from cnncheck.plugins import all_rules
     from cnncheck.rules import select_rules
 

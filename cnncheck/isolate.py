@@ -15,7 +15,6 @@ import resource
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cnncheck.results import ModelResult
+from cnncheck.trace import traceback_location
 
 _CONTEXT_LOCK = threading.Lock()
 _CONTEXT: Any = None
@@ -222,7 +222,7 @@ def _worker(job: Job, conn: Any) -> None:
     except BaseException as exc:  # the student's file does not import
         conn.send(("result", _error(job, f"{job.file}::<import>", "import", f"cannot import "
                                     f"{path.name}: {type(exc).__name__}: {exc}", time.perf_counter() - start,
-                                    _location(exc)).to_dict()))
+                                    traceback_location(exc)).to_dict()))
         conn.send(("done", None))
         return
     conn.send(("discovered", [(c.id, _label(c)) for c in found]))
@@ -265,7 +265,7 @@ def _check_one(job: Job, candidate: Any) -> ModelResult:
         result.error, result.error_kind = f"the model called sys.exit({exc.code!r})", "exit"
     except CheckError as exc:
         result.error, result.error_kind = str(exc), "forward"
-        result.location = _location(exc.__cause__) if exc.__cause__ else None
+        result.location = traceback_location(exc.__cause__)
     except MemoryError as exc:
         result.error, result.error_kind = f"out of memory: {exc}", "memory"
     except Exception as exc:
@@ -273,7 +273,7 @@ def _check_one(job: Job, candidate: Any) -> ModelResult:
         result.error_kind = "memory" if memory else "build"
         result.error = (f"out of memory (the --max-memory limit): {str(exc).splitlines()[0]}" if memory
                         else f"{type(exc).__name__}: {exc}")
-        result.location = _location(exc)
+        result.location = traceback_location(exc)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -289,21 +289,9 @@ def _apply_plugins(job: Job) -> None:
         plugins.block(name)
 
 
-def _location(exc: BaseException | None) -> str | None:
-    if exc is None:
-        return None
-    from cnncheck.trace import traceback_location
-
-    return traceback_location(exc)
-
-
 def _quiet() -> None:
     """Student code may print: keep it out of the report (and the progress bar)."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 (lives as long as the worker)
-
-
-def format_exception(exc: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()

@@ -171,13 +171,6 @@ def conv_weight(module: nn.Module) -> tuple[str, torch.Tensor] | None:
     return None
 
 
-def conv_bias(module: nn.Module) -> torch.Tensor | None:
-    bias = getattr(module, "bias", None)
-    if isinstance(bias, torch.Tensor) and bias.requires_grad is not None:
-        return bias if isinstance(bias, nn.Parameter) else None
-    return None
-
-
 def as_tuple(value: Any, rank: int) -> tuple[int, ...]:
     if isinstance(value, (tuple, list)):
         return tuple(int(v) for v in value)

@@ -171,12 +171,3 @@ def all_rules(pm: pluggy.PluginManager | None = None, problems: list[PluginProbl
     if strict and problems:
         raise TypeError("; ".join(str(p) for p in problems))
     return list(rules.values())
-
-
-def rule_owner(rule_id: str) -> str | None:
-    pm = plugin_manager()
-    for owner, result in call_each(pm, "cnncheck_register_rules", []):
-        for rule in result or ():
-            if isinstance(rule, Rule) and rule.id == rule_id:
-                return owner
-    return None

@@ -1,10 +1,12 @@
 """Numeric probes of single layers against the ``torch.nn.functional`` references.
 
 A probe runs one layer alone, on the input it received in the traced forward, usually on a private
-copy (``CheckContext.isolated``) so that its buffers can be set to telling values.
+copy (``copy.deepcopy``, like ``CheckContext.isolated``) so that its buffers can be set to telling values.
 """
 
 from __future__ import annotations
+
+import copy
 
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,7 +133,7 @@ def statistics_dims(module: nn.Module, x: torch.Tensor) -> tuple[int, ...] | Non
     is *not* taken over ``d``. Returns None when even a global constant changes the output: the layer
     does not normalise with batch statistics at all (a frozen BatchNorm, for example).
     """
-    layer = _copy(module).train()
+    layer = copy.deepcopy(module).train()
     generator = torch.Generator().manual_seed(3)
     spread = float(x.detach().double().std()) or 1.0
     with torch.no_grad():
@@ -152,12 +154,6 @@ def statistics_dims(module: nn.Module, x: torch.Tensor) -> tuple[int, ...] | Non
 
 def per_channel_dims(x: torch.Tensor) -> tuple[int, ...]:
     return tuple(d for d in range(x.dim()) if d != 1 and x.shape[d] > 1)
-
-
-def _copy(module: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(module)
 
 
 def _telling_buffers(layer: nn.Module, channels: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -195,7 +191,7 @@ def _eps(layer: nn.Module) -> float:
 def train_problems(module: nn.Module, x: torch.Tensor) -> tuple[list[str], bool]:
     """Problems of a per-channel norm layer in train mode, and whether it is frozen by design."""
     channels = x.shape[1]
-    layer = _copy(module).train()
+    layer = copy.deepcopy(module).train()
     generator = torch.Generator().manual_seed(7)
     view = [1, channels] + [1] * (x.dim() - 2)
     # shift the channels apart, at the data's own scale: a fixed offset on tiny activations would
@@ -327,7 +323,7 @@ def _update_problems(
 def eval_problems(module: nn.Module, x: torch.Tensor) -> list[str]:
     """Problems of a norm layer in eval mode: batch statistics used, or buffers changed."""
     channels = x.shape[1]
-    layer = _copy(module).eval()
+    layer = copy.deepcopy(module).eval()
     if is_stock_batchnorm(layer):
         if layer.running_mean is None:  # type: ignore[union-attr]
             return [

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from cnncheck.pytest_plugin import OPTIONS, Options
+from cnncheck.trace import traceback_location
 
 BASELINE = pytest.StashKey[Any]()
 
@@ -176,7 +177,7 @@ class ModelCollector(pytest.Collector):
         try:
             model = candidate.build()
         except Exception as exc:  # the student's constructor raised
-            return ModelError(f"cannot build {label}: {type(exc).__name__}: {exc}", _user_line(exc))
+            return ModelError(f"cannot build {label}: {type(exc).__name__}: {exc}", traceback_location(exc))
         shape = self.shape
         if shape is None:
             inferred = infer_input_shape(model)
@@ -191,23 +192,15 @@ class ModelCollector(pytest.Collector):
             return check_model(model, shape, device=device, checks=options.select,
                                ignore=[*options.ignore, *model_ignores])
         except CheckError as exc:
-            return ModelError(str(exc), _user_line(exc.__cause__) if exc.__cause__ else None)
+            return ModelError(str(exc), traceback_location(exc.__cause__))
         except Exception as exc:  # anything else from student code outside forward
-            return ModelError(f"{type(exc).__name__}: {exc}", _user_line(exc))
+            return ModelError(f"{type(exc).__name__}: {exc}", traceback_location(exc))
 
 
 def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def _user_line(exc: BaseException | None) -> str | None:
-    if exc is None:
-        return None
-    from cnncheck.trace import traceback_location
-
-    return traceback_location(exc)
 
 
 class ModelError(NamedTuple):

@@ -9,9 +9,12 @@ or when a test asks for a cnncheck fixture.
 from __future__ import annotations
 
 import argparse
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
+
+if TYPE_CHECKING:
+    from cnncheck.pytest_items import Checker
 
 DEVICE_CHOICES = ("cpu", "cuda", "all", "auto")
 FAIL_ON_CHOICES = ("warning", "error")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from cnncheck.findings import Finding, Severity, docs_url
+from cnncheck.findings import Finding, Severity
 
 if TYPE_CHECKING:
     from cnncheck.context import CheckContext
@@ -123,15 +123,3 @@ def render_index(rules: Sequence[Rule]) -> str:
 def render_text(rule: Rule) -> str:
     """A terminal rendering of the same content as :func:`render_markdown`."""
     return render_markdown(rule).replace("```python\n", "").replace("```\n", "")
-
-
-def describe(rule: Rule) -> dict[str, Any]:
-    return {
-        "id": rule.id,
-        "severity": str(rule.severity),
-        "summary": rule.summary,
-        "docs": docs_url(rule.id),
-    }
-
-
-RuleFactory = Callable[[], Iterable[Rule]]

@@ -134,17 +134,6 @@ class Trace:
                 seen.add(id(n.module))
                 yield n
 
-    def producer_chain(self, node: Node) -> list[Node]:
-        """The nodes along the first-input path from the model input to ``node``, in order."""
-        chain = [node]
-        current: Source = node
-        while isinstance(current, Node) and current.sources:
-            current = current.sources[0]
-            if isinstance(current, Node):
-                chain.append(current)
-        return list(reversed(chain))
-
-
 def function_name(func: Any) -> str:
     name = getattr(func, "__name__", None) or repr(func)
     if name == "__get__":
@@ -468,8 +457,10 @@ def _failed_call(tracer: _Tracer, exc: BaseException) -> FailedCall:
     )
 
 
-def traceback_location(exc: BaseException) -> str | None:
+def traceback_location(exc: BaseException | None) -> str | None:
     """``file:line`` of the deepest frame of ``exc``'s traceback that is the user's own code."""
+    if exc is None:
+        return None
     found = None
     tb = exc.__traceback__
     while tb is not None:

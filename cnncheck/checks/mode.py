@@ -128,8 +128,8 @@ def _eval_finding(ctx: CheckContext, rule: Rule, leak: Leak) -> Finding:
             f"{kind} {info.name} is kept in a plain Python container ({container}), so model.eval() never reaches it",
             expected="training=False after model.eval()",
             found="training=True: it still uses batch statistics / random masks at inference",
-            fix=f"register it: wrap the container in nn.ModuleList([...]) or nn.ModuleDict({{...}}) "
-            f"(also needed for .to(device), .parameters() and state_dict)",
+            fix="register it: wrap the container in nn.ModuleList([...]) or nn.ModuleDict({...}) "
+            "(also needed for .to(device), .parameters() and state_dict)",
             location=ctx.location_of(module),
         )
     blocker = _train_override(ctx, info.name)
