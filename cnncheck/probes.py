@@ -94,19 +94,25 @@ def conditioning(x: torch.Tensor, eps: float) -> torch.Tensor:
     return (1 + x64.abs().amax(dims) / torch.sqrt(x64.var(dims, unbiased=False) + eps)).reshape(view)
 
 
-def matches_normalisation(y: torch.Tensor, normalise: Any, x: torch.Tensor, eps: float) -> bool:
-    """``y`` is ``normalise(x)``, possibly with a common activation before or after it: a fused
-    BN+activation layer (timm's BatchNormAct2d) is a correct BatchNorm. Tolerances grow with how much
-    normalising amplifies the rounding of each channel."""
+def normalised_input(y: torch.Tensor, normalise: Any, x: torch.Tensor, eps: float) -> torch.Tensor | None:
+    """The tensor that ``y`` is ``normalise`` of: ``x`` itself, or ``x`` through a common activation
+    when the layer applies one first (ReLU then BatchNorm in one forward); None when ``y`` is neither.
+    An activation after the normalisation is accepted too: a fused BN+activation layer (timm's
+    BatchNormAct2d) is a correct BatchNorm. Tolerances grow with how much normalising amplifies the
+    rounding of each channel."""
     if mismatch(y, normalise(x), scale=conditioning(x, eps)) is None:
-        return True
+        return x
     for act in _FUSED_ACTIVATIONS:
         if mismatch(y, act(normalise(x)), scale=conditioning(x, eps)) is None:
-            return True
+            return x
         activated = act(x)
         if mismatch(y, normalise(activated), scale=conditioning(activated, eps)) is None:
-            return True
-    return False
+            return activated
+    return None
+
+
+def matches_normalisation(y: torch.Tensor, normalise: Any, x: torch.Tensor, eps: float) -> bool:
+    return normalised_input(y, normalise, x, eps) is not None
 
 
 def is_stock_batchnorm(module: nn.Module) -> bool:
@@ -215,13 +221,15 @@ def train_problems(module: nn.Module, x: torch.Tensor) -> tuple[list[str], bool]
         return F.batch_norm(inp, None, None, gamma, beta, True, 0.0, eps)
 
     reference = batch_stats(xp)
-    found = None if matches_normalisation(y, batch_stats, xp, eps) else mismatch(y, reference)
+    normalised = normalised_input(y, batch_stats, xp, eps)
+    found = None if normalised is not None else mismatch(y, reference)
     if found is not None:
         def running(inp: torch.Tensor) -> torch.Tensor:
             assert stats is not None
             return F.batch_norm(inp, stats[0].flatten(), stats[1].flatten(), gamma, beta, False, 0.0, eps)
 
-        if stats is not None and matches_normalisation(y, running, xp, eps):
+        normalised = None if stats is None else normalised_input(y, running, xp, eps)
+        if normalised is not None:
             names = running_buffers(layer)
             unchanged = names is not None and all(
                 torch.equal(layer._buffers[n].detach(), s) for n, s in zip(names, stats)  # type: ignore[union-attr]
@@ -252,8 +260,8 @@ def train_problems(module: nn.Module, x: torch.Tensor) -> tuple[list[str], bool]
                     f"its train-mode output differs from F.batch_norm(x, training=True, eps={eps:g}) "
                     f"with its own gamma and beta: {found}"
                 )
-    if stats is not None:
-        problems.extend(_update_problems(module, layer, xp, stats, eps))
+    if stats is not None:  # the running estimates follow the tensor that was normalised
+        problems.extend(_update_problems(module, layer, xp if normalised is None else normalised, stats, eps))
     if tracked is not None and int(tracked) != 6:
         problems.append(f"num_batches_tracked went from 5 to {int(tracked)} after one batch; expected 6")
     return problems, False

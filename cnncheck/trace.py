@@ -17,6 +17,7 @@ from typing import Any, Union
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
@@ -212,6 +213,16 @@ class _Frame:
     inputs: list[torch.Tensor]
     sources: list[Source]
     training: bool
+    saved_input: torch.Tensor | None = None
+    # a student's BatchNorm-like layer is traced inside until its output is known (see _provisional)
+    first_inner: int | None = None
+    batch_norm: Node | None = None  # its call of torch's batch_norm with its own running statistics
+
+
+def _provisional(module: nn.Module, info: ModuleInfo) -> bool:
+    """A student's own BatchNorm-like layer (not torch's): one node, unless it turns out to be a block
+    around torch's ``batch_norm`` (see ``_Tracer._is_block``)."""
+    return info.kind is LayerKind.BATCH_NORM and not isinstance(module, _BatchNorm)
 
 
 class _Tracer(TorchFunctionMode):
@@ -296,6 +307,8 @@ class _Tracer(TorchFunctionMode):
         )
         self.nodes.append(node)
         self.produced(node)
+        if name == "batch_norm":
+            self._note_batch_norm(node, args, kwargs)
         if self.grad_probe and name in _BIASED_FUNCTIONS:
             bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
             if isinstance(bias, torch.Tensor):
@@ -311,9 +324,15 @@ class _Tracer(TorchFunctionMode):
             recording = info is not None and info.atomic and not self.suppress
             inputs = _tensors((args, kwargs)) if recording else []
             sources = [self.source_of(t) for t in inputs]
-            self.stack.append(_Frame(module, info, recording, inputs, sources, module.training))
-            if recording:
-                self.suppress += 1
+            frame = _Frame(module, info, recording, inputs, sources, module.training)
+            if recording and info is not None:
+                if info.kind in self.save_inputs and inputs and not _from_torch(module):
+                    frame.saved_input = inputs[0].detach().clone()  # before forward can change it in place
+                if _provisional(module, info):
+                    frame.first_inner = len(self.nodes)
+                else:
+                    self.suppress += 1
+            self.stack.append(frame)
         finally:
             self.busy = False
 
@@ -327,7 +346,12 @@ class _Tracer(TorchFunctionMode):
             frame = self.stack.pop()
             if not frame.recording or frame.info is None:
                 return
-            self.suppress -= 1
+            if frame.first_inner is None:
+                self.suppress -= 1
+            elif self._is_block(frame):
+                return  # its inner ops are the graph, its batch_norm call the BatchNorm
+            else:
+                self._forget_nodes_from(frame.first_inner)
             info = frame.info
             node = Node(
                 index=len(self.nodes),
@@ -341,8 +365,7 @@ class _Tracer(TorchFunctionMode):
                 outputs=_tensors(output),
                 training=frame.training,
             )
-            if info.kind in self.save_inputs and frame.inputs and not _from_torch(module):
-                node.saved_input = frame.inputs[0].detach().clone()
+            node.saved_input = frame.saved_input
             self.nodes.append(node)
             self.produced(node)
             if self.grad_probe and info.kind in (LayerKind.CONV, LayerKind.LINEAR):
@@ -351,6 +374,42 @@ class _Tracer(TorchFunctionMode):
                     self._watch_bias(node, channel_dim=1 if info.kind is LayerKind.CONV else -1)
         finally:
             self.busy = False
+
+    def _forget_nodes_from(self, index: int) -> None:
+        """Drop the ops recorded inside a layer that is one node after all."""
+        for node in self.nodes[index:]:
+            for t in node.outputs:
+                if self.producers.get(id(t), (None, None))[1] is node:
+                    del self.producers[id(t)]
+        del self.nodes[index:]
+
+    def _is_block(self, frame: _Frame) -> bool:
+        """A BatchNorm-like layer that hands its own running statistics to torch's ``batch_norm`` and
+        does more than that call (an activation before it, a pool after it, ...) is a block around the
+        stock op, not a layer: probing it whole would compare a pooled output with F.batch_norm.
+        ``return F.batch_norm(x, self.running_mean, ...)`` and nothing else stays the layer it is."""
+        bn = frame.batch_norm
+        if bn is None or frame.first_inner is None:
+            return False
+        later = self.nodes[bn.index + 1:]
+        return bn.inputs[0] is not frame.inputs[0] or any(src is bn for n in later for src in n.sources)
+
+    def _note_batch_norm(self, node: Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Remember a ``batch_norm`` call that takes the innermost provisional layer's own running
+        statistics, per channel of the layer's input (a flattened input stays a layer, so that its
+        per-pixel statistics are judged)."""
+        frame = next((f for f in reversed(self.stack) if f.first_inner is not None), None)
+        if frame is None or not frame.inputs:
+            return
+        x = kwargs.get("input", args[0] if args else None)
+        mean = kwargs.get("running_mean", args[1] if len(args) > 1 else None)
+        var = kwargs.get("running_var", args[2] if len(args) > 2 else None)
+        own = {id(b) for b in frame.module._buffers.values() if b is not None}
+        outer = frame.inputs[0]
+        if (isinstance(x, torch.Tensor) and isinstance(mean, torch.Tensor) and isinstance(var, torch.Tensor)
+                and id(mean) in own and id(var) in own and x.dim() == outer.dim() and x.dim() >= 2
+                and x.shape[1] == outer.shape[1] == mean.numel()):
+            frame.batch_norm = node
 
     def _watch_bias(self, node: Node, channel_dim: int) -> None:
         out = node.outputs[0] if node.outputs else None

@@ -131,3 +131,108 @@ def test_correct_hand_bn_on_a_1x1_map(size) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.AdaptiveAvgPool2d(size), MB.HandBN2d(8))
     assert pairs(model, (4, 3, 8, 8)) == set()
+
+
+class ActThenFunctionalBN(nn.Module):
+    """A BatchNorm-like layer (gamma, beta, running buffers, no children) whose forward applies an
+    activation, then F.batch_norm with its own running statistics and training=self.training: correct."""
+
+    def __init__(self, c: int, act=F.relu, training: bool | None = None) -> None:
+        super().__init__()
+        self.act, self.forced = act, training
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, c))
+        self.bias = nn.Parameter(torch.linspace(-0.3, 0.3, c))
+        self.register_buffer("running_mean", torch.zeros(c))
+        self.register_buffer("running_var", torch.ones(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        training = self.training if self.forced is None else self.forced
+        return F.batch_norm(self.act(x), self.running_mean, self.running_var, self.weight, self.bias,
+                            training=training)
+
+
+class ActThenHandBN(MB._HandBNBase):
+    """As ActThenFunctionalBN, with the statistics and running estimates written out by hand; correct
+    with momentum as PyTorch's weight of the new batch, wrong (bn-train-behaviour) with Keras' one."""
+
+    def __init__(self, c: int, keras: bool = False) -> None:
+        super().__init__(c)
+        self.keras = keras
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.silu(x)
+        if not self.training:
+            return self._normalise(x, self.running_mean, self.running_var)
+        mean, var, unbiased = self._batch_stats(x)
+        m = 1 - self.momentum if self.keras else self.momentum
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            self.running_mean.mul_(1 - m).add_(m * mean)
+            self.running_var.mul_(1 - m).add_(m * unbiased)
+        return self._normalise(x, mean, var)
+
+
+class FunctionalBNThenPool(nn.Module):
+    """A childless block: F.batch_norm with its own running_mean/running_var, then F.max_pool2d. Not a
+    BatchNorm layer (its output is pooled), but a block around one; ``forced`` hard-codes training=True."""
+
+    def __init__(self, c: int, forced: bool = False) -> None:
+        super().__init__()
+        self.forced = forced
+        self.gamma = nn.Parameter(torch.ones(c))
+        self.beta = nn.Parameter(torch.zeros(c))
+        self.register_buffer("running_mean", torch.zeros(c))
+        self.register_buffer("running_var", torch.ones(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.gamma, self.beta,
+                         training=True if self.forced else self.training)
+        return F.max_pool2d(x, 2)
+
+
+def _net(layer: nn.Module, bias: bool = False) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=bias), layer, nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 2))
+
+
+@pytest.mark.parametrize("act", [F.relu, F.silu, F.gelu], ids=["relu", "silu", "gelu"])
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+def test_activation_then_bn_in_one_module_is_a_correct_bn(act, bias: bool) -> None:
+    """Bug: a childless module with a BN's state whose forward is ReLU then F.batch_norm was probed as one
+    BatchNorm layer; its output matched normalise(relu(x)), but the running-stat update check compared
+    the update with the statistics of the raw input and reported bn-train-behaviour "running_mean after
+    one batch does not follow (1-w)*old + w*batch_mean". A conv bias before it feeds the activation, so
+    it is not redundant either. (Fixed in trace: a student's BN-like module that hands its own running
+    statistics to F.batch_norm is traced inside, and the functional call is the BatchNorm.)"""
+    torch.manual_seed(0)
+    assert pairs(_net(ActThenFunctionalBN(8, act), bias), (4, 3, 8, 8)) == set()
+
+
+def test_activation_then_hand_written_bn() -> None:
+    """The same with the normalisation written out: the running estimates are judged against the
+    statistics of the tensor that was normalised, silu(x), found numerically (probes.normalised_input);
+    Keras' momentum is still caught through the activation."""
+    torch.manual_seed(0)
+    assert pairs(_net(ActThenHandBN(8)), (4, 3, 8, 8)) == set()
+    assert pairs(_net(ActThenHandBN(8, keras=True)), (4, 3, 8, 8)) == {("bn-train-behaviour", "1")}
+
+
+def test_hard_coded_training_inside_an_activation_then_bn_module() -> None:
+    """The block's F.batch_norm(training=True) is the functional call that ignores the mode."""
+    torch.manual_seed(0)
+    found = pairs(_net(ActThenFunctionalBN(8, training=True)), (4, 3, 8, 8))
+    assert found == {("mode-not-propagated", "1")}
+
+
+@pytest.mark.parametrize(("forced", "bias", "expected"), [
+    pytest.param(False, False, set(), id="clean"),
+    pytest.param(False, True, {("redundant-bias-before-bn", "0")}, id="bias-into-its-bn"),
+    pytest.param(True, False, {("mode-not-propagated", "1")}, id="hard-coded-training"),
+])
+def test_childless_block_around_functional_bn(forced: bool, bias: bool, expected: set) -> None:
+    """Bug: a childless block whose forward is F.batch_norm (own running_mean/running_var) then a pool was
+    taken for a BatchNorm layer, and its pooled output compared with F.batch_norm: a false
+    bn-train-behaviour and bn-eval-behaviour. It is a block: the conv bias that reaches its F.batch_norm
+    is redundant, and its hard-coded training=True is mode-not-propagated."""
+    torch.manual_seed(0)
+    assert pairs(_net(FunctionalBNThenPool(8, forced), bias), (4, 3, 8, 8)) == expected
