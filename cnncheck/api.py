@@ -87,7 +87,7 @@ def _check(model: nn.Module, example_input: Any, device: str | torch.device | No
         modules = module_inventory(work, pm, problems)
         stack.enter_context(preserved(modules))
         ctx = CheckContext(model=work, user_model=model, inputs=args, kwargs=kwargs, modules=modules, pm=pm)
-        ctx.train_trace  # every rule needs to know whether forward runs at all
+        _ = ctx.train_trace  # every rule needs to know whether forward runs at all
         report = Report(
             model_name=name,
             input_shape=tuple(ctx.example.shape),

@@ -133,29 +133,45 @@ class NormProbe:
 
 
 def statistics_dims(module: nn.Module, x: torch.Tensor) -> tuple[int, ...] | None:
-    """The dims over which a norm layer takes its statistics in train mode, found by invariance.
+    """The dims over which a norm layer takes its train-mode statistics, found by dataflow.
 
-    Adding a tensor that varies only along dim ``d`` leaves the output unchanged exactly when the mean
-    is *not* taken over ``d``. Returns None when even a global constant changes the output: the layer
-    does not normalise with batch statistics at all (a frozen BatchNorm, for example).
+    One input element is pushed far out; every output that shares a statistic with it moves. The
+    statistics are taken over dim ``d`` exactly when an output at another index along ``d`` moves: a
+    per-channel BN moves its whole channel, a per-pixel one the same pixel of every sample, a
+    whole-tensor one everything. An elementwise activation before or after the normalisation does not
+    change which outputs move. Returns None when only the element itself moves: the layer does not
+    normalise with batch statistics at all (a frozen BatchNorm, for example).
+
+    The probe input has the shape of ``x`` and distinct values in [1, 2]: normalising a set whose other
+    elements are all equal (zeros from a dead ReLU) gives the same output whatever the pushed element
+    is, so real activations could hide the dataflow.
     """
-    layer = copy.deepcopy(module).train()
+    compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     generator = torch.Generator().manual_seed(3)
-    spread = float(x.detach().double().std()) or 1.0
-    with torch.no_grad():
-        base = layer(x)
-        if mismatch(layer(x + 3.0 * spread), base, scale=10) is not None:
-            return None
-        dims = []
-        for d in range(x.dim()):
-            if x.shape[d] == 1:
-                continue
-            shape = [1] * x.dim()
-            shape[d] = x.shape[d]
-            bump = (torch.randn(shape, generator=generator, dtype=torch.float64) * 2 * spread).to(x)
-            if mismatch(layer(x + bump), base, scale=10) is not None:
-                dims.append(d)
-    return tuple(dims)
+    probe = (torch.rand(x.shape, generator=generator, dtype=torch.float64) + 1).to(device=x.device, dtype=compute)
+    flat = probe.numel() // 2
+    pushed = probe.clone()
+    # far enough out to dominate the variance of any set of elements it belongs to
+    pushed.view(-1)[flat] += 10.0 * probe.numel() ** 0.5
+
+    def run(inp: torch.Tensor) -> torch.Tensor | None:
+        layer = copy.deepcopy(module).to(compute).train()  # fresh buffers for each call
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(11)  # the same dropout masks, if any, in both calls
+            out = layer(inp.clone())
+        return out if isinstance(out, torch.Tensor) and out.shape == x.shape else None
+
+    base, moved_out = run(probe), run(pushed)
+    if base is None or moved_out is None:
+        return None
+    rtol, atol = tolerance(compute)
+    moved = (moved_out.double() - base.double()).abs() > 10 * (atol + rtol * base.double().abs())
+    moved |= torch.isnan(moved_out) != torch.isnan(base)
+    moved.view(-1)[flat] = False
+    where = torch.unravel_index(torch.tensor(flat), x.shape)
+    positions = moved.nonzero()
+    dims = tuple(d for d in range(x.dim()) if bool((positions[:, d] != int(where[d])).any()))
+    return dims or None
 
 
 def per_channel_dims(x: torch.Tensor) -> tuple[int, ...]:
@@ -215,7 +231,7 @@ def train_problems(module: nn.Module, x: torch.Tensor) -> tuple[list[str], bool]
     gamma, beta = _affine(layer, channels)
     eps = _eps(layer)
     with torch.no_grad():
-        y = layer(xp)
+        y = layer(xp.clone())  # an in-place activation inside the layer must not change xp
     problems: list[str] = []
     def batch_stats(inp: torch.Tensor) -> torch.Tensor:
         return F.batch_norm(inp, None, None, gamma, beta, True, 0.0, eps)
@@ -344,12 +360,12 @@ def eval_problems(module: nn.Module, x: torch.Tensor) -> list[str]:
     gamma, beta = _affine(layer, channels)
     eps = _eps(layer)
     with torch.no_grad():
-        y = layer(x)
+        y = layer(x.clone())
     problems = []
     changed = [n for n, b in layer.named_buffers() if b is not None and not torch.equal(b, before[n])]
     if stats is None:
         with torch.no_grad():
-            alone = layer(x[:1])
+            alone = layer(x[:1].clone())
         if x.shape[0] > 1 and mismatch(alone, y[:1], scale=10) is not None:
             problems.append(
                 "it has no running statistics, so in eval mode each sample's output depends on the "

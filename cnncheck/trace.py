@@ -388,11 +388,12 @@ class _Tracer(TorchFunctionMode):
         does more than that call (an activation before it, a pool after it, ...) is a block around the
         stock op, not a layer: probing it whole would compare a pooled output with F.batch_norm.
         ``return F.batch_norm(x, self.running_mean, ...)`` and nothing else stays the layer it is."""
-        bn = frame.batch_norm
-        if bn is None or frame.first_inner is None:
+        bn, first = frame.batch_norm, frame.first_inner
+        if bn is None or first is None:
             return False
-        later = self.nodes[bn.index + 1:]
-        return bn.inputs[0] is not frame.inputs[0] or any(src is bn for n in later for src in n.sources)
+        # an op of its own made the input (even one that returns its input: relu_, dropout in eval)
+        prepared = bool(bn.sources) and isinstance(bn.sources[0], Node) and bn.sources[0].index >= first
+        return prepared or any(src is bn for n in self.nodes[bn.index + 1:] for src in n.sources)
 
     def _note_batch_norm(self, node: Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Remember a ``batch_norm`` call that takes the innermost provisional layer's own running

@@ -9,8 +9,6 @@ import cnncheck
 
 def check_unmodified(model, example_input, **options):
     """Run cnncheck.check_model and assert that the model came back exactly as it was."""
-    import cnncheck
-
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     params = {n: (p.requires_grad, p.grad) for n, p in model.named_parameters()}
     modes = [(n, m.training) for n, m in model.named_modules()]

@@ -155,12 +155,12 @@ class ActThenHandBN(MB._HandBNBase):
     """As ActThenFunctionalBN, with the statistics and running estimates written out by hand; correct
     with momentum as PyTorch's weight of the new batch, wrong (bn-train-behaviour) with Keras' one."""
 
-    def __init__(self, c: int, keras: bool = False) -> None:
+    def __init__(self, c: int, keras: bool = False, act=F.silu) -> None:
         super().__init__(c)
-        self.keras = keras
+        self.keras, self.act = keras, act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.silu(x)
+        x = self.act(x)
         if not self.training:
             return self._normalise(x, self.running_mean, self.running_var)
         mean, var, unbiased = self._batch_stats(x)
@@ -195,7 +195,16 @@ def _net(layer: nn.Module, bias: bool = False) -> nn.Module:
                          nn.Flatten(), nn.Linear(8, 2))
 
 
-@pytest.mark.parametrize("act", [F.relu, F.silu, F.gelu], ids=["relu", "silu", "gelu"])
+def relu_(x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x, inplace=True)
+
+
+def eval_dropout(x: torch.Tensor) -> torch.Tensor:
+    """Dropout that a student switched off for the test: in eval mode F.dropout returns its input."""
+    return F.dropout(x, 0.2, training=False)
+
+
+@pytest.mark.parametrize("act", [F.relu, F.silu, F.gelu, relu_], ids=["relu", "silu", "gelu", "relu_"])
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
 def test_activation_then_bn_in_one_module_is_a_correct_bn(act, bias: bool) -> None:
     """Bug: a childless module with a BN's state whose forward is ReLU then F.batch_norm was probed as one
@@ -203,25 +212,57 @@ def test_activation_then_bn_in_one_module_is_a_correct_bn(act, bias: bool) -> No
     the update with the statistics of the raw input and reported bn-train-behaviour "running_mean after
     one batch does not follow (1-w)*old + w*batch_mean". A conv bias before it feeds the activation, so
     it is not redundant either. (Fixed in trace: a student's BN-like module that hands its own running
-    statistics to F.batch_norm is traced inside, and the functional call is the BatchNorm.)"""
+    statistics to F.batch_norm is traced inside, and the functional call is the BatchNorm.) With an
+    in-place ReLU the input of F.batch_norm is the module's own input tensor, so the first fix (compare
+    the tensors) kept it one layer, and the old invariance probe of the statistics dims, which adds
+    constants to the input, reported bn-not-per-channel "statistics over (N, C, H, W)" (fuzz seed 2493)."""
     torch.manual_seed(0)
     assert pairs(_net(ActThenFunctionalBN(8, act), bias), (4, 3, 8, 8)) == set()
 
 
-def test_activation_then_hand_written_bn() -> None:
+@pytest.mark.parametrize("act", [F.silu, relu_], ids=["silu", "relu_"])
+def test_activation_then_hand_written_bn(act) -> None:
     """The same with the normalisation written out: the running estimates are judged against the
-    statistics of the tensor that was normalised, silu(x), found numerically (probes.normalised_input);
-    Keras' momentum is still caught through the activation."""
+    statistics of the tensor that was normalised, act(x), found numerically (probes.normalised_input);
+    Keras' momentum is still caught through the activation. The dims of its statistics are measured
+    through the activation too (the old invariance probe took relu_ then a per-channel BN for a
+    whole-tensor one)."""
     torch.manual_seed(0)
-    assert pairs(_net(ActThenHandBN(8)), (4, 3, 8, 8)) == set()
-    assert pairs(_net(ActThenHandBN(8, keras=True)), (4, 3, 8, 8)) == {("bn-train-behaviour", "1")}
+    assert pairs(_net(ActThenHandBN(8, act=act)), (4, 3, 8, 8)) == set()
+    assert pairs(_net(ActThenHandBN(8, keras=True, act=act)), (4, 3, 8, 8)) == {("bn-train-behaviour", "1")}
 
 
-def test_hard_coded_training_inside_an_activation_then_bn_module() -> None:
-    """The block's F.batch_norm(training=True) is the functional call that ignores the mode."""
+@pytest.mark.parametrize("act", [F.relu, eval_dropout], ids=["relu", "dropout-off"])
+def test_hard_coded_training_inside_an_activation_then_bn_module(act) -> None:
+    """The block's F.batch_norm(training=True) is the functional call that ignores the mode. Bug (fuzz
+    seeds 2742, 2919): with a dropout before it, the eval pass found F.batch_norm's input to be the
+    module's own input tensor (dropout in eval returns it as is), so the block was one BatchNorm layer
+    there and a block in the train pass: bn-eval-behaviour instead of mode-not-propagated."""
     torch.manual_seed(0)
-    found = pairs(_net(ActThenFunctionalBN(8, training=True)), (4, 3, 8, 8))
+    found = pairs(_net(ActThenFunctionalBN(8, act, training=True)), (4, 3, 8, 8))
     assert found == {("mode-not-propagated", "1")}
+
+
+class ActThenPerPixelBN(nn.Module):
+    """Wrong (bn-not-per-channel): an in-place ReLU, then statistics over the batch only."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.num_features, self.eps = c, 1e-5
+        self.weight = nn.Parameter(torch.ones(c))
+        self.bias = nn.Parameter(torch.zeros(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(x, inplace=True)
+        x = (x - x.mean(0, keepdim=True)) / torch.sqrt(x.var(0, unbiased=False, keepdim=True) + self.eps)
+        return x * self.weight.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1)
+
+
+def test_statistics_dims_are_measured_through_an_activation() -> None:
+    """The dims a hand-written BN reduces over are found through an activation in its forward: the
+    dataflow probe moves one input element and sees which outputs move with it."""
+    torch.manual_seed(0)
+    assert pairs(_net(ActThenPerPixelBN(8)), (4, 3, 8, 8)) == {("bn-not-per-channel", "1")}
 
 
 @pytest.mark.parametrize(("forced", "bias", "expected"), [
@@ -236,3 +277,20 @@ def test_childless_block_around_functional_bn(forced: bool, bias: bool, expected
     is redundant, and its hard-coded training=True is mode-not-propagated."""
     torch.manual_seed(0)
     assert pairs(_net(FunctionalBNThenPool(8, forced), bias), (4, 3, 8, 8)) == expected
+
+
+def test_per_pixel_bn_after_a_mostly_dead_relu() -> None:
+    """Found while replacing the invariance probe (fuzz seed 25): a dataflow probe that pushes one
+    element of the *real* input sees nothing move when the other samples at that pixel are all 0 (a
+    dead ReLU): normalising {0, 0, 0, a} gives the same output for every a > 0. statistics_dims probes
+    with distinct synthetic values of the same shape instead."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    with torch.no_grad():
+        conv.bias.fill_(-0.6)  # most outputs negative: the ReLU leaves a sparse map
+    model = nn.Sequential(conv, nn.ReLU(), MB.PerPixelBN2d(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 2))
+    x = torch.randn(4, 3, 8, 8)
+    sparsity = float((torch.relu(conv(x)) == 0).float().mean())
+    assert sparsity > 0.6
+    assert pairs(model, x) == {("bn-not-per-channel", "2")}

@@ -15,7 +15,6 @@ import cnncheck
 from cnncheck import plugins
 from cnncheck.cli import main
 from cnncheck.findings import Severity
-from cnncheck.rules import Rule
 
 pytest_plugins = ["pytester"]
 
@@ -85,7 +84,7 @@ def test_classify_hook_makes_the_course_conv_checked_numerically(course) -> None
 
 
 def test_register_in_code_and_disable_by_name(course) -> None:
-    module, models = course
+    _module, models = course
     name = cnncheck.register("cnncheck_course")
     try:
         assert findings(cnncheck.check_model(models.Shrinking(), (2, 3, 16, 16))) >= {("conv-even-kernel", "conv2")}

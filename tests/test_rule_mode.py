@@ -7,11 +7,9 @@ import functools
 import os
 
 import pytest
-import torch
 from torch import nn
 
 import checking
-import cnncheck
 import models_bn
 from models_bn import (
     C, SHAPE, BNList, FrozenByEvalNoSuper, FunctionalBN2d, FunctionalDropoutNet, HandDropout,

@@ -261,8 +261,9 @@ var = x.var(dim=0, unbiased=False, keepdim=True)
 mean = x.mean(dim=(0, 2, 3), keepdim=True)    # per channel
 var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
 """,
-    limits="The reduction dims of a hand-written BN are measured by invariance: adding a tensor that "
-    "varies along one dim leaves the output unchanged exactly when the mean is not taken over that dim.",
+    limits="The reduction dims of a hand-written BN are measured by dataflow: one input element is pushed "
+    "far out, and the statistics are taken over every dim along which other outputs move with it (an "
+    "activation applied in the same forward does not change that).",
 )
 
 TRAIN_BEHAVIOUR = Rule(
@@ -288,7 +289,12 @@ self.running_mean = self.momentum * self.running_mean + (1 - self.momentum) * me
 self.running_mean = (1 - self.momentum) * self.running_mean + self.momentum * mean
 """,
     limits="A frozen BatchNorm (fixed statistics by design, never updated) is not a defect. A hand-written "
-    "layer with momentum > 0.5 may use either convention.",
+    "layer with momentum > 0.5 may use either convention. A common activation (ReLU, GELU, SiLU, ...) in the "
+    "same forward, before or after the normalisation, is accepted, and the running estimates are judged "
+    "against the tensor that was normalised. A module that hands its own running statistics to "
+    "`F.batch_norm` and does more than that call (an activation first, a pool after) is a block: its "
+    "`F.batch_norm` call is checked as the BatchNorm, and a hard-coded `training=True` there is "
+    "`mode-not-propagated`.",
 )
 
 EVAL_BEHAVIOUR = Rule(

@@ -204,7 +204,7 @@ def _override_location(ctx: CheckContext, blocker: str | None) -> str | None:
     for klass in type(module).__mro__:
         if "train" in vars(klass):
             try:
-                lines, start = inspect.getsourcelines(vars(klass)["train"])
+                _lines, start = inspect.getsourcelines(vars(klass)["train"])
                 return f"{inspect.getsourcefile(klass)}:{start}"
             except (OSError, TypeError):
                 return None
