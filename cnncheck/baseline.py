@@ -21,6 +21,15 @@ from pathlib import Path
 Key = tuple[str, str, str]  # (model, rule, module)
 
 
+def summary(known: int, fixed: list[Key]) -> list[str]:
+    """What a run against a baseline says at its end (pytest's summary and the ``cnncheck`` command)."""
+    lines = [f"cnncheck baseline: {known} known finding(s) passed; "
+             f"{len(fixed)} entr{'y' if len(fixed) == 1 else 'ies'} fixed since it was written"]
+    lines += [f"  fixed: {model} {rule} {module or '<model>'} (remove it from the baseline)"
+              for model, rule, module in fixed]
+    return lines
+
+
 def write(path: str | Path, keys: Iterable[Key]) -> int:
     entries = sorted(set(keys))
     lines = [json.dumps({"model": m, "rule": r, "module": mod}, sort_keys=False) for m, r, mod in entries]
@@ -40,7 +49,8 @@ class Baseline:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
             keys = {(e["model"], e["rule"], e["module"]) for e in data["findings"]}
         except FileNotFoundError:
-            raise ValueError(f"baseline {path} does not exist; create it with --cnncheck-baseline-write") from None
+            raise ValueError(f"baseline {path} does not exist; create it with --cnncheck-baseline-write "
+                             f"(pytest) or --baseline-write (cnncheck check)") from None
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ValueError(f"baseline {path} is not a cnncheck baseline: {exc}") from None
         return cls(keys)

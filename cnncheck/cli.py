@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cnncheck.baseline import Baseline
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -54,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="report format (default: text)")
     check.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
     check.add_argument("--per-model-dir", metavar="DIR", help="also write one Markdown report per model into DIR")
+    check.add_argument("--baseline", metavar="FILE",
+                       help="report only findings not recorded in this baseline file (pytest's format)")
+    check.add_argument("--baseline-write", metavar="FILE",
+                       help="record every finding of this run in a baseline file, and exit 0 when every "
+                       "model could be checked")
     check.add_argument("-j", "--jobs", type=_positive_int, default=1, help="parallel worker processes (default 1)")
     check.add_argument("--timeout", type=float, default=60.0, help="seconds per model (default 60)")
     check.add_argument("--max-memory", type=_size, default=None, metavar="SIZE",
@@ -161,6 +170,7 @@ def _write_docs(directory: str) -> int:
 def _check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from cnncheck.baseline import Baseline, write
     from cnncheck.discover import python_files
     from cnncheck.formats import FORMATS, render_markdown
     from cnncheck.isolate import Job
@@ -169,6 +179,7 @@ def _check(args: argparse.Namespace) -> int:
 
     try:
         rules = select_rules(all_rules(problems=[]), args.select, args.ignore)
+        baseline = Baseline.load(args.baseline) if args.baseline else None
     except ValueError as exc:
         print(f"cnncheck: {exc}", file=sys.stderr)
         return 2
@@ -187,6 +198,11 @@ def _check(args: argparse.Namespace) -> int:
         else:
             jobs.extend(Job(str(path), **options) for path in python_files([file]))  # type: ignore[arg-type]
     results = _run_with_progress(jobs, args.jobs, quiet=args.format != "text" and not args.output)
+    if args.baseline_write:
+        count = write(args.baseline_write, [(r.id, f.rule, f.module) for r in results for f in r.findings])
+        print(f"cnncheck baseline: wrote {count} finding(s) to {args.baseline_write}", file=sys.stderr)
+    if baseline is not None:
+        _apply_baseline(baseline, results)
     text = FORMATS[args.format](results, rules=rules, root=Path.cwd())
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
@@ -197,7 +213,26 @@ def _check(args: argparse.Namespace) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         for result in results:
             (folder / (_slug(result.id) + ".md")).write_text(render_markdown(result), encoding="utf-8")
+    if args.baseline_write:
+        return 0 if results and all(r.error is None for r in results) else 1
     return 0 if results and all(r.ok for r in results) else 1
+
+
+def _apply_baseline(baseline: Baseline, results: list) -> None:
+    """Drop the known findings from the results (the report shows new ones only), and say on stderr
+    how many were known and which entries no longer match."""
+    from cnncheck.baseline import summary
+
+    known = 0
+    for result in results:
+        kept = [f for f in result.findings if not baseline.is_known((result.id, f.rule, f.module))]
+        if len(kept) < len(result.findings):
+            result.notes.append(f"{len(result.findings) - len(kept)} known finding(s) from the baseline not shown")
+        known += len(result.findings) - len(kept)
+        result.findings = kept
+    checked = [(r.id, rule) for r in results if r.error is None for rule in r.rules_run]
+    for line in summary(known, baseline.fixed(checked)):
+        print(line, file=sys.stderr)
 
 
 def _split_target(target: str) -> tuple[str, str | None]:

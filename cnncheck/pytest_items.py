@@ -349,15 +349,13 @@ class Reporter:
         if self.findings:
             writer.write_line("cnncheck: `cnncheck rules RULE-ID` explains a rule and how to fix it")
 
-
-# -- fixtures -----------------------------------------------------------------------------------------
     def _baseline_summary(self, writer: Any) -> None:
         if self.options.baseline:
+            from cnncheck.baseline import summary
+
             fixed = _load_baseline(self.options.baseline).fixed(self.checked, matched=self.keys)
-            writer.write_line(f"cnncheck baseline: {self.baselined} known finding(s) passed; "
-                              f"{len(fixed)} entr{'y' if len(fixed) == 1 else 'ies'} fixed since it was written")
-            for model, rule, module in fixed:
-                writer.write_line(f"  fixed: {model} {rule} {module or '<model>'} (remove it from the baseline)")
+            for line in summary(self.baselined, fixed):
+                writer.write_line(line)
         if self.options.baseline_write:
             from cnncheck.baseline import write
 
@@ -365,6 +363,7 @@ class Reporter:
             writer.write_line(f"cnncheck baseline: wrote {count} finding(s) to {self.options.baseline_write}")
 
 
+# -- fixtures -----------------------------------------------------------------------------------------
 class Checker:
     """The ``cnncheck`` fixture: ``check_model`` and an assertion bound to the session's options."""
 

@@ -81,3 +81,46 @@ def test_bad_input_shape_is_a_usage_error() -> None:
 def test_python_dash_m_works() -> None:
     out = subprocess.run([sys.executable, "-m", "cnncheck", "rules"], capture_output=True, text=True, check=True)
     assert "conv-param-formula" in out.stdout
+
+
+VGG_LIKE = """
+from torch import nn
+import cnncheck
+
+@cnncheck.model(input_shape=(2, 3, 8, 8))
+def vgg_like():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, bias={first}), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Conv2d(4, 4, 3, bias={second}), nn.BatchNorm2d(4))
+"""
+
+
+def test_check_command_baseline_write_then_report_only_new_findings(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    nets = tmp_path / "nets.py"
+    nets.write_text(VGG_LIKE.format(first=True, second=False))
+    assert main(["check", "nets.py", "--baseline-write", "baseline.json"]) == 0  # recorded, not failed
+    assert "wrote 1 finding(s) to baseline.json" in capsys.readouterr().err
+    assert '"model": "nets.py::vgg_like", "rule": "redundant-bias-before-bn", "module": "0"' in (
+        tmp_path / "baseline.json").read_text()
+
+    assert main(["check", "nets.py", "--baseline", "baseline.json"]) == 0
+    out, err = capsys.readouterr()
+    assert "redundant-bias-before-bn [" not in out and "1 known finding(s) from the baseline not shown" in out
+    assert "1 known finding(s) passed; 0 entries fixed" in err
+
+    nets.write_text(VGG_LIKE.format(first=True, second=True))  # a new finding on layer 3
+    assert main(["check", "nets.py", "--baseline", "baseline.json", "--format", "json"]) == 1
+    out = capsys.readouterr().out
+    assert '"module": "3"' in out and '"module": "0"' not in out
+
+    nets.write_text(VGG_LIKE.format(first=False, second=False))  # the known one is fixed
+    assert main(["check", "nets.py", "--baseline", "baseline.json"]) == 0
+    assert "fixed: nets.py::vgg_like redundant-bias-before-bn 0 (remove it from the baseline)" in (
+        capsys.readouterr().err)
+
+
+def test_check_command_missing_baseline_is_a_usage_error(tmp_path, capsys) -> None:
+    nets = tmp_path / "nets.py"
+    nets.write_text(VGG_LIKE.format(first=False, second=False))
+    assert main(["check", str(nets), "--baseline", str(tmp_path / "nope.json")]) == 2
+    assert "nope.json does not exist; create it with" in capsys.readouterr().err

@@ -260,6 +260,11 @@ def test_baseline_write_then_fail_only_on_new_findings(pytester: pytest.Pytester
     assert entries == [{"model": "nets.py::vgg_like", "rule": "redundant-bias-before-bn", "module": "0"}]
 
     pytester.runpytest("--cnncheck", "--cnncheck-baseline", "baseline.json").assert_outcomes(passed=9)
+    # the same file serves the cnncheck command: its model ids are pytest's node ids
+    from cnncheck.cli import main
+
+    assert main(["check", "nets.py", "--baseline", "baseline.json"]) == 0
+    assert main(["check", "nets.py"]) == 1
 
     pytester.makepyfile(nets=model.format(first=True, second=True))  # a new finding on layer 3
     result = pytester.runpytest("--cnncheck", "--cnncheck-baseline", "baseline.json")
