@@ -7,8 +7,8 @@ copy (``copy.deepcopy``, like ``CheckContext.isolated``) so that its buffers can
 from __future__ import annotations
 
 import copy
-
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -82,6 +82,9 @@ def mismatch(found: torch.Tensor, expected: torch.Tensor, scale: float | torch.T
 
 _FUSED_ACTIVATIONS = (
     F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.mish, F.elu, F.leaky_relu, torch.sigmoid, torch.tanh,
+    partial(F.gelu, approximate="tanh"), partial(F.leaky_relu, negative_slope=0.1),
+    partial(F.leaky_relu, negative_slope=0.2), partial(F.leaky_relu, negative_slope=0.3), F.selu, F.celu,
+    F.softplus, F.hardsigmoid, F.hardtanh,
 )
 
 
@@ -167,10 +170,10 @@ def statistics_dims(module: nn.Module, x: torch.Tensor) -> tuple[int, ...] | Non
     rtol, atol = tolerance(compute)
     moved = (moved_out.double() - base.double()).abs() > 10 * (atol + rtol * base.double().abs())
     moved |= torch.isnan(moved_out) != torch.isnan(base)
-    moved.view(-1)[flat] = False
-    where = torch.unravel_index(torch.tensor(flat), x.shape)
+    where = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), x.shape))
+    moved[where] = False  # (the output may be a non-contiguous view, e.g. of a permute)
     positions = moved.nonzero()
-    dims = tuple(d for d in range(x.dim()) if bool((positions[:, d] != int(where[d])).any()))
+    dims = tuple(d for d in range(x.dim()) if bool((positions[:, d] != where[d]).any()))
     return dims or None
 
 
@@ -205,9 +208,16 @@ def _affine(layer: nn.Module, channels: int) -> tuple[torch.Tensor | None, torch
 
 
 def _eps(layer: nn.Module) -> float:
-    """The layer's epsilon: ``eps`` as in PyTorch or ``epsilon`` as in a Keras port."""
-    eps = getattr(layer, "eps", getattr(layer, "epsilon", 1e-5))
-    return float(eps) if isinstance(eps, (int, float)) else 1e-5
+    """The layer's epsilon: ``eps`` as in PyTorch, ``epsilon`` as in a Keras port, or another float
+    attribute named like one (``variance_epsilon``, ``bn_eps``); PyTorch's default otherwise."""
+    for name in ("eps", "epsilon"):
+        value = getattr(layer, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    for name, value in vars(layer).items():
+        if "eps" in name.lower() and isinstance(value, float) and 0 < value < 1:
+            return value
+    return 1e-5
 
 
 def train_problems(module: nn.Module, x: torch.Tensor) -> tuple[list[str], bool]:
@@ -301,7 +311,14 @@ def _update_problems(
             f"mode will normalise with stale values"
         ]
     momentum = getattr(module, "momentum", 0.1)
-    if momentum is None:
+    if momentum is None and layer._buffers.get("num_batches_tracked") is None:
+        # a cumulative average whose batch counter has a name of its own: its weight 1/n is unknown,
+        # so take the one the mean update implies, if it is the same for every channel
+        implied_w = (new_mean - old_mean) / (batch_mean - old_mean)
+        w = float(implied_w.mean()) if implied_w.numel() else 1.0
+        ok = implied_w.numel() and 0 < w <= 1 and bool(((implied_w - w).abs() <= 1e-3 * w).all())
+        weights = {"a cumulative average (momentum=None)": w if ok else 1.0}
+    elif momentum is None:
         weights = {"a cumulative average (momentum=None)": 1.0 / 6}
     else:
         momentum = float(momentum)

@@ -348,8 +348,8 @@ class _Tracer(TorchFunctionMode):
                 return
             if frame.first_inner is None:
                 self.suppress -= 1
-            elif self._is_block(frame):
-                return  # its inner ops are the graph, its batch_norm call the BatchNorm
+            elif self._is_block(frame, _tensors(output)):
+                return  # its inner ops are the graph (a batch_norm call among them is the BatchNorm)
             else:
                 self._forget_nodes_from(frame.first_inner)
             info = frame.info
@@ -383,13 +383,24 @@ class _Tracer(TorchFunctionMode):
                     del self.producers[id(t)]
         del self.nodes[index:]
 
-    def _is_block(self, frame: _Frame) -> bool:
-        """A BatchNorm-like layer that hands its own running statistics to torch's ``batch_norm`` and
-        does more than that call (an activation before it, a pool after it, ...) is a block around the
-        stock op, not a layer: probing it whole would compare a pooled output with F.batch_norm.
-        ``return F.batch_norm(x, self.running_mean, ...)`` and nothing else stays the layer it is."""
-        bn, first = frame.batch_norm, frame.first_inner
-        if bn is None or first is None:
+    def _is_block(self, frame: _Frame, outputs: list[torch.Tensor]) -> bool:
+        """Whether a student's BatchNorm-like module is a block rather than one BatchNorm layer: it
+        changes the shape of its input, runs a layer of another kind inside (a pool, a dropout, ...),
+        or hands its own running statistics to torch's ``batch_norm`` and does more than that call (an
+        activation before it, a pool after it). Probing a block whole would compare a pooled or
+        randomly dropped output with F.batch_norm. ``return F.batch_norm(x, self.running_mean, ...)``
+        and nothing else stays the layer it is, and so does a formula with an activation before or
+        after it (the probes accept those)."""
+        first = frame.first_inner
+        if first is None:
+            return False
+        if outputs and frame.inputs and outputs[0].shape != frame.inputs[0].shape:
+            return True
+        inner = self.nodes[first:]
+        if any(n.kind not in (LayerKind.OTHER, LayerKind.BATCH_NORM) for n in inner):
+            return True
+        bn = frame.batch_norm
+        if bn is None:
             return False
         # an op of its own made the input (even one that returns its input: relu_, dropout in eval)
         prepared = bool(bn.sources) and isinstance(bn.sources[0], Node) and bn.sources[0].index >= first

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cnncheck.context import CheckContext
@@ -164,6 +166,80 @@ def check_train(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         for problem in problems:
             yield rule.finding(node.name, f"{type(module).__name__} in train mode: {problem}",
                                location=ctx.location_of(module))
+    yield from _functional_calls(ctx, rule)
+
+
+# F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps) and
+# torch.batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)
+_F_ORDER = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+_TORCH_ORDER = ("input", "weight", "bias", "running_mean", "running_var", "training", "momentum", "eps")
+
+
+def batch_norm_arguments(node: Node) -> dict[str, Any]:
+    """The arguments of a traced ``batch_norm`` call by name, whichever of torch's two it was."""
+    order = _F_ORDER if node.func is F.batch_norm else _TORCH_ORDER
+    named = dict(zip(order, node.args))
+    named.update({k: v for k, v in node.kwargs.items() if k in order})
+    named.setdefault("momentum", 0.1)
+    return named
+
+
+def _functional_calls(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
+    """``F.batch_norm`` calls made with a module's own running statistics (a block around the stock op,
+    or a functional forward): torch's op is right by construction, so what can be wrong is what the
+    student hands it, judged against the roles the module gave its tensors."""
+    owners = {id(t): (m, name) for m, info in ctx.modules.items()
+              for name, t in [*m._buffers.items(), *m._parameters.items()] if t is not None}
+    updates: dict[int, list[Node]] = {}
+    for node in ctx.train_trace.nodes:
+        if node.module is not None or node.func_name != "batch_norm":
+            continue
+        args = batch_norm_arguments(node)
+        mean, var = args.get("running_mean"), args.get("running_var")
+        if not isinstance(mean, torch.Tensor) or id(mean) not in owners or not args.get("training"):
+            continue
+        updates.setdefault(id(mean), []).append(node)
+        owner, _ = owners[id(mean)]
+        label = ctx.name_of(owner)
+        for problem in _argument_problems(owner, args, owners):
+            yield rule.finding(label, f"{type(owner).__name__}'s F.batch_norm call: {problem}",
+                               location=node.location or ctx.location_of(owner))
+    for calls in updates.values():
+        if len(calls) > 1:
+            owner, name = owners[id(batch_norm_arguments(calls[0])["running_mean"])]
+            yield rule.finding(
+                ctx.name_of(owner),
+                f"{type(owner).__name__} hands {name} to F.batch_norm(training=True) {len(calls)} times in one "
+                f"forward: its running statistics are updated {len(calls)} times per batch, each time with "
+                f"the statistics of a different tensor",
+                expected="one F.batch_norm call per set of running statistics and forward",
+                found=f"{len(calls)} calls (at {', '.join(str(c.location) for c in calls)})",
+                location=calls[0].location or ctx.location_of(owner),
+            )
+
+
+def _argument_problems(owner: nn.Module, args: dict[str, Any], owners: dict[int, Any]) -> list[str]:
+    problems = []
+    names = running_buffers(owner)
+    mean, var = args.get("running_mean"), args.get("running_var")
+    if names is not None and mean is owner._buffers.get(names[1]) and var is owner._buffers.get(names[0]):
+        problems.append(f"running_mean and running_var are swapped: {names[1]} is passed as the running mean "
+                        f"and {names[0]} as the running variance")
+    params = owner._parameters
+    scale = next((params[n] for n in ("weight", "gamma", "scale") if params.get(n) is not None), None)
+    shift = next((params[n] for n in ("bias", "beta", "shift") if params.get(n) is not None), None)
+    weight, bias = args.get("weight"), args.get("bias")
+    if scale is not None and shift is not None and weight is shift and bias is scale:
+        problems.append(f"weight and bias are swapped: {owners[id(shift)][1]} is passed as gamma (the scale) and "
+                        f"{owners[id(scale)][1]} as beta (the shift)")
+    declared, used = getattr(owner, "momentum", None), args.get("momentum")
+    if (isinstance(declared, float) and isinstance(used, (int, float)) and declared != 0.5
+            and abs(float(used) - (1 - declared)) < 1e-9):
+        problems.append(
+            f"it passes momentum={float(used):g} = 1 - self.momentum: Keras' convention (the weight of the old "
+            f"value), but F.batch_norm's momentum is the weight of the new batch; pass self.momentum={declared:g}"
+        )
+    return problems
 
 
 def _per_channel_shapes(module: nn.Module, x: torch.Tensor) -> bool:
@@ -291,10 +367,13 @@ self.running_mean = (1 - self.momentum) * self.running_mean + self.momentum * me
     limits="A frozen BatchNorm (fixed statistics by design, never updated) is not a defect. A hand-written "
     "layer with momentum > 0.5 may use either convention. A common activation (ReLU, GELU, SiLU, ...) in the "
     "same forward, before or after the normalisation, is accepted, and the running estimates are judged "
-    "against the tensor that was normalised. A module that hands its own running statistics to "
-    "`F.batch_norm` and does more than that call (an activation first, a pool after) is a block: its "
-    "`F.batch_norm` call is checked as the BatchNorm, and a hard-coded `training=True` there is "
-    "`mode-not-propagated`.",
+    "against the tensor that was normalised. A module that changes its input's shape, runs a pool or "
+    "dropout inside, or hands its own running statistics to `F.batch_norm` and does more than that call "
+    "(an activation first, a pool after) is a block, not a BatchNorm layer: its ops are traced, and an "
+    "`F.batch_norm` call among them is checked for what it is handed (running mean and variance, gamma "
+    "and beta in their places, the module's own momentum, one update per forward); a hard-coded "
+    "`training=True` there is `mode-not-propagated`. A normalisation written out inside such a block is "
+    "not recognised.",
 )
 
 EVAL_BEHAVIOUR = Rule(
