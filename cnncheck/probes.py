@@ -7,6 +7,8 @@ copy (``copy.deepcopy``, like ``CheckContext.isolated``) so that its buffers can
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -135,46 +137,86 @@ class NormProbe:
     eval_problems: list[str] = field(default_factory=list)
 
 
+@contextmanager
+def same_randomness(x: torch.Tensor) -> Iterator[None]:
+    """The same random numbers (dropout masks, if a layer draws any) in every probe call on ``x``'s
+    device; the caller's RNG state comes back afterwards."""
+    with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+        torch.manual_seed(11)
+        yield
+
+
 def statistics_dims(module: nn.Module, x: torch.Tensor) -> tuple[int, ...] | None:
     """The dims over which a norm layer takes its train-mode statistics, found by dataflow.
 
     One input element is pushed far out; every output that shares a statistic with it moves. The
     statistics are taken over dim ``d`` exactly when an output at another index along ``d`` moves: a
     per-channel BN moves its whole channel, a per-pixel one the same pixel of every sample, a
-    whole-tensor one everything. An elementwise activation before or after the normalisation does not
-    change which outputs move. Returns None when only the element itself moves: the layer does not
+    whole-tensor one everything. Returns None when only the element itself moves: the layer does not
     normalise with batch statistics at all (a frozen BatchNorm, for example).
 
-    The probe input has the shape of ``x`` and distinct values in [1, 2]: normalising a set whose other
-    elements are all equal (zeros from a dead ReLU) gives the same output whatever the pushed element
-    is, so real activations could hide the dataflow.
+    An elementwise activation in the layer's forward must not hide the dataflow, so the probe input
+    has the shape of ``x`` and distinct values in [1, 2] (normalising a set whose other elements are
+    all equal, zeros from a dead ReLU, gives the same output whatever the pushed element is), and the
+    element is pushed both ways: up, so that a ReLU *before* the normalisation lets the push through;
+    down, so that the others come out above their mean and a ReLU *after* it lets them through
+    (gamma and beta of the probed copy are set to 1 and 0 for that).
     """
     compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     generator = torch.Generator().manual_seed(3)
     probe = (torch.rand(x.shape, generator=generator, dtype=torch.float64) + 1).to(device=x.device, dtype=compute)
     flat = probe.numel() // 2
-    pushed = probe.clone()
-    # far enough out to dominate the variance of any set of elements it belongs to
-    pushed.view(-1)[flat] += 10.0 * probe.numel() ** 0.5
+    where = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), x.shape))
+    far = 10.0 * probe.numel() ** 0.5  # far enough out to dominate the variance of any set it is in
 
-    def run(inp: torch.Tensor) -> torch.Tensor | None:
+    def run(push: float) -> torch.Tensor | None:
+        inp = probe.clone()
+        inp[where] += push
         layer = copy.deepcopy(module).to(compute).train()  # fresh buffers for each call
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(11)  # the same dropout masks, if any, in both calls
-            out = layer(inp.clone())
-        return out if isinstance(out, torch.Tensor) and out.shape == x.shape else None
+        with torch.no_grad(), same_randomness(x):
+            for affine, neutral in zip(affine_parameters(layer, x.shape[1]), (1.0, 0.0)):
+                if affine is not None and affine.is_floating_point():
+                    affine.fill_(neutral)  # a negative beta would let a ReLU after it hide what moved
+            out = layer(inp)
+        return out.double() if isinstance(out, torch.Tensor) and out.shape == x.shape else None
 
-    base, moved_out = run(probe), run(pushed)
-    if base is None or moved_out is None:
+    base = run(0.0)
+    if base is None:
         return None
     rtol, atol = tolerance(compute)
-    moved = (moved_out.double() - base.double()).abs() > 10 * (atol + rtol * base.double().abs())
-    moved |= torch.isnan(moved_out) != torch.isnan(base)
-    where = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), x.shape))
-    moved[where] = False  # (the output may be a non-contiguous view, e.g. of a permute)
+    moved = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+    for push in (far, -far):
+        out = run(push)
+        if out is None:
+            return None
+        moved |= (out - base).abs() > 10 * (atol + rtol * base.abs())
+        moved |= torch.isnan(out) != torch.isnan(base)
+    moved[where] = False
     positions = moved.nonzero()
     dims = tuple(d for d in range(x.dim()) if bool((positions[:, d] != where[d]).any()))
     return dims or None
+
+
+def cancels_channel_constant(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether a norm layer's train-mode output ignores a constant added to each channel of its input,
+    as a BatchNorm's mean subtraction does. Probed on a synthetic input of ``x``'s shape with both signs
+    in every channel, so that an activation inside the layer (ReLU, then the normalisation) cannot pass
+    the constant through unchanged by the luck of the data."""
+    if x.dim() < 2 or not x.is_floating_point():
+        return True
+    generator = torch.Generator().manual_seed(13)
+    probe = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x)
+    shift = (torch.randn([1, x.shape[1]] + [1] * (x.dim() - 2), generator=generator, dtype=torch.float64)
+             * 2).to(x)
+
+    def run(inp: torch.Tensor) -> Any:
+        with torch.no_grad(), same_randomness(x):
+            return copy.deepcopy(module).train()(inp)
+
+    base, shifted = run(probe), run(probe + shift)
+    if not isinstance(base, torch.Tensor) or not isinstance(shifted, torch.Tensor):
+        return True
+    return mismatch(shifted, base, scale=10) is None
 
 
 def per_channel_dims(x: torch.Tensor) -> tuple[int, ...]:

@@ -180,7 +180,8 @@ def module_inventory(model: nn.Module, pm: Any = None, problems: list[Any] | Non
     return inventory
 
 
-def _from_torch(module: nn.Module) -> bool:
+def from_torch(module: nn.Module) -> bool:
+    """A module class of torch itself (its behaviour is torch's, not the student's)."""
     return type(module).__module__.startswith("torch.")
 
 
@@ -326,7 +327,7 @@ class _Tracer(TorchFunctionMode):
             sources = [self.source_of(t) for t in inputs]
             frame = _Frame(module, info, recording, inputs, sources, module.training)
             if recording and info is not None:
-                if info.kind in self.save_inputs and inputs and not _from_torch(module):
+                if info.kind in self.save_inputs and inputs and not from_torch(module):
                     frame.saved_input = inputs[0].detach().clone()  # before forward can change it in place
                 if _provisional(module, info):
                     frame.first_inner = len(self.nodes)

@@ -38,7 +38,9 @@ feature-size-mismatch      a Linear (module or ``F.linear``) whose in_features i
 =========================  ============================================================================
 
 Look-alikes that are not defects are generated as well: a bias then ReLU/GELU/SiLU/dropout (module or
-``F.dropout(..., training=self.training)``) then BN; a bias then a hidden/eval-ignoring/Keras-momentum
+``F.dropout(..., training=self.training)``) then BN; hand-written BNs (correct or not) that apply
+ReLU/SiLU/GELU/LeakyReLU(0.2) in their own forward, before normalising (then a bias before them is not
+cancelled) or after; a bias then a hidden/eval-ignoring/Keras-momentum
 BN, or a per-pixel BN (its mean over the batch at each position removes a per-channel constant too):
 both findings are expected.
 
@@ -79,6 +81,7 @@ generator does not steer around any of them (fix the engine, not the generator).
 from __future__ import annotations
 
 import random
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -319,12 +322,14 @@ class Generator:
         if self.broken_head or defect == "whole":
             self.kill(st, ctx, out)  # see "excluded" in the module docstring
         step = Step("norm", impl, dict(c=st.c, defect=defect, head=head, training_kw=chance(ch, 50)))
+        if impl in ("hand", "fmod") and chance(ch, 30):  # an activation in the BN's own forward
+            step.cfg.update(fused=pick(ch, ["pre", "post"]), fused_fn=pick(ch, sorted(_FUSED)))
         step.expect |= {
             "perpixel": {PER_CHANNEL}, "whole": {PER_CHANNEL}, "evalbatch": {BN_EVAL}, "momentum": {BN_TRAIN},
             "hidden": {MODE}, "forced": {MODE}, None: set(),
         }[defect]
-        for biased in st.live:  # every norm here subtracts a per-channel (or per-pixel) mean in training
-            biased.expect.add(RB)
+        for biased in st.live if step.cfg.get("fused") != "pre" else []:
+            biased.expect.add(RB)  # every norm here subtracts a per-channel (or per-pixel) mean in training
         out.append(step)
         st.live, st.last = [], "norm"
 
@@ -555,7 +560,28 @@ class PaddedKernelConv(HandConv):
         return self.weight[index]
 
 
-class HandBN(nn.Module):
+_FUSED = {"relu": F.relu, "silu": F.silu, "gelu": F.gelu, "leaky": partial(F.leaky_relu, negative_slope=0.2)}
+
+
+class Fusable(nn.Module):
+    """A hand-written BN that may apply an activation in its own forward, before (``fused='pre'``) or
+    after (``'post'``) normalising: ``__call__`` of a subclass runs ``normalise`` through ``forward``."""
+
+    fused: str | None = None
+    act: Any = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused == "pre":
+            return self.normalise(self.act(x))
+        if self.fused == "post":
+            return self.act(self.normalise(x))
+        return self.normalise(x)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class HandBN(Fusable):
     """Correct: BatchNorm with batch statistics in training (running estimates updated PyTorch's way)
     and the running estimates in eval."""
 
@@ -573,7 +599,7 @@ class HandBN(nn.Module):
         self.running_mean.mul_(1 - m).add_(m * mean)
         self.running_var.mul_(1 - m).add_(m * unbiased)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return _normalise(x, self.running_mean, self.running_var, self.eps, self.weight, self.bias)
         with torch.no_grad():
@@ -594,7 +620,7 @@ class KerasMomentumBN(HandBN):
 class AlwaysBatchBN(HandBN):
     """Wrong (bn-eval-behaviour): ignores self.training when normalising, always batch statistics."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             with torch.no_grad():
                 self.num_batches_tracked += 1
@@ -602,7 +628,7 @@ class AlwaysBatchBN(HandBN):
         return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
 
 
-class PerPixelBN(nn.Module):
+class PerPixelBN(Fusable):
     """Wrong (bn-not-per-channel): statistics over the batch only, one per (C, *spatial) position."""
 
     def __init__(self, c: int) -> None:
@@ -614,7 +640,7 @@ class PerPixelBN(nn.Module):
     def statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x.mean(dim=0, keepdim=True), x.var(dim=0, unbiased=False, keepdim=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
         mean, var = self.statistics(x)
         return (x - mean) / torch.sqrt(var + self.eps) * _pc(self.weight, x) + _pc(self.bias, x)
 
@@ -629,7 +655,7 @@ class WholeTensorBN(PerPixelBN):
 class FunctionalBN(HandBN):
     """Correct: F.batch_norm with training=self.training."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             self.num_batches_tracked += 1
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
@@ -755,6 +781,8 @@ def build_module(step: Step, rank: int) -> nn.Module:
         else:
             module = {None: FunctionalBN if step.impl == "fmod" else HandBN, "perpixel": PerPixelBN,
                       "whole": WholeTensorBN, "evalbatch": AlwaysBatchBN, "momentum": KerasMomentumBN}[defect](c)
+            if cfg.get("fused"):
+                module.fused, module.act = cfg["fused"], _FUSED[cfg["fused_fn"]]
     elif step.kind == "act":
         fn = cfg["fn"]
         module = nn.ReLU(inplace=True) if fn == "relu_" else {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}[fn]()

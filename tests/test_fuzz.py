@@ -117,15 +117,20 @@ def test_a_seed_rebuilds_the_same_model_and_ground_truth() -> None:
 
 
 def test_the_generator_covers_every_rule_and_clean_models() -> None:
-    """The seeds 0..199 inject a defect of every rule, and leave some models clean."""
+    """The seeds 0..199 inject a defect of every rule, leave some models clean, and write hand-written
+    BNs with an activation in their own forward, before and after normalising."""
     seen: set[str] = set()
     clean = 0
+    fused: set[str] = set()
     for seed in range(200):
-        expected = fm.from_seed(seed).build().expected
+        arch = fm.from_seed(seed)
+        expected = arch.build().expected
         seen |= {rule for rule, _ in expected}
         clean += not expected
+        fused |= {s.cfg["fused"] for s in arch.all_steps() if s.kind == "norm" and s.cfg.get("fused")}
     assert seen == {rule.id for rule in cnncheck.all_rules()}
     assert clean >= 20
+    assert fused == {"pre", "post"}
 
 
 def sample_seeds() -> list[int]:

@@ -215,7 +215,7 @@ def test_activation_then_bn_in_one_module_is_a_correct_bn(act, bias: bool) -> No
     statistics to F.batch_norm is traced inside, and the functional call is the BatchNorm.) With an
     in-place ReLU the input of F.batch_norm is the module's own input tensor, so the first fix (compare
     the tensors) kept it one layer, and the old invariance probe of the statistics dims, which adds
-    constants to the input, reported bn-not-per-channel "statistics over (N, C, H, W)" (fuzz seed 2493)."""
+    constants to the input, reported bn-not-per-channel "statistics over (N, C, H, W)" (found by the seeded fuzz)."""
     torch.manual_seed(0)
     assert pairs(_net(ActThenFunctionalBN(8, act), bias), (4, 3, 8, 8)) == set()
 
@@ -234,8 +234,8 @@ def test_activation_then_hand_written_bn(act) -> None:
 
 @pytest.mark.parametrize("act", [F.relu, eval_dropout], ids=["relu", "dropout-off"])
 def test_hard_coded_training_inside_an_activation_then_bn_module(act) -> None:
-    """The block's F.batch_norm(training=True) is the functional call that ignores the mode. Bug (fuzz
-    seeds 2742, 2919): with a dropout before it, the eval pass found F.batch_norm's input to be the
+    """The block's F.batch_norm(training=True) is the functional call that ignores the mode. Bug (found by
+    the seeded fuzz): with a dropout before it, the eval pass found F.batch_norm's input to be the
     module's own input tensor (dropout in eval returns it as is), so the block was one BatchNorm layer
     there and a block in the train pass: bn-eval-behaviour instead of mode-not-propagated."""
     torch.manual_seed(0)
@@ -280,7 +280,7 @@ def test_childless_block_around_functional_bn(forced: bool, bias: bool, expected
 
 
 def test_per_pixel_bn_after_a_mostly_dead_relu() -> None:
-    """Found while replacing the invariance probe (fuzz seed 25): a dataflow probe that pushes one
+    """Found while replacing the invariance probe (seeded fuzz): a dataflow probe that pushes one
     element of the *real* input sees nothing move when the other samples at that pixel are all 0 (a
     dead ReLU): normalising {0, 0, 0, a} gives the same output for every a > 0. statistics_dims probes
     with distinct synthetic values of the same shape instead."""
@@ -294,3 +294,62 @@ def test_per_pixel_bn_after_a_mostly_dead_relu() -> None:
     sparsity = float((torch.relu(conv(x)) == 0).float().mean())
     assert sparsity > 0.6
     assert pairs(model, x) == {("bn-not-per-channel", "2")}
+
+
+def test_bias_before_a_bn_with_relu_inside_on_single_signed_channels() -> None:
+    """Bug (seeded fuzz, once hand-written BNs could apply an activation in their own forward): a bias
+    before ReLU-then-BN written as one module was reported as redundant when every channel of the
+    example input had one sign (a Linear head dominated by its bias): ReLU passes or zeroes each
+    channel whole, so on that input the bias gradient is 0 everywhere. The dataflow saw one BN node;
+    the activation inside it was invisible. (Fixed: a student's norm layer is asked, on a synthetic
+    input with both signs in every channel, whether it cancels a per-channel constant at all.)"""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.mul_(0.01)
+        conv.bias.copy_(torch.tensor([1.0, -1.0] * 4))
+    model = nn.Sequential(conv, ActThenHandBN(8, act=F.relu), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    x = torch.randn(4, 3, 8, 8)
+    signs = torch.sign(conv(x)).amax((0, 2, 3)) == torch.sign(conv(x)).amin((0, 2, 3))
+    assert bool(signs.all())  # the input that hid the ReLU
+    assert pairs(model, x) == set()
+    assert pairs(_net(MB.HandBN2d(8), bias=True), x) == {("redundant-bias-before-bn", "0")}  # the look-alike
+
+
+class PostReluBN(MB._HandBNBase):
+    """A hand-written BN (PyTorch's conventions) with a ReLU after it in the same forward; ``per_pixel``
+    takes the statistics over the batch only (wrong: bn-not-per-channel)."""
+
+    def __init__(self, c: int, per_pixel: bool = False) -> None:
+        super().__init__(c)
+        self.per_pixel = per_pixel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return F.relu(self._normalise(x, self.running_mean, self.running_var))
+        if self.per_pixel:
+            x = (x - x.mean(0, keepdim=True)) / torch.sqrt(x.var(0, unbiased=False, keepdim=True) + self.eps)
+            return F.relu(x * self.weight.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1))
+        mean, var, unbiased = self._batch_stats(x)
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(unbiased, self.momentum)
+        return F.relu(self._normalise(x, mean, var))
+
+
+@pytest.mark.parametrize(("per_pixel", "expected"), [
+    pytest.param(False, set(), id="per-channel"),
+    pytest.param(True, {("bn-not-per-channel", "1")}, id="per-pixel"),
+])
+def test_statistics_dims_through_a_relu_after_the_normalisation(per_pixel: bool, expected: set) -> None:
+    """Bug (seeded fuzz): pushing one element up makes the other elements of its statistics fall below
+    their mean, and a ReLU after the normalisation (with a negative beta) zeroes them before and after:
+    nothing moved, and a per-pixel BN passed for one without batch statistics (then "output differs"),
+    or a correct BN on a (4, C, 1, 2) map was reported as "statistics over (N)". The element is now
+    pushed down as well, with gamma 1 and beta 0 in the probed copy."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), PostReluBN(8, per_pixel),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    assert pairs(model, (4, 3, 1, 2)) == expected
+    assert pairs(model, (4, 3, 8, 8)) == expected

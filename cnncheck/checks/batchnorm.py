@@ -195,7 +195,7 @@ def _functional_calls(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         if node.module is not None or node.func_name != "batch_norm":
             continue
         args = batch_norm_arguments(node)
-        mean, var = args.get("running_mean"), args.get("running_var")
+        mean = args.get("running_mean")
         if not isinstance(mean, torch.Tensor) or id(mean) not in owners or not args.get("training"):
             continue
         updates.setdefault(id(mean), []).append(node)

@@ -11,8 +11,9 @@ from torch.nn.modules.pooling import _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, _Av
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
 from cnncheck.layers import LayerKind, layer_label
+from cnncheck.probes import cancels_channel_constant, is_stock_batchnorm
 from cnncheck.rules import Rule
-from cnncheck.trace import Node, Trace
+from cnncheck.trace import Node, Trace, from_torch
 
 # Ops that carry a per-channel constant through as a constant (so a mean subtraction still removes it).
 _PASS_FUNCTIONS = frozenset(
@@ -38,7 +39,7 @@ def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         bias = _bias_of(node)
         if bias is None:
             continue
-        sinks = _cancelling_sinks(trace, node)
+        sinks = _cancelling_sinks(ctx, trace, node)
         if sinks and not _cancelled_numerically(node, ctx.dtype):
             sinks = None
         verdicts.setdefault(id(bias), []).append((node, sinks))
@@ -80,7 +81,7 @@ def _bias_of(node: Node) -> torch.Tensor | None:
     return bias if isinstance(bias, torch.Tensor) else None
 
 
-def _cancelling_sinks(trace: Trace, start: Node) -> list[Node] | None:
+def _cancelling_sinks(ctx: CheckContext, trace: Trace, start: Node) -> list[Node] | None:
     """The mean-subtracting norms that every path from ``start`` ends in, or None if some path escapes."""
     sinks: list[Node] = []
     frontier, seen = [start], {id(start)}
@@ -95,7 +96,7 @@ def _cancelling_sinks(trace: Trace, start: Node) -> list[Node] | None:
             if id(consumer) in seen:
                 continue
             seen.add(id(consumer))
-            if _cancels(consumer):
+            if _cancels(ctx, consumer):
                 sinks.append(consumer)
             elif _passes_constant(consumer):
                 frontier.append(consumer)
@@ -104,9 +105,16 @@ def _cancelling_sinks(trace: Trace, start: Node) -> list[Node] | None:
     return sinks or None
 
 
-def _cancels(node: Node) -> bool:
+def _cancels(ctx: CheckContext, node: Node) -> bool:
     if node.module is not None:
-        return node.kind in (LayerKind.BATCH_NORM, LayerKind.INSTANCE_NORM) and bool(node.training)
+        if node.kind not in (LayerKind.BATCH_NORM, LayerKind.INSTANCE_NORM) or not node.training:
+            return False
+        if is_stock_batchnorm(node.module) or from_torch(node.module) or node.probe_input is None:
+            return True
+        # a student's norm may do more than subtract the mean (an activation first, one mean for
+        # the whole tensor): ask it whether a per-channel constant survives
+        x = node.probe_input
+        return bool(ctx.memo(("cancels", id(node.module)), lambda: cancels_channel_constant(node.module, x)))
     if node.func_name == "batch_norm":
         training = node.kwargs.get("training", node.args[5] if len(node.args) > 5 else False)
         return bool(training)
