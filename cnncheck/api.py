@@ -99,6 +99,7 @@ def _check(model: nn.Module, example_input: Any, device: str | torch.device | No
                 report.findings.extend(rule.check(ctx, rule))
             except Exception as exc:  # one broken rule must not take the others down
                 report.crashes.append(RuleCrash(rule.id, f"{type(exc).__name__}: {exc}"))
+        report.notes.extend(ctx.notes)
         failure = ctx.train_trace.error
         if failure is not None and not ctx.forward_error_explained:
             raise _forward_failed(name, ctx, failure) from _without_cnncheck_frames(failure)

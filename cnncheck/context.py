@@ -33,6 +33,8 @@ class CheckContext:
     pm: Any = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     forward_error_explained: bool = False
+    notes: list[str] = field(default_factory=list)  # for the report: what could not be checked, and why
+    backward_error: BaseException | None = None
     _cache: dict[str, Any] = field(default_factory=dict)
 
     # -- facts -----------------------------------------------------------------------------------
@@ -94,7 +96,15 @@ class CheckContext:
                 projections = [
                     torch.randn(o.shape, generator=generator, dtype=o.dtype).to(o.device) for o in outputs
                 ]
-                torch.autograd.grad(outputs, graph_inputs, projections, allow_unused=True)
+                try:
+                    torch.autograd.grad(outputs, graph_inputs, projections, allow_unused=True)
+                except RuntimeError as exc:  # the student's model cannot be trained as written
+                    self.backward_error = exc
+                    self.notes.append(
+                        f"the backward pass of {self.model_name} fails, so training it would crash too: "
+                        f"{str(exc).splitlines()[0]} (redundant-bias-before-bn needs the gradient and "
+                        f"reports nothing)"
+                    )
         return trace
 
     @property

@@ -244,6 +244,7 @@ class RuleItem(pytest.Item):
         self.user_properties.append(("cnncheck_checked", json.dumps([model, self.rule_id])))
         notes = [f"{model}: unused ignore {p!r}: it matches no finding; remove it" for p in result.unused_ignores]
         notes += [f"{model}: {problem}" for problem in result.plugin_problems]
+        notes += [f"{model}: {note}" for note in result.notes]
         if notes:
             self.user_properties.append(("cnncheck_notes", json.dumps(notes)))
         options = self.config.stash[OPTIONS]

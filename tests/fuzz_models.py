@@ -71,8 +71,8 @@ Combinations that are excluded, because their ground truth is ambiguous
   BN cancels a bias that a whole-tensor BN did not; counted padding keeps the constant exactly when
   every window covers as many real positions.
 * After a broken Linear nothing is injected (a bad dropout there never runs: forward raises first).
-* An in-place ReLU never directly follows another activation (that is a different student bug: autograd
-  raises), and a channel-max pool returns a copy, not an expanded view that an in-place op would write to.
+* An in-place ReLU never directly follows another activation, nor a BN that applies one after
+  normalising (that is a different student bug: autograd raises in backward), and a channel-max pool returns a copy, not an expanded view that an in-place op would write to.
 
 Known cnncheck bugs found by the fuzz have regression tests in tests/test_fuzz_regressions.py; the
 generator does not steer around any of them (fix the engine, not the generator).
@@ -331,7 +331,8 @@ class Generator:
         for biased in st.live if step.cfg.get("fused") != "pre" else []:
             biased.expect.add(RB)  # every norm here subtracts a per-channel (or per-pixel) mean in training
         out.append(step)
-        st.live, st.last = [], "norm"
+        # a BN with its activation inside ends like an activation (an in-place ReLU must not follow it)
+        st.live, st.last = [], "act" if step.cfg.get("fused") == "post" else "norm"
 
     def drop(self, st: State, ctx: str, out: list[Step], head: bool = False) -> None:
         ch = self.ch

@@ -108,6 +108,35 @@ def test_forward_that_raises_gives_a_check_error_naming_model_shape_and_cause() 
     assert frames[-1] == __file__
 
 
+class ReluTwiceInPlace(nn.Module):
+    """A model that runs but cannot be trained: the in-place ReLU overwrites the output the first ReLU
+    saved for its backward. Its conv bias feeds the BatchNorm directly (redundant, when it can train)."""
+
+    def __init__(self, in_place: bool = True) -> None:
+        super().__init__()
+        self.in_place = in_place
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.conv(x))
+        x = F.relu(x)
+        return F.relu(x, inplace=self.in_place).mean((2, 3))
+
+
+def test_a_backward_pass_that_fails_is_a_note_not_a_crash() -> None:
+    """Found by the fuzz: autograd's in-place error surfaced as "internal error in rule
+    redundant-bias-before-bn". The report says that training would crash; the other rules still run."""
+    report = cnncheck.check_model(ReluTwiceInPlace(), (4, 3, 8, 8))
+    assert report.crashes == []
+    assert any("backward pass of ReluTwiceInPlace fails" in n and "modified by an inplace operation" in n
+               for n in report.notes)
+    assert "backward pass of ReluTwiceInPlace fails" in str(report)
+    assert set(report.rules_run) == {r.id for r in cnncheck.all_rules()}
+    trainable = cnncheck.check_model(ReluTwiceInPlace(in_place=False), (4, 3, 8, 8))
+    assert trainable.notes == [] and {f.rule for f in trainable.findings} == {"redundant-bias-before-bn"}
+
+
 def test_wrong_input_channels_is_a_clear_check_error() -> None:
     with pytest.raises(CheckError, match=r"Sequential.forward raised RuntimeError in 0 .* 4x3x8x8"):
         cnncheck.check_model(small(), (4, 3, 8, 8))

@@ -34,6 +34,8 @@ _PASS_MODULES: tuple[type, ...] = (
 
 def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
     trace = ctx.bias_gradients()
+    if ctx.backward_error is not None:
+        return  # no gradient to confirm a verdict with; the report says why
     verdicts: dict[int, list[tuple[Node, list[Node] | None]]] = {}
     for node in trace.nodes:
         bias = _bias_of(node)
