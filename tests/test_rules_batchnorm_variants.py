@@ -214,3 +214,29 @@ def test_what_a_block_hands_to_f_batch_norm(layer) -> None:
     checked. The same mistakes in a module that is nothing but the call were always caught."""
     assert findings(ReluThenFunctional()) == set()
     assert findings(layer()) == {("bn-train-behaviour", "bn")}
+
+
+class ReluThenFunctionalNoNumFeatures(nn.Module):
+    """ReLU then F.batch_norm, sized by its buffers only (no ``num_features`` attribute)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(c))
+        self.beta = nn.Parameter(torch.zeros(c))
+        self.register_buffer("running_mean", torch.zeros(c))
+        self.register_buffer("running_var", torch.ones(c))
+
+    def forward(self, x):
+        return F.batch_norm(F.relu(x), self.running_mean, self.running_var, self.gamma, self.beta, self.training)
+
+
+def test_a_block_built_for_the_wrong_channel_count_is_explained() -> None:
+    """Was a CheckError with torch's "running_mean should contain 16 elements not 8": a layer without
+    num_features is sized by its running statistics when its forward raises."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), ReluThenFunctionalNoNumFeatures(8),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 2))
+    report = cnncheck.check_model(model, (4, 3, 8, 8))
+    assert [(f.rule, f.module, f.message) for f in report.findings] == [
+        ("bn-not-per-channel", "1", "ReluThenFunctionalNoNumFeatures(8) receives 16 channels")]
+    fitting = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), ReluThenFunctionalNoNumFeatures(16))
+    assert cnncheck.check_model(fitting, (4, 3, 8, 8)).findings == []

@@ -52,7 +52,7 @@ def check_per_channel(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
     if failed is not None and failed.module is not None and ctx.modules.get(failed.module) is not None:
         info = ctx.modules[failed.module]
         if info.kind is LayerKind.BATCH_NORM and failed.inputs:
-            finding = _num_features(ctx, rule, failed.module, info.name, failed.inputs[0])
+            finding = _num_features(ctx, rule, failed.module, info.name, failed.inputs[0], sized_by_buffers=True)
             if finding is not None:
                 ctx.forward_error_explained = True
                 yield finding
@@ -69,8 +69,14 @@ def check_per_channel(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
             yield finding
 
 
-def _num_features(ctx: CheckContext, rule: Rule, module: nn.Module, name: str, x: torch.Tensor) -> Finding | None:
+def _num_features(ctx: CheckContext, rule: Rule, module: nn.Module, name: str, x: torch.Tensor,
+                  sized_by_buffers: bool = False) -> Finding | None:
+    """``num_features`` against the channels a BN-like layer receives. When its forward raised, a layer
+    without ``num_features`` is sized by its running statistics (torch's error names only sizes)."""
     declared = getattr(module, "num_features", None)
+    names = running_buffers(module)
+    if sized_by_buffers and not isinstance(declared, int) and names is not None:
+        declared = module._buffers[names[0]].numel()  # type: ignore[union-attr]
     channels = int(x.shape[1]) if x.dim() > 1 else None
     if not isinstance(declared, int) or channels is None or declared == channels:
         return None
