@@ -194,12 +194,13 @@ def _functional_calls(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
     """``F.batch_norm`` calls made with a module's own running statistics (a block around the stock op,
     or a functional forward): torch's op is right by construction, so what can be wrong is what the
     student hands it, judged against the roles the module gave its tensors."""
-    owners = {id(t): (m, name) for m, info in ctx.modules.items()
+    calls = [n for n in ctx.train_trace.nodes if n.module is None and n.func_name == "batch_norm"]
+    if not calls:
+        return
+    owners = {id(t): (m, name) for m in ctx.modules
               for name, t in [*m._buffers.items(), *m._parameters.items()] if t is not None}
     updates: dict[int, list[Node]] = {}
-    for node in ctx.train_trace.nodes:
-        if node.module is not None or node.func_name != "batch_norm":
-            continue
+    for node in calls:
         args = batch_norm_arguments(node)
         mean = args.get("running_mean")
         if not isinstance(mean, torch.Tensor) or id(mean) not in owners or not args.get("training"):
@@ -210,17 +211,17 @@ def _functional_calls(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         for problem in _argument_problems(owner, args, owners):
             yield rule.finding(label, f"{type(owner).__name__}'s F.batch_norm call: {problem}",
                                location=node.location or ctx.location_of(owner))
-    for calls in updates.values():
-        if len(calls) > 1:
-            owner, name = owners[id(batch_norm_arguments(calls[0])["running_mean"])]
+    for same in updates.values():
+        if len(same) > 1:
+            owner, name = owners[id(batch_norm_arguments(same[0])["running_mean"])]
             yield rule.finding(
                 ctx.name_of(owner),
-                f"{type(owner).__name__} hands {name} to F.batch_norm(training=True) {len(calls)} times in one "
-                f"forward: its running statistics are updated {len(calls)} times per batch, each time with "
+                f"{type(owner).__name__} hands {name} to F.batch_norm(training=True) {len(same)} times in one "
+                f"forward: its running statistics are updated {len(same)} times per batch, each time with "
                 f"the statistics of a different tensor",
                 expected="one F.batch_norm call per set of running statistics and forward",
-                found=f"{len(calls)} calls (at {', '.join(str(c.location) for c in calls)})",
-                location=calls[0].location or ctx.location_of(owner),
+                found=f"{len(same)} calls (at {', '.join(str(c.location) for c in same)})",
+                location=same[0].location or ctx.location_of(owner),
             )
 
 
