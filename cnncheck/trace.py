@@ -414,9 +414,8 @@ class _Tracer(TorchFunctionMode):
         frame = next((f for f in reversed(self.stack) if f.first_inner is not None), None)
         if frame is None or not frame.inputs:
             return
-        x = kwargs.get("input", args[0] if args else None)
-        mean = kwargs.get("running_mean", args[1] if len(args) > 1 else None)
-        var = kwargs.get("running_var", args[2] if len(args) > 2 else None)
+        named = batch_norm_arguments(node.func, args, kwargs)
+        x, mean, var = named.get("input"), named.get("running_mean"), named.get("running_var")
         own = {id(b) for b in frame.module._buffers.values() if b is not None}
         outer = frame.inputs[0]
         if (isinstance(x, torch.Tensor) and isinstance(mean, torch.Tensor) and isinstance(var, torch.Tensor)
@@ -460,6 +459,21 @@ _FUNCTION_KINDS = {
     LayerKind.LINEAR: ("linear",),
 }
 _KIND_OF_FUNCTION = {name: kind for kind, names in _FUNCTION_KINDS.items() for name in names}
+
+
+# F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps) and
+# torch.batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)
+_F_ORDER = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+_TORCH_ORDER = ("input", "weight", "bias", "running_mean", "running_var", "training", "momentum", "eps")
+
+
+def batch_norm_arguments(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of a traced ``batch_norm`` call by name, whichever of torch's two it was."""
+    order = _F_ORDER if func is torch.nn.functional.batch_norm else _TORCH_ORDER
+    named = dict(zip(order, args))
+    named.update({k: v for k, v in kwargs.items() if k in order})
+    named.setdefault("momentum", 0.1)
+    return named
 
 
 def _function_kind(name: str) -> LayerKind:

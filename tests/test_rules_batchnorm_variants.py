@@ -208,7 +208,16 @@ class NormalisedTwice(BN):
         return self.call(self.call(x))
 
 
-@pytest.mark.parametrize("layer", [SwappedBuffers, SwappedAffine, OneMinusMomentum, NormalisedTwice])
+class TorchBatchNormSwapped(BN):
+    """torch.batch_norm, whose arguments come in another order (weight, bias, running_mean, ...)."""
+
+    def forward(self, x):
+        return torch.batch_norm(F.relu(x), self.weight, self.bias, self.running_var, self.running_mean,
+                                self.training, self.momentum, self.eps, False)
+
+
+@pytest.mark.parametrize("layer", [SwappedBuffers, SwappedAffine, OneMinusMomentum, NormalisedTwice,
+                                   TorchBatchNormSwapped])
 def test_what_a_block_hands_to_f_batch_norm(layer) -> None:
     """Were missed: once a module is a block around F.batch_norm, only the call's ``training`` was
     checked. The same mistakes in a module that is nothing but the call were always caught."""

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cnncheck.context import CheckContext
@@ -15,7 +14,7 @@ from cnncheck.findings import Finding, Severity
 from cnncheck.layers import LayerKind, affine_parameters, running_buffers
 from cnncheck.probes import eval_problems, is_stock_batchnorm, per_channel_dims, statistics_dims, train_problems
 from cnncheck.rules import Rule
-from cnncheck.trace import Node, Trace
+from cnncheck.trace import Node, Trace, batch_norm_arguments
 
 _RESHAPES = frozenset({"view", "reshape", "flatten", "contiguous", "squeeze"})
 
@@ -175,21 +174,6 @@ def check_train(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
     yield from _functional_calls(ctx, rule)
 
 
-# F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps) and
-# torch.batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)
-_F_ORDER = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
-_TORCH_ORDER = ("input", "weight", "bias", "running_mean", "running_var", "training", "momentum", "eps")
-
-
-def batch_norm_arguments(node: Node) -> dict[str, Any]:
-    """The arguments of a traced ``batch_norm`` call by name, whichever of torch's two it was."""
-    order = _F_ORDER if node.func is F.batch_norm else _TORCH_ORDER
-    named = dict(zip(order, node.args))
-    named.update({k: v for k, v in node.kwargs.items() if k in order})
-    named.setdefault("momentum", 0.1)
-    return named
-
-
 def _functional_calls(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
     """``F.batch_norm`` calls made with a module's own running statistics (a block around the stock op,
     or a functional forward): torch's op is right by construction, so what can be wrong is what the
@@ -201,7 +185,7 @@ def _functional_calls(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
               for name, t in [*m._buffers.items(), *m._parameters.items()] if t is not None}
     updates: dict[int, list[Node]] = {}
     for node in calls:
-        args = batch_norm_arguments(node)
+        args = batch_norm_arguments(node.func, node.args, node.kwargs)
         mean = args.get("running_mean")
         if not isinstance(mean, torch.Tensor) or id(mean) not in owners or not args.get("training"):
             continue
@@ -211,9 +195,9 @@ def _functional_calls(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         for problem in _argument_problems(owner, args, owners):
             yield rule.finding(label, f"{type(owner).__name__}'s F.batch_norm call: {problem}",
                                location=node.location or ctx.location_of(owner))
-    for same in updates.values():
+    for key, same in updates.items():
         if len(same) > 1:
-            owner, name = owners[id(batch_norm_arguments(same[0])["running_mean"])]
+            owner, name = owners[key]
             yield rule.finding(
                 ctx.name_of(owner),
                 f"{type(owner).__name__} hands {name} to F.batch_norm(training=True) {len(same)} times in one "
