@@ -17,6 +17,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from cnncheck.layers import LayerKind
 from cnncheck.locate import creation_site
+from cnncheck.probes import same_randomness
 from cnncheck.trace import ModuleInfo, Node, Trace, run_trace
 
 _PROBED = frozenset(
@@ -115,7 +116,7 @@ class CheckContext:
     def eval_trace(self) -> Trace:
         """The model after its own ``eval()``, traced without gradients."""
         if "eval" not in self._cache:
-            with torch.no_grad():
+            with torch.no_grad(), same_randomness(self.example):  # see eval_output_of_first_sample
                 self._cache["eval"] = run_trace(
                     self.model,
                     self.inputs,
@@ -137,7 +138,9 @@ class CheckContext:
             args, kwargs = tree_map(first, (self.inputs, self.kwargs))
             self.model.eval()
             try:
-                with torch.no_grad():
+                # the eval pass's random numbers: a layer that draws them per sample even in eval mode
+                # (FractionalMaxPool2d) gives the first sample the same draws in both passes
+                with torch.no_grad(), same_randomness(self.example):
                     self._cache["single"] = self.model(*args, **kwargs)
             except Exception as exc:  # a batch of one may fail where batch statistics are used
                 self._cache["single"] = exc

@@ -74,6 +74,8 @@ def classify(module: nn.Module, pm: Any = None, problems: list[Any] | None = Non
         return LayerKind.LINEAR
     if isinstance(module, nn.Identity):
         return LayerKind.IDENTITY
+    if type(module).__module__.startswith("torch."):
+        return LayerKind.OTHER  # MaxUnpool2d, Fold, Upsample...: torch's own, not a student's pool or conv
     return _duck_type(module)
 
 
@@ -161,10 +163,14 @@ def is_transposed(module: nn.Module) -> bool:
 
 
 def conv_weight(module: nn.Module) -> tuple[str, torch.Tensor] | None:
-    """The filter bank of a conv layer: ``weight`` when present, else its highest-rank parameter."""
+    """The filter bank of a conv layer: ``weight`` when present (also a reparametrized one, computed from
+    other parameters as weight_norm and spectral_norm do), else its highest-rank parameter."""
     params = dict(module.named_parameters(recurse=False))
     if "weight" in params:
         return "weight", params["weight"]
+    effective = getattr(module, "weight", None)
+    if isinstance(effective, torch.Tensor) and effective.dim() >= 3:
+        return "weight", effective
     ranked = sorted(params.items(), key=lambda item: -item[1].dim())
     if ranked and ranked[0][1].dim() >= 3:
         return ranked[0]

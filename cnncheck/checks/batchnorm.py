@@ -284,6 +284,10 @@ def _batch_dependence(ctx: CheckContext, rule: Rule) -> Finding | None:
 
     full_leaves = [t for t in tree_flatten(full)[0] if isinstance(t, torch.Tensor)]
     if isinstance(single, Exception):
+        from cnncheck.checks.feature_size import batch_fold
+
+        if batch_fold(ctx) is not None:
+            return None  # a reshape folds samples together: feature-size-mismatch explains it
         return rule.finding(
             "", f"in eval mode {ctx.model_name} cannot run a single sample: {single}",
             expected="eval-mode output for one sample independent of the rest of the batch",
@@ -291,8 +295,8 @@ def _batch_dependence(ctx: CheckContext, rule: Rule) -> Finding | None:
         )
     single_leaves = [t for t in tree_flatten(single)[0] if isinstance(t, torch.Tensor)]
     for a, b in zip(full_leaves, single_leaves):
-        if a.dim() == 0 or a.shape[0] != ctx.batch_size or b.shape[0] != 1:
-            continue
+        if a.dim() == 0 or a.shape[0] != ctx.batch_size or b.dim() == 0 or b.shape[0] != 1:
+            continue  # (a batch of one squeezed to a scalar: nothing to compare sample by sample)
         diff = mismatch(b, a[:1], scale=10, whole=True)
         if diff is not None:
             return rule.finding(

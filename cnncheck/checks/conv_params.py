@@ -31,11 +31,14 @@ def _check_conv(ctx: CheckContext, rule: Rule, module: nn.Module, name: str) -> 
         return  # placed as a conv by a plugin, with neither attributes nor a filter bank to read
     c_in, c_out, kernel = geometry
     rank = len(kernel)
-    bias = getattr(module, "bias", None)
+    bias = _conv_bias(module, found_weight[1] if found_weight else None, c_out)
     has_bias = isinstance(bias, torch.Tensor)
     expected = conv_param_formula(c_in, c_out, kernel, groups, has_bias, transposed=transposed)
     owned = {id(p): p for p in module.parameters()}
     count = sum(p.numel() for p in owned.values())
+    if found_weight is not None and id(found_weight[1]) not in owned:
+        # a reparametrized weight (weight_norm: g and v): the formula counts the filters it computes
+        count = found_weight[1].numel() + (bias.numel() if has_bias else 0)  # type: ignore[union-attr]
     shape = expected_conv_weight_shape(c_in, c_out, kernel, groups, transposed)
     title = _describe(module, c_in, c_out, kernel, groups)
     where = ctx.location_of(module)
@@ -134,6 +137,15 @@ def _declared_geometry(module: nn.Module, weight: torch.Tensor | None, groups: i
     if transposed:
         return int(first), int(second) * groups, tuple(int(k) for k in kernel)
     return int(second) * groups, int(first), tuple(int(k) for k in kernel)
+
+
+def _conv_bias(module: nn.Module, weight: torch.Tensor | None, c_out: int) -> torch.Tensor | None:
+    """``bias``, or a student's bias under a name of its own: the one other parameter, of C_out values."""
+    bias = getattr(module, "bias", None)
+    if isinstance(bias, torch.Tensor) or "bias" in vars(module).get("_parameters", {}):
+        return bias if isinstance(bias, torch.Tensor) else None
+    others = [p for p in module.parameters(recurse=False) if p is not weight]
+    return others[0] if len(others) == 1 and others[0].dim() == 1 and others[0].numel() == c_out else None
 
 
 def _stock(module: nn.Module) -> bool:

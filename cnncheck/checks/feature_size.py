@@ -249,7 +249,8 @@ def _one(values: tuple[int, ...]) -> int | tuple[int, ...]:
     return values[0] if len(set(values)) == 1 else values
 
 
-def _folded_batch(ctx: CheckContext, rule: Rule) -> Finding | None:
+def batch_fold(ctx: CheckContext) -> Node | None:
+    """The reshape that folds samples together, when the model's output lost its batch size."""
     batch = ctx.batch_size
     trace = ctx.train_trace
     outputs = [t for t in tree_flatten(trace.output)[0] if isinstance(t, torch.Tensor) and t.dim()]
@@ -259,20 +260,37 @@ def _folded_batch(ctx: CheckContext, rule: Rule) -> Finding | None:
         if node.module is not None or node.func_name not in _RESHAPES or not node.inputs or not node.outputs:
             continue
         before, after = node.inputs[0], node.outputs[0]
-        if before.dim() and before.shape[0] == batch and after.dim() and after.shape[0] != batch:
-            per_sample = before.numel() // batch
-            return rule.finding(
-                node.scope,
-                f"{node.func_name}{_args(node)} folds part of the batch into the features: "
-                f"{batch} samples of {per_sample} features become {after.shape[0]} rows of {after.shape[-1]}",
-                expected=f"batch size {batch} kept: x.flatten(1) or x.view(x.size(0), -1) gives {batch}x{per_sample}",
-                found=f"{tuple(before.shape)} -> {tuple(after.shape)}: the model's output has batch size "
-                f"{after.shape[0]}, not {batch}",
-                fix="flatten with x.flatten(1) or x.view(x.size(0), -1), and size the next Linear to the "
-                "features per sample",
-                location=node.location,
-            )
+        if before.dim() and before.shape[0] == batch and after.dim() and after.shape[0] != batch \
+                and not _merges_leading_dims(before.shape, after.shape):
+            return node
     return None
+
+
+def _merges_leading_dims(before: torch.Size, after: torch.Size) -> bool:
+    """(N, H, W, C) -> (N*H*W, C): rows of whole elements, samples kept apart (per-pixel logits for a
+    cross-entropy), unlike (N, 512) -> (2N, 256), which cuts each sample in two."""
+    return any(tuple(before[k:]) == tuple(after[1:]) and math.prod(before[:k]) == after[0]
+               for k in range(2, len(before)))
+
+
+def _folded_batch(ctx: CheckContext, rule: Rule) -> Finding | None:
+    node = batch_fold(ctx)
+    if node is None:
+        return None
+    batch = ctx.batch_size
+    before, after = node.inputs[0], node.outputs[0]
+    per_sample = before.numel() // batch
+    return rule.finding(
+        node.scope,
+        f"{node.func_name}{_args(node)} folds part of the batch into the features: "
+        f"{batch} samples of {per_sample} features become {after.shape[0]} rows of {after.shape[-1]}",
+        expected=f"batch size {batch} kept: x.flatten(1) or x.view(x.size(0), -1) gives {batch}x{per_sample}",
+        found=f"{tuple(before.shape)} -> {tuple(after.shape)}: the model's output has batch size "
+        f"{after.shape[0]}, not {batch}",
+        fix="flatten with x.flatten(1) or x.view(x.size(0), -1), and size the next Linear to the "
+        "features per sample",
+        location=node.location,
+    )
 
 
 def _args(node: Node) -> str:

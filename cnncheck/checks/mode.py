@@ -28,7 +28,11 @@ _TRAINING_ARGUMENT = {
     "alpha_dropout": (2, False),
     "feature_alpha_dropout": (2, False),
 }
-_RANDOM = frozenset({"rand", "rand_like", "bernoulli", "bernoulli_", "randn_like"})
+_RANDOM = frozenset({
+    "rand", "rand_like", "randn", "randn_like", "randint", "randint_like", "randperm", "bernoulli", "bernoulli_",
+    "normal", "normal_", "uniform_", "multinomial", "poisson", "exponential_", "geometric_", "cauchy_",
+    "log_normal_", "random_",
+})
 
 
 @dataclass(frozen=True)
@@ -82,9 +86,33 @@ def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
             reported.add(key)
             yield finding
     for node in ctx.train_trace.module_nodes(*_MODAL):
-        if node.training is False and node.name not in reported:
+        if node.training is False and node.name not in reported and not _frozen_on_purpose(ctx, node):
             reported.add(node.name)
             yield _train_finding(ctx, rule, node)
+
+
+def _frozen_on_purpose(ctx: CheckContext, node: Node) -> bool:
+    """A layer left in eval mode by a ``train()`` override that passed the mode on to the other layers
+    below it (``super().train(mode)`` then ``self.bn.eval()``: BatchNorm frozen for fine-tuning)."""
+    owner = _overriding_ancestor(ctx, ctx.modules[node.module].name)  # type: ignore[index]
+    by_name = {info.name: m for m, info in ctx.modules.items()}
+    if owner is None or owner not in by_name:
+        return False
+    # ask the override itself: with every layer below it in eval mode, does train(True) switch others on?
+    # (flags restored at once; the check's own snapshot restores anything else the override touches)
+    top = by_name[owner]
+    below = [m for m in top.modules() if m is not top]
+    flags = {m: m.training for m in top.modules()}
+    try:
+        for m in flags:
+            m.training = False
+        top.train(True)
+        return any(m.training for m in below if m is not node.module)
+    except Exception:  # the student's override raised: not a deliberate freeze we can confirm
+        return False
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
 
 
 def _eval_finding(ctx: CheckContext, rule: Rule, leak: Leak) -> Finding:
@@ -178,7 +206,16 @@ def _train_finding(ctx: CheckContext, rule: Rule, node: Node) -> Finding:
 
 
 def _train_override(ctx: CheckContext, name: str) -> str | None:
-    """The nearest ancestor (by name) whose class overrides ``train`` without calling super."""
+    """The nearest ancestor (by name) whose class overrides ``train``: its name, or its class name when it
+    is the model itself."""
+    prefix = _overriding_ancestor(ctx, name)
+    if prefix is None:
+        return None
+    return type(ctx.model).__name__ if prefix == "" else prefix
+
+
+def _overriding_ancestor(ctx: CheckContext, name: str) -> str | None:
+    """The qualified name of the nearest ancestor of ``name`` whose class overrides ``train``."""
     by_name = {info.name: m for m, info in ctx.modules.items()}
     parts = name.split(".")
     for i in range(len(parts) - 1, -1, -1):
@@ -190,7 +227,7 @@ def _train_override(ctx: CheckContext, name: str) -> str | None:
             if klass is nn.Module:
                 break
             if "train" in vars(klass):
-                return type(ancestor).__name__ if prefix == "" else prefix
+                return prefix
     return None
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
 from cnncheck.layers import LayerKind, as_tuple
-from cnncheck.probes import tolerance
+from cnncheck.probes import same_randomness, tolerance
 from cnncheck.rules import Rule
 
 
@@ -93,8 +93,7 @@ def _channel_leak(module: nn.Module, x: torch.Tensor) -> tuple[int, int] | None:
     batch = x.shape[0]
     view = [1, channels] + [1] * (x.dim() - 2)
     probes = [x] + [x + lift * m.to(x.dtype).reshape(view) for m in masks]
-    with torch.no_grad():
-        out = module(torch.cat(probes))
+    out = _run_blocks(module, probes)
     if not isinstance(out, torch.Tensor) or out.shape[0] != batch * len(probes):
         return None
     base = out[:batch]
@@ -118,20 +117,39 @@ def _source_of(module: nn.Module, x: torch.Tensor, target: int, lift: float, vie
     in batched chunks: the message must name a pair that truly leaks."""
     channels, batch = x.shape[1], x.shape[0]
     others = [c for c in range(channels) if c != target]
-    with torch.no_grad():
-        base = module(x)
-        for start in range(0, len(others), 16):
-            chunk = others[start : start + 16]
-            probes = []
-            for c in chunk:
-                bump = torch.zeros(channels, dtype=x.dtype, device=x.device)
-                bump[c] = lift
-                probes.append(x + bump.reshape(view))
-            out = module(torch.cat(probes))
-            for i, c in enumerate(chunk):
-                if bool(moved_channels(out[batch * i : batch * (i + 1)], base)[target]):
-                    return c
+    base = _run_blocks(module, [x])
+    for start in range(0, len(others), 16):
+        chunk = others[start : start + 16]
+        probes = []
+        for c in chunk:
+            bump = torch.zeros(channels, dtype=x.dtype, device=x.device)
+            bump[c] = lift
+            probes.append(x + bump.reshape(view))
+        out = _run_blocks(module, probes)
+        for i, c in enumerate(chunk):
+            if bool(moved_channels(out[batch * i : batch * (i + 1)], base)[target]):
+                return c
     return others[0]
+
+
+def _run_blocks(module: nn.Module, blocks: list[torch.Tensor]) -> object:
+    """The layer on every block, concatenated: one batched call, or one call per block with the same
+    random numbers when the layer draws them (FractionalMaxPool2d picks its regions at random per
+    sample and channel, so batched probes would differ by chance)."""
+    with torch.no_grad():
+        with same_randomness(blocks[0]):
+            first = module(blocks[0])
+        with same_randomness(blocks[0]):
+            torch.rand(1, device=blocks[0].device)  # a different draw
+            again = module(blocks[0])
+        random = isinstance(first, torch.Tensor) and isinstance(again, torch.Tensor) and not torch.equal(first, again)
+        if not random:
+            return module(torch.cat(blocks)) if len(blocks) > 1 else first
+        outs = []
+        for block in blocks:
+            with same_randomness(block):
+                outs.append(module(block))
+        return torch.cat(outs)
 
 
 HAS_PARAMETERS = Rule(

@@ -23,9 +23,12 @@ _PASS_FUNCTIONS = frozenset(
         "unsqueeze", "to", "float", "double", "half", "__getitem__", "max_pool1d", "max_pool2d",
         "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
         "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
-        "adaptive_max_pool3d", "max_pool2d_with_indices", "identity",
+        "adaptive_max_pool3d", "max_pool2d_with_indices", "identity", "interpolate", "upsample",
+        "upsample_nearest2d", "upsample_bilinear2d", "transpose", "permute", "movedim", "pixel_shuffle",
+        "channel_shuffle",
     }
 )
+_SPATIAL_REDUCTIONS = frozenset({"mean", "amax", "amin"})
 _SCALING_FUNCTIONS = frozenset({"mul", "mul_", "__mul__", "__imul__", "__rmul__", "div", "__truediv__", "__itruediv__"})
 _PASS_MODULES: tuple[type, ...] = (
     _MaxPoolNd, _AvgPoolNd, _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, nn.Identity, nn.Flatten, nn.Unflatten,
@@ -109,6 +112,8 @@ def _cancelling_sinks(ctx: CheckContext, trace: Trace, start: Node) -> list[Node
 
 def _cancels(ctx: CheckContext, node: Node) -> bool:
     if node.module is not None:
+        if isinstance(node.module, nn.GroupNorm):  # one group per channel is an InstanceNorm
+            return node.module.num_groups == node.module.num_channels
         if node.kind not in (LayerKind.BATCH_NORM, LayerKind.INSTANCE_NORM) or not node.training:
             return False
         if is_stock_batchnorm(node.module) or from_torch(node.module) or node.probe_input is None:
@@ -120,14 +125,26 @@ def _cancels(ctx: CheckContext, node: Node) -> bool:
     if node.func_name == "batch_norm":
         training = node.kwargs.get("training", node.args[5] if len(node.args) > 5 else False)
         return bool(training)
+    if node.func_name == "group_norm":
+        groups = node.kwargs.get("num_groups", node.args[1] if len(node.args) > 1 else None)
+        return bool(node.inputs) and node.inputs[0].dim() > 1 and groups == node.inputs[0].shape[1]
     return node.func_name == "instance_norm"
 
 
 def _passes_constant(node: Node) -> bool:
+    """Whether ``node`` carries a per-channel constant of its input through as a per-channel constant.
+    (A wrong yes costs nothing: every verdict is confirmed by the bias gradient being 0.)"""
     if node.module is not None:
         return isinstance(node.module, _PASS_MODULES)
     if node.func_name in _PASS_FUNCTIONS:
         return True
+    if node.func_name == "pad":  # replicated, reflected or circular borders copy the constant; zeros do not
+        return node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant") != "constant"
+    if node.func_name in _SPATIAL_REDUCTIONS:  # a mean or max over positions, not over channels
+        dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        dims = (dims,) if isinstance(dims, int) else dims
+        rank = node.inputs[0].dim() if node.inputs else 0
+        return isinstance(dims, (tuple, list)) and rank > 1 and all(d % rank != 1 for d in dims)
     return node.func_name in _SCALING_FUNCTIONS and len(node.inputs) == 1
 
 
@@ -166,8 +183,11 @@ nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU())
 nn.Sequential(nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
 nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(64))  # ReLU in between: kept
 """,
-    limits="Follows the traced dataflow: identity, max/avg pooling, reshapes, residual adds and "
-    "channel concatenation carry the constant; anything else (ReLU, dropout in training, a conv) ends "
-    "the search. A finding is confirmed numerically: the bias's gradient must be zero in train mode. "
-    "LayerNorm and GroupNorm do not cancel a per-channel constant and are never flagged.",
+    limits="Follows the traced dataflow: identity, max/avg pooling, a mean or max over positions, "
+    "reshapes, transposes, interpolation, replicate/reflect padding, residual adds and channel "
+    "concatenation carry the constant; anything else (ReLU, dropout in training, a conv, zero padding) "
+    "ends the search. A finding is confirmed numerically: the bias's gradient must be zero in train mode. "
+    "LayerNorm and GroupNorm do not cancel a per-channel constant and are not flagged, except a "
+    "GroupNorm with one group per channel, which is an InstanceNorm. A student's own norm layer counts "
+    "only if it cancels a per-channel constant on a probe input.",
 )
