@@ -59,6 +59,7 @@ class Node:
     location: str | None = None
     saved_input: torch.Tensor | None = None
     bias_grad: tuple[torch.Tensor, torch.Tensor] | None = None  # (sum, sum of |.|) per channel
+    unregistered: nn.Module | None = None  # the torch layer built in forward that made this call
 
     @property
     def is_module(self) -> bool:
@@ -150,6 +151,21 @@ def user_location() -> str | None:
         filename = frame.f_code.co_filename
         if not filename.startswith(_SKIP_DIRS) and not filename.startswith("<frozen"):
             return f"{filename}:{frame.f_lineno}"
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def calling_torch_module(known: dict[nn.Module, Any]) -> nn.Module | None:
+    """The torch module whose ``forward`` made the current functional call, when it is not one of
+    ``known``: a layer built inside ``forward`` (``nn.Dropout(0.5)(x)``), new on every call."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith(_SKIP_DIRS) and not filename.startswith("<frozen"):
+            return None  # reached the student's code without passing through a torch module
+        owner = frame.f_locals.get("self") if filename.startswith(_TORCH_DIR) else None
+        if isinstance(owner, nn.Module) and from_torch(owner):
+            return None if owner in known else owner
         frame = frame.f_back  # type: ignore[assignment]
     return None
 
@@ -306,6 +322,8 @@ class _Tracer(TorchFunctionMode):
             kwargs=kwargs,
             location=user_location(),
         )
+        if node.kind in (LayerKind.DROPOUT, LayerKind.BATCH_NORM):
+            node.unregistered = calling_torch_module(self.modules)
         self.nodes.append(node)
         self.produced(node)
         if name == "batch_norm":

@@ -230,3 +230,51 @@ class PointNetLayer(nn.Module):
 
 def test_transpose_carries_the_bias_to_the_norm() -> None:
     assert found(PointNetLayer()) == {("redundant-bias-before-bn", "lin")}
+
+
+class DropoutBuiltInForward(nn.Module):
+    """Wrong: ``nn.Dropout(0.5)(x)`` makes a new layer on every call, in training mode even after eval()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(nn.Dropout(0.5)(self.conv(x).mean((2, 3))))
+
+
+def test_a_layer_built_in_forward_is_named_as_such() -> None:
+    """Was "F.dropout(...) runs in training mode ... no training argument", which is not the code."""
+    torch.manual_seed(0)
+    report = cnncheck.check_model(DropoutBuiltInForward(), SHAPE)
+    [finding] = report.findings
+    assert finding.rule == "mode-not-propagated"
+    assert "nn.Dropout built inside DropoutBuiltInForward.forward is a new layer on every call" in finding.message
+    assert "create it once in __init__" in finding.fix
+    assert finding.location.endswith(f"{__file__}:{DropoutBuiltInForward.forward.__code__.co_firstlineno + 1}")
+
+
+class FlattenZero(nn.Module):
+    """Wrong: ``flatten(0)`` flattens the batch too; ``in_features`` sized per sample (the forward
+    raises) or "fixed" to the whole batch (it runs, with every sample folded into one row)."""
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, stride=2)
+        self.fc = nn.Linear(in_features, 10)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).flatten(0))
+
+
+def test_flatten_zero_is_explained_as_a_flattened_batch() -> None:
+    """Was "fc expects 256 = 4*8*8 input features but gets 1024 = 4*8*8", blaming the conv, with the
+    fix "set in_features=1024" (which folds the whole batch into one row)."""
+    torch.manual_seed(0)
+    [per_sample] = cnncheck.check_model(FlattenZero(256), SHAPE).findings
+    assert (per_sample.rule, per_sample.module) == ("feature-size-mismatch", "fc")
+    assert per_sample.message == ("flatten(0) flattens the batch into the features: fc gets one vector of "
+                                  "1024 = 4 samples x 256 features")
+    assert "x.flatten(1)" in per_sample.fix and "in_features=1024" not in per_sample.fix
+    assert found(FlattenZero(1024)) == {("feature-size-mismatch", "")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,6 +71,10 @@ def _explain_failure(ctx: CheckContext, rule: Rule) -> Finding | None:
         return None
     x, source = failed.inputs[0], failed.sources[0]
     name = function_name(failed.func) if failed.func is not None else ""
+    linear_failed = name == "linear" or (failed.func is None and failed.module is not None
+                                         and ctx.modules[failed.module].kind is LayerKind.LINEAR)
+    if linear_failed and x.dim() == 1 and ctx.batch_size > 1 and x.numel() % ctx.batch_size == 0:
+        return _batch_flattened(ctx, rule, failed, x, source)
     if failed.func is None and failed.module is not None and ctx.modules[failed.module].kind is LayerKind.LINEAR:
         expected = getattr(failed.module, "in_features", None)
         linear_name = ctx.modules[failed.module].name
@@ -93,6 +98,25 @@ def _explain_failure(ctx: CheckContext, rule: Rule) -> Finding | None:
             return _mismatch(ctx, rule, target, linear, requested[1], per_sample, source, failed.location,
                              via=f"{name}(-1, {requested[1]})")
     return None
+
+
+def _batch_flattened(ctx: CheckContext, rule: Rule, failed: Any, x: torch.Tensor, source: Source) -> Finding:
+    """``x.flatten(0)`` or ``x.view(-1)``: the whole batch became one vector before a Linear."""
+    batch, per_sample = ctx.batch_size, x.numel() // ctx.batch_size
+    target = ctx.modules[failed.module].name if failed.module is not None and failed.func is None else (
+        ctx.name_of(ctx.model) if failed.module is None else ctx.modules[failed.module].name)
+    culprit = next((n for n in _chain(source) if n.module is None and n.func_name in _RESHAPES
+                    and n.inputs and n.inputs[0].dim() > 1 and n.inputs[0].shape[0] == batch), None)
+    how = f"{culprit.func_name}{_args(culprit)} " if culprit is not None else ""
+    return rule.finding(
+        target,
+        f"{how}flattens the batch into the features: {target or ctx.model_name} gets one vector of "
+        f"{x.numel()} = {batch} samples x {per_sample} features",
+        expected=f"an input of shape ({batch}, {per_sample}): one row per sample",
+        found=f"an input of shape ({x.numel()},)",
+        fix="flatten from dim 1: x.flatten(1), torch.flatten(x, 1) or x.view(x.size(0), -1) keep the batch",
+        location=culprit.location if culprit is not None else failed.location,
+    )
 
 
 def _mismatch(ctx: CheckContext, rule: Rule, target: str, linear: nn.Module | None, expected: int, found: int,
@@ -280,10 +304,11 @@ def _folded_batch(ctx: CheckContext, rule: Rule) -> Finding | None:
     batch = ctx.batch_size
     before, after = node.inputs[0], node.outputs[0]
     per_sample = before.numel() // batch
+    rows = f"one vector of {after.numel()}" if after.dim() == 1 else f"{after.shape[0]} rows of {after.shape[-1]}"
     return rule.finding(
         node.scope,
         f"{node.func_name}{_args(node)} folds part of the batch into the features: "
-        f"{batch} samples of {per_sample} features become {after.shape[0]} rows of {after.shape[-1]}",
+        f"{batch} samples of {per_sample} features become {rows}",
         expected=f"batch size {batch} kept: x.flatten(1) or x.view(x.size(0), -1) gives {batch}x{per_sample}",
         found=f"{tuple(before.shape)} -> {tuple(after.shape)}: the model's output has batch size "
         f"{after.shape[0]}, not {batch}",

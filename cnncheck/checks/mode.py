@@ -126,6 +126,17 @@ def _eval_finding(ctx: CheckContext, rule: Rule, leak: Leak) -> Finding:
             fix="apply the mask only `if self.training`, e.g. F.dropout(x, self.p, self.training)",
             location=ctx.location_of(node.module),  # type: ignore[arg-type]
         )
+    if leak.reason == "functional" and node.unregistered is not None:
+        layer = type(node.unregistered).__name__
+        return rule.finding(
+            node.scope,
+            f"an nn.{layer} built inside {node.scope or ctx.model_name}.forward is a new layer on every call, "
+            f"always in training mode: model.eval() never reaches it",
+            expected=f"one nn.{layer} registered in __init__, switched by model.train()/model.eval()",
+            found=f"nn.{layer}(...) created during forward (training=True)",
+            fix=f"create it once in __init__ (self.layer = nn.{layer}(...)) and call self.layer(x) in forward",
+            location=node.location,
+        )
     if leak.reason == "functional":
         return rule.finding(
             node.scope,
