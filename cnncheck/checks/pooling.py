@@ -176,7 +176,9 @@ class MyPool(nn.Module):
 """,
     clean_example="self.pool = nn.MaxPool2d(kernel_size=2, stride=2)",
     limits="A hand-written pooling layer is recognised by a `kernel_size` or `output_size` attribute "
-    "without `in_channels`.",
+    "without `in_channels`, even with child modules (a pool built from a conv is a disguised conv). So a "
+    "conv block that stores only `self.kernel_size` is taken for a pool: store its `in_channels` and "
+    "`out_channels` too, or ignore the rule for that module (`pool-has-parameters:block`).",
 )
 
 MIXES_CHANNELS = Rule(
