@@ -278,3 +278,24 @@ def test_flatten_zero_is_explained_as_a_flattened_batch() -> None:
                                   "1024 = 4 samples x 256 features")
     assert "x.flatten(1)" in per_sample.fix and "in_features=1024" not in per_sample.fix
     assert found(FlattenZero(1024)) == {("feature-size-mismatch", "")}
+
+
+class ConvWithoutPadding(nn.Module):
+    """Wrong: a 5x5 conv without padding shrinks 32 to 28, so the pooled map is 14x14, not 16x16."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 5)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(8 * 16 * 16, 10)
+
+    def forward(self, x):
+        return self.fc(self.pool(F.relu(self.conv(x))).flatten(1))
+
+
+def test_a_conv_without_padding_is_blamed_not_the_pool() -> None:
+    """Was "pool MaxPool2d(2) turns 28x28 into 14x14": the pool is right, the conv lost 4 pixels."""
+    torch.manual_seed(0)
+    [finding] = cnncheck.check_model(ConvWithoutPadding(), (4, 3, 32, 32)).findings
+    assert finding.message.endswith("conv Conv2d(3, 8, kernel_size=5) turns 32x32 into 28x28, and the map reaches 14x14")
+    assert finding.fix.startswith("conv Conv2d(3, 8, kernel_size=5) with padding=2 instead of 0 would keep its input size")

@@ -209,7 +209,8 @@ def _geometry(node: Node) -> Geometry | None:
 
 
 def _blame(chain: list[Node], geometries: list[Geometry], side: int, label: str) -> tuple[Geometry | None, str]:
-    """The layer whose stride, set as a pooling layer usually has it, makes the map ``side`` wide."""
+    """The layer whose stride, set as a pooling layer usually has it, or else whose padding, set to keep
+    the size ("same" padding), makes the map ``side`` wide."""
     first = next((n for n in chain if n.inputs and n.inputs[0].dim() >= 4), None)
     if first is None:
         return None, ""
@@ -227,6 +228,17 @@ def _blame(chain: list[Node], geometries: list[Geometry], side: int, label: str)
                     f"{geometry.label()} with stride={stride} instead of {geometry.stride[0]} would give "
                     f"the {side}x{side} map that {label} expects"
                 )
+    for index, geometry in enumerate(geometries):
+        same = geometry.dilation[0] * (geometry.kernel[0] - 1) // 2
+        if geometry.adaptive is not None or geometry.node.kind is not LayerKind.CONV or same == geometry.padding[0]:
+            continue
+        trial = list(geometries)
+        trial[index] = replace(geometry, padding=(same,) * len(geometry.padding))
+        if _run(trial, start) == side:
+            return geometry, (
+                f"{geometry.label()} with padding={same} instead of {geometry.padding[0]} would keep its "
+                f"input size and give the {side}x{side} map that {label} expects"
+            )
     return None, ""
 
 
