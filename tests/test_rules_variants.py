@@ -299,3 +299,28 @@ def test_a_conv_without_padding_is_blamed_not_the_pool() -> None:
     [finding] = cnncheck.check_model(ConvWithoutPadding(), (4, 3, 32, 32)).findings
     assert finding.message.endswith("conv Conv2d(3, 8, kernel_size=5) turns 32x32 into 28x28, and the map reaches 14x14")
     assert finding.fix.startswith("conv Conv2d(3, 8, kernel_size=5) with padding=2 instead of 0 would keep its input size")
+
+
+class FunctionalDropout(nn.Module):
+    """``drop`` is the dropout call its forward makes."""
+
+    def __init__(self, drop) -> None:
+        super().__init__()
+        self.drop = drop
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.drop(self, self.conv(x).mean((2, 3))))
+
+
+@pytest.mark.parametrize(("drop", "never_on"), [
+    pytest.param(lambda self, y: F.dropout(y, 0.5, training=False), True, id="training-False"),
+    pytest.param(lambda self, y: F.alpha_dropout(y, 0.2), True, id="alpha-dropout-default-off"),
+    pytest.param(lambda self, y: F.dropout(y, 0.5, training=self.training), False, id="mode-aware"),
+    pytest.param(lambda self, y: F.dropout(y, 0.0, training=False), False, id="rate-0"),
+])
+def test_a_functional_dropout_that_is_never_on(drop, never_on: bool) -> None:
+    """Was missed: model.train() cannot switch on a dropout whose training argument is False."""
+    expected = {("mode-not-propagated", "")} if never_on else set()
+    assert found(FunctionalDropout(drop)) == expected

@@ -89,6 +89,28 @@ def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         if node.training is False and node.name not in reported and not _frozen_on_purpose(ctx, node):
             reported.add(node.name)
             yield _train_finding(ctx, rule, node)
+    for node in ctx.train_trace.nodes:
+        if _dropout_never_on(node) and (node.location or node.scope) not in reported:
+            reported.add(node.location or node.scope)
+            yield rule.finding(
+                node.scope,
+                f"F.{node.func_name}(...) in {node.scope or ctx.model_name}.forward never drops: its training "
+                f"argument is False, so model.train() cannot switch it on",
+                expected=f"F.{node.func_name}(..., training=self.training)",
+                found="training=False" if _mentions_training(node.location)
+                else f"no training argument (F.{node.func_name} defaults to training=False)",
+                fix="pass training=self.training, or use an nn.Dropout layer registered in __init__",
+                location=node.location,
+            )
+
+
+def _dropout_never_on(node: Node) -> bool:
+    """A functional dropout with a drop rate that is off even in train mode. (A batch_norm call with
+    training=False in train mode is a frozen BatchNorm by design, FrozenBatchNorm2d for one.)"""
+    if node.module is not None or not node.func_name.endswith("dropout") or node.func_name not in _TRAINING_ARGUMENT:
+        return False
+    rate = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
+    return isinstance(rate, (int, float)) and rate > 0 and not _functional_training(node)
 
 
 def _frozen_on_purpose(ctx: CheckContext, node: Node) -> bool:
@@ -284,4 +306,9 @@ self.bns = nn.ModuleList(nn.BatchNorm2d(c) for c in channels)
 ...
 x = F.dropout(x, 0.5, training=self.training)
 """,
+    limits="Also flagged: a layer built inside forward (`nn.Dropout(0.5)(x)`, new and in training mode on "
+    "every call), random ops (`torch.randn`, `rand_like`, ...) in the eval pass, and a functional dropout "
+    "whose training argument is False, which model.train() cannot switch on. Not flagged: a layer that a "
+    "`train()` override puts in eval mode after calling `super().train(mode)` (a BatchNorm frozen for "
+    "fine-tuning), and `F.batch_norm(..., training=False)` in train mode (a frozen BatchNorm).",
 )
