@@ -324,3 +324,13 @@ def test_a_functional_dropout_that_is_never_on(drop, never_on: bool) -> None:
     """Was missed: model.train() cannot switch on a dropout whose training argument is False."""
     expected = {("mode-not-propagated", "")} if never_on else set()
     assert found(FunctionalDropout(drop)) == expected
+
+
+def test_a_mismatch_after_an_adaptive_pool_is_explained() -> None:
+    """Found by the seeded fuzz after the padding blame above: an adaptive pool's geometry has no
+    kernel, and trying its 'same' padding crashed the explanation (the report became a CheckError)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(8 * 3 * 3, 10))
+    report = cnncheck.check_model(model, SHAPE)
+    assert report.crashes == []
+    assert [(f.rule, f.module) for f in report.findings] == [("feature-size-mismatch", "3")]

@@ -229,8 +229,11 @@ def _blame(chain: list[Node], geometries: list[Geometry], side: int, label: str)
                     f"the {side}x{side} map that {label} expects"
                 )
     for index, geometry in enumerate(geometries):
+        if geometry.adaptive is not None or geometry.node.kind is not LayerKind.CONV or not (
+                geometry.kernel and geometry.dilation and geometry.padding):
+            continue
         same = geometry.dilation[0] * (geometry.kernel[0] - 1) // 2
-        if geometry.adaptive is not None or geometry.node.kind is not LayerKind.CONV or same == geometry.padding[0]:
+        if same == geometry.padding[0]:
             continue
         trial = list(geometries)
         trial[index] = replace(geometry, padding=(same,) * len(geometry.padding))
