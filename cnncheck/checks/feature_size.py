@@ -215,29 +215,26 @@ def _blame(chain: list[Node], geometries: list[Geometry], side: int, label: str)
     if first is None:
         return None, ""
     start = int(first.inputs[0].shape[2])
+
+    def fits(index: int, **change: tuple[int, ...]) -> bool:
+        trial = list(geometries)
+        trial[index] = replace(geometries[index], **change)
+        return _run(trial, start) == side
+
     for index, geometry in enumerate(geometries):
         if geometry.adaptive is not None:
             continue
         for stride in dict.fromkeys([geometry.kernel[0], 2, 1]):
-            if stride == geometry.stride[0]:
-                continue
-            trial = list(geometries)
-            trial[index] = replace(geometry, stride=(stride,) * len(geometry.stride))
-            if _run(trial, start) == side:
+            if stride != geometry.stride[0] and fits(index, stride=(stride,) * len(geometry.stride)):
                 return geometry, (
                     f"{geometry.label()} with stride={stride} instead of {geometry.stride[0]} would give "
                     f"the {side}x{side} map that {label} expects"
                 )
     for index, geometry in enumerate(geometries):
-        if geometry.adaptive is not None or geometry.node.kind is not LayerKind.CONV or not (
-                geometry.kernel and geometry.dilation and geometry.padding):
+        if geometry.adaptive is not None or geometry.node.kind is not LayerKind.CONV or not geometry.kernel:
             continue
         same = geometry.dilation[0] * (geometry.kernel[0] - 1) // 2
-        if same == geometry.padding[0]:
-            continue
-        trial = list(geometries)
-        trial[index] = replace(geometry, padding=(same,) * len(geometry.padding))
-        if _run(trial, start) == side:
+        if same != geometry.padding[0] and fits(index, padding=(same,) * len(geometry.padding)):
             return geometry, (
                 f"{geometry.label()} with padding={same} instead of {geometry.padding[0]} would keep its "
                 f"input size and give the {side}x{side} map that {label} expects"

@@ -92,16 +92,22 @@ def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
     for node in ctx.train_trace.nodes:
         if _dropout_never_on(node) and (node.location or node.scope) not in reported:
             reported.add(node.location or node.scope)
-            yield rule.finding(
-                node.scope,
-                f"F.{node.func_name}(...) in {node.scope or ctx.model_name}.forward never drops: its training "
-                f"argument is False, so model.train() cannot switch it on",
-                expected=f"F.{node.func_name}(..., training=self.training)",
-                found="training=False" if _mentions_training(node.location)
-                else f"no training argument (F.{node.func_name} defaults to training=False)",
-                fix="pass training=self.training, or use an nn.Dropout layer registered in __init__",
-                location=node.location,
-            )
+            yield _fixed_training(ctx, rule, node, False, "never drops: its training argument is False, so "
+                                  "model.train() cannot switch it on",
+                                  "pass training=self.training, or use an nn.Dropout layer registered in __init__")
+
+
+def _fixed_training(ctx: CheckContext, rule: Rule, node: Node, value: bool, effect: str, fix: str) -> Finding:
+    """A functional call whose ``training`` argument is fixed to ``value``, written or by default."""
+    return rule.finding(
+        node.scope,
+        f"F.{node.func_name}(...) in {node.scope or ctx.model_name}.forward {effect}",
+        expected=f"F.{node.func_name}(..., training=self.training)",
+        found=f"training={value}" if _mentions_training(node.location)
+        else f"no training argument (F.{node.func_name} defaults to training={value})",
+        fix=fix,
+        location=node.location,
+    )
 
 
 def _dropout_never_on(node: Node) -> bool:
@@ -160,15 +166,8 @@ def _eval_finding(ctx: CheckContext, rule: Rule, leak: Leak) -> Finding:
             location=node.location,
         )
     if leak.reason == "functional":
-        return rule.finding(
-            node.scope,
-            f"F.{node.func_name}(...) in {node.scope or ctx.model_name}.forward runs in training mode even after model.eval()",
-            expected=f"F.{node.func_name}(..., training=self.training)",
-            found="training=True" if _mentions_training(node.location)
-            else f"no training argument (F.{node.func_name} defaults to training=True)",
-            fix="pass training=self.training so that model.eval() switches it off",
-            location=node.location,
-        )
+        return _fixed_training(ctx, rule, node, True, "runs in training mode even after model.eval()",
+                               "pass training=self.training so that model.eval() switches it off")
     if leak.reason == "random":
         return rule.finding(
             node.scope,
