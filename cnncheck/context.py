@@ -7,7 +7,6 @@ eval-mode forward, and an eval forward of one sample.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,10 +150,6 @@ class CheckContext:
         if key not in self._cache:
             self._cache[key] = compute()
         return self._cache[key]
-
-    def isolated(self, module: nn.Module) -> nn.Module:
-        """A private copy of one layer for probing: its buffers may change, the model's may not."""
-        return copy.deepcopy(module)
 
 
 def _leaves(obj: Any) -> list[torch.Tensor]:

@@ -74,9 +74,14 @@ def classify(module: nn.Module, pm: Any = None, problems: list[Any] | None = Non
         return LayerKind.LINEAR
     if isinstance(module, nn.Identity):
         return LayerKind.IDENTITY
-    if type(module).__module__.startswith("torch."):
+    if from_torch(module):
         return LayerKind.OTHER  # MaxUnpool2d, Fold, Upsample...: torch's own, not a student's pool or conv
     return _duck_type(module)
+
+
+def from_torch(module: nn.Module) -> bool:
+    """A module class of torch itself (its behaviour is torch's, not the student's)."""
+    return type(module).__module__.startswith("torch.")
 
 
 def _duck_type(module: nn.Module) -> LayerKind:

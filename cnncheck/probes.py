@@ -1,7 +1,8 @@
 """Numeric probes of single layers against the ``torch.nn.functional`` references.
 
-A probe runs one layer alone, on the input it received in the traced forward, usually on a private
-copy (``copy.deepcopy``, like ``CheckContext.isolated``) so that its buffers can be set to telling values.
+A probe runs one layer alone, on the input it received in the traced forward or on a synthetic input
+of its shape, always on a private copy (``copy.deepcopy``) so that its buffers can be set to telling
+values and the model's stay as they are.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -125,18 +126,6 @@ def is_stock_batchnorm(module: nn.Module) -> bool:
     return isinstance(module, _BatchNorm) and type(module).forward is _BatchNorm.forward
 
 
-@dataclass
-class NormProbe:
-    """What one BatchNorm-like layer does, measured."""
-
-    channels: int
-    reduction: tuple[int, ...] | None = None  # dims the statistics are taken over in train mode
-    per_channel: bool = True
-    train_problems: list[str] = field(default_factory=list)
-    frozen: bool = False
-    eval_problems: list[str] = field(default_factory=list)
-
-
 @contextmanager
 def same_randomness(x: torch.Tensor) -> Iterator[None]:
     """The same random numbers (dropout masks, if a layer draws any) in every probe call on ``x``'s
@@ -144,6 +133,21 @@ def same_randomness(x: torch.Tensor) -> Iterator[None]:
     with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
         torch.manual_seed(11)
         yield
+
+
+def _fresh_train_call(module: nn.Module, inp: torch.Tensor, dtype: torch.dtype | None = None,
+                      neutral_affine: bool = False) -> Any:
+    """One train-mode call of a fresh copy of ``module`` (buffers untouched by earlier probe calls),
+    with the same random numbers as every other probe call; gamma=1 and beta=0 if ``neutral_affine``."""
+    layer = copy.deepcopy(module).train()
+    if dtype is not None:
+        layer = layer.to(dtype)
+    with torch.no_grad(), same_randomness(inp):
+        if neutral_affine:
+            for affine, neutral in zip(affine_parameters(layer, inp.shape[1]), (1.0, 0.0)):
+                if affine is not None and affine.is_floating_point():
+                    affine.fill_(neutral)
+        return layer(inp)
 
 
 def statistics_dims(module: nn.Module, x: torch.Tensor) -> tuple[int, ...] | None:
@@ -172,12 +176,8 @@ def statistics_dims(module: nn.Module, x: torch.Tensor) -> tuple[int, ...] | Non
     def run(push: float) -> torch.Tensor | None:
         inp = probe.clone()
         inp[where] += push
-        layer = copy.deepcopy(module).to(compute).train()  # fresh buffers for each call
-        with torch.no_grad(), same_randomness(x):
-            for affine, neutral in zip(affine_parameters(layer, x.shape[1]), (1.0, 0.0)):
-                if affine is not None and affine.is_floating_point():
-                    affine.fill_(neutral)  # a negative beta would let a ReLU after it hide what moved
-            out = layer(inp)
+        # neutral gamma and beta: a negative beta would let a ReLU after the normalisation hide what moved
+        out = _fresh_train_call(module, inp, dtype=compute, neutral_affine=True)
         return out.double() if isinstance(out, torch.Tensor) and out.shape == x.shape else None
 
     base = run(0.0)
@@ -209,11 +209,7 @@ def cancels_channel_constant(module: nn.Module, x: torch.Tensor) -> bool:
     shift = (torch.randn([1, x.shape[1]] + [1] * (x.dim() - 2), generator=generator, dtype=torch.float64)
              * 2).to(x)
 
-    def run(inp: torch.Tensor) -> Any:
-        with torch.no_grad(), same_randomness(x):
-            return copy.deepcopy(module).train()(inp)
-
-    base, shifted = run(probe), run(probe + shift)
+    base, shifted = _fresh_train_call(module, probe), _fresh_train_call(module, probe + shift)
     if not isinstance(base, torch.Tensor) or not isinstance(shifted, torch.Tensor):
         return True
     return mismatch(shifted, base, scale=10) is None
@@ -262,8 +258,8 @@ def _eps(layer: nn.Module) -> float:
     return 1e-5
 
 
-def train_problems(module: nn.Module, x: torch.Tensor) -> tuple[list[str], bool]:
-    """Problems of a per-channel norm layer in train mode, and whether it is frozen by design."""
+def train_problems(module: nn.Module, x: torch.Tensor) -> list[str]:
+    """Problems of a per-channel norm layer in train mode (none for one frozen by design)."""
     channels = x.shape[1]
     layer = copy.deepcopy(module).train()
     generator = torch.Generator().manual_seed(7)
@@ -303,7 +299,7 @@ def train_problems(module: nn.Module, x: torch.Tensor) -> tuple[list[str], bool]
                 torch.equal(layer._buffers[n].detach(), s) for n, s in zip(names, stats)  # type: ignore[union-attr]
             )
             if unchanged:
-                return [], True
+                return []  # frozen: fixed statistics, never updated
             problems.append(
                 "in train mode it normalises with its running statistics (while also updating "
                 "them); it must use the batch's per-channel mean and variance"
@@ -332,7 +328,7 @@ def train_problems(module: nn.Module, x: torch.Tensor) -> tuple[list[str], bool]
         problems.extend(_update_problems(module, layer, xp if normalised is None else normalised, stats, eps))
     if tracked is not None and int(tracked) != 6:
         problems.append(f"num_batches_tracked went from 5 to {int(tracked)} after one batch; expected 6")
-    return problems, False
+    return problems
 
 
 def _update_problems(

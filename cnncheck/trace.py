@@ -21,7 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from cnncheck.layers import LayerKind, classify
+from cnncheck.layers import LayerKind, classify, from_torch
 
 Source = Union["Node", str]
 """Where a tensor came from: the node that produced it, or ``input:I``, ``param:NAME``,
@@ -196,15 +196,10 @@ def module_inventory(model: nn.Module, pm: Any = None, problems: list[Any] | Non
     return inventory
 
 
-def from_torch(module: nn.Module) -> bool:
-    """A module class of torch itself (its behaviour is torch's, not the student's)."""
-    return type(module).__module__.startswith("torch.")
-
-
 def _torch_leaf(module: nn.Module) -> bool:
     """torch's own childless modules (ReLU, Flatten, ...) are one node each; a student's own
     unclassified module is traced inside, so functional convs and norms in it are seen."""
-    return type(module).__module__.startswith("torch.") and not any(True for _ in module.children())
+    return from_torch(module) and not any(True for _ in module.children())
 
 
 def _container_items(value: Any) -> list[tuple[str, Any]]:

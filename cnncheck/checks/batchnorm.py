@@ -167,7 +167,7 @@ def check_train(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
             continue
         if is_stock_batchnorm(module) or not _per_channel_shapes(module, x) or not _is_per_channel(ctx, node):
             continue
-        problems, _frozen = train_problems(module, x)
+        problems = train_problems(module, x)
         for problem in problems:
             yield rule.finding(node.name, f"{type(module).__name__} in train mode: {problem}",
                                location=ctx.location_of(module))

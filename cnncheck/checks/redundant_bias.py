@@ -10,10 +10,10 @@ from torch.nn.modules.pooling import _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, _Av
 
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
-from cnncheck.layers import LayerKind, layer_label
+from cnncheck.layers import LayerKind, from_torch, layer_label
 from cnncheck.probes import cancels_channel_constant, is_stock_batchnorm
 from cnncheck.rules import Rule
-from cnncheck.trace import Node, Trace, from_torch
+from cnncheck.trace import Node, Trace
 
 # Ops that carry a per-channel constant through as a constant (so a mean subtraction still removes it).
 _PASS_FUNCTIONS = frozenset(
