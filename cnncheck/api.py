@@ -17,7 +17,15 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from cnncheck.context import CheckContext
 from cnncheck.findings import Report, RuleCrash
-from cnncheck.plugins import PluginProblem, all_rules, call_each, first_result, plugin_manager, registered
+from cnncheck.plugins import (
+    PluginProblem,
+    all_rules,
+    call_each,
+    first_result,
+    plugin_kind,
+    plugin_manager,
+    registered,
+)
 from cnncheck.preserve import preserved, preserved_global_state
 from cnncheck.rules import matches, select_rules
 from cnncheck.trace import module_inventory
@@ -84,7 +92,7 @@ def _check(model: nn.Module, example_input: Any, device: str | torch.device | No
 
     with preserved_global_state(), contextlib.ExitStack() as stack:
         work = model if target == home else copy.deepcopy(model).to(target)
-        modules = module_inventory(work, pm, problems)
+        modules = module_inventory(work, lambda module: plugin_kind(pm, problems, module))
         stack.enter_context(preserved(modules))
         ctx = CheckContext(model=work, user_model=model, inputs=args, kwargs=kwargs, modules=modules, pm=pm)
         _ = ctx.train_trace  # every rule needs to know whether forward runs at all

@@ -41,23 +41,10 @@ _POOL_BASES: tuple[type, ...] = (
 )
 
 
-def classify(module: nn.Module, pm: Any = None, problems: list[Any] | None = None) -> LayerKind:
-    """The kind of ``module``: a plugin's answer first, then torch's base classes, then duck typing.
-
-    A plugin that raises or answers something that is not a kind is recorded in ``problems`` and
-    ignored."""
-    if pm is not None:
-        from cnncheck.plugins import PluginProblem, call_each
-
-        problems = [] if problems is None else problems
-        for plugin, answer in call_each(pm, "cnncheck_classify_module", problems, module=module):
-            if answer is None:
-                continue
-            try:
-                return LayerKind(answer)
-            except ValueError:
-                problems.append(PluginProblem(plugin, "cnncheck_classify_module",
-                                              f"returned {answer!r}, which is not a cnncheck.LayerKind"))
+def classify(module: nn.Module) -> LayerKind:
+    """The kind of ``module`` before it runs: torch's base classes, then duck typing. For a module
+    that is not torch's own, the ops it runs decide later (``cnncheck.recognize``); a plugin's answer
+    (``cnncheck_classify_module``) overrides both and is handed in by the caller."""
     if isinstance(module, conv._ConvNd):
         return LayerKind.CONV
     if isinstance(module, _POOL_BASES):
@@ -79,9 +66,21 @@ def classify(module: nn.Module, pm: Any = None, problems: list[Any] | None = Non
     return _duck_type(module)
 
 
+_IMPLEMENTATION = ("forward", "_conv_forward")
+
+
 def from_torch(module: nn.Module) -> bool:
-    """A module class of torch itself (its behaviour is torch's, not the student's)."""
-    return type(module).__module__.startswith("torch.")
+    """Whether ``module`` runs torch's own code: its ``forward`` (and a conv's ``_conv_forward``) is
+    defined by torch, as in ``nn.Conv2d`` or a subclass that only changes ``__init__``. timm's
+    ``StdConv2d`` or ``BatchNormAct2d`` subclass torch's layers but run their own forward: they are
+    traced inside and recognised by the ops they run. The one predicate for "torch's own"."""
+    klass = type(module)
+    for method in _IMPLEMENTATION:
+        owner = next((k for k in klass.__mro__ if method in vars(k)), None)
+        if owner is not None and not owner.__module__.startswith("torch."):
+            return False
+    return klass.__module__.startswith("torch.") or any(
+        k.__module__.startswith("torch.nn.modules.") for k in klass.__mro__[1:] if k is not nn.Module)
 
 
 def _duck_type(module: nn.Module) -> LayerKind:

@@ -171,3 +171,19 @@ def all_rules(pm: pluggy.PluginManager | None = None, problems: list[PluginProbl
     if strict and problems:
         raise TypeError("; ".join(str(p) for p in problems))
     return list(rules.values())
+
+
+def plugin_kind(pm: pluggy.PluginManager, problems: list[PluginProblem], module: Any) -> Any:
+    """A plugin's ``cnncheck_classify_module`` answer for ``module`` as a ``LayerKind``, or None. An
+    answer that is not a kind is recorded in ``problems`` and ignored."""
+    from cnncheck.layers import LayerKind
+
+    for plugin, answer in call_each(pm, "cnncheck_classify_module", problems, module=module):
+        if answer is None:
+            continue
+        try:
+            return LayerKind(answer)
+        except ValueError:
+            problems.append(PluginProblem(plugin, "cnncheck_classify_module",
+                                          f"returned {answer!r}, which is not a cnncheck.LayerKind"))
+    return None

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from cnncheck.layers import affine_parameters, running_buffers
+from cnncheck.layers import affine_parameters, from_torch, running_buffers
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +123,7 @@ def matches_normalisation(y: torch.Tensor, normalise: Any, x: torch.Tensor, eps:
 
 def is_stock_batchnorm(module: nn.Module) -> bool:
     """A torch BatchNorm whose ``forward`` is torch's own: correct by construction, no probe needed."""
-    return isinstance(module, _BatchNorm) and type(module).forward is _BatchNorm.forward
+    return isinstance(module, _BatchNorm) and from_torch(module)
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Union
 
 import torch
@@ -22,6 +22,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from cnncheck.layers import LayerKind, classify, from_torch
+from cnncheck.ops import BIASED_FUNCTIONS, batch_norm_arguments, function_kind
+from cnncheck.recognize import layer_bias, own_tensor_names, recognize
 
 Source = Union["Node", str]
 """Where a tensor came from: the node that produced it, or ``input:I``, ``param:NAME``,
@@ -38,6 +40,8 @@ class ModuleInfo:
     kind: LayerKind
     hidden: bool  # kept in a plain list/dict/tuple attribute: invisible to named_modules()
     atomic: bool  # one node in the graph; the ops inside are its implementation
+    decided: bool = False  # kind and atomic come from the ops it ran (see cnncheck.recognize)
+    evidence: str = ""  # what decided its kind
 
 
 @dataclass(eq=False)
@@ -60,6 +64,7 @@ class Node:
     saved_input: torch.Tensor | None = None
     bias_grad: tuple[torch.Tensor, torch.Tensor] | None = None  # (sum, sum of |.|) per channel
     unregistered: nn.Module | None = None  # the torch layer built in forward that made this call
+    inner: list[Node] = field(default_factory=list)  # the ops a layer that is not torch's own ran inside
 
     @property
     def is_module(self) -> bool:
@@ -170,9 +175,11 @@ def calling_torch_module(known: dict[nn.Module, Any]) -> nn.Module | None:
     return None
 
 
-def module_inventory(model: nn.Module, pm: Any = None, problems: list[Any] | None = None) -> dict[nn.Module, ModuleInfo]:
+def module_inventory(model: nn.Module, placed: Callable[[nn.Module], LayerKind | None] | None = None,
+                     ) -> dict[nn.Module, ModuleInfo]:
     """Every module reachable from ``model``: registered ones by their qualified names, and those
     kept in plain lists, tuples or dicts (which ``model.train()`` never reaches) as ``parent.attr[i]``.
+    ``placed`` gives a plugin's kind for a module, which then stands whatever the module runs.
     """
     inventory: dict[nn.Module, ModuleInfo] = {}
 
@@ -180,9 +187,11 @@ def module_inventory(model: nn.Module, pm: Any = None, problems: list[Any] | Non
         for name, sub in module.named_modules(prefix=prefix):
             if sub in inventory:
                 continue
-            kind = classify(sub, pm, problems)
+            answer = placed(sub) if placed is not None else None
+            kind = answer or classify(sub)
             atomic = kind is not LayerKind.OTHER or _torch_leaf(sub)
-            inventory[sub] = ModuleInfo(name, kind, hidden, atomic)
+            inventory[sub] = ModuleInfo(name, kind, hidden, atomic, decided=answer is not None,
+                                        evidence="a plugin's cnncheck_classify_module" if answer else "")
         for name, sub in list(module.named_modules(prefix=prefix)):
             for attr, value in vars(sub).items():
                 if attr.startswith("_"):
@@ -200,6 +209,10 @@ def _torch_leaf(module: nn.Module) -> bool:
     """torch's own childless modules (ReLU, Flatten, ...) are one node each; a student's own
     unclassified module is traced inside, so functional convs and norms in it are seen."""
     return from_torch(module) and not any(True for _ in module.children())
+
+
+def _has_children(module: nn.Module) -> bool:
+    return any(True for _ in module.children())
 
 
 def _container_items(value: Any) -> list[tuple[str, Any]]:
@@ -231,12 +244,6 @@ class _Frame:
     batch_norm: Node | None = None  # its call of torch's batch_norm with its own running statistics
 
 
-def _provisional(module: nn.Module, info: ModuleInfo) -> bool:
-    """A student's own BatchNorm-like layer (not torch's): one node, unless it turns out to be a block
-    around torch's ``batch_norm`` (see ``_Tracer._is_block``)."""
-    return info.kind is LayerKind.BATCH_NORM and not isinstance(module, _BatchNorm)
-
-
 class _Tracer(TorchFunctionMode):
     def __init__(
         self,
@@ -258,6 +265,9 @@ class _Tracer(TorchFunctionMode):
             for bname, b in module.named_buffers(recurse=False):
                 if b is not None:
                     self.named.setdefault(id(b), f"buffer:{_join(info.name, bname)}")
+            for aname, value in vars(module).items():
+                if isinstance(value, torch.Tensor) and not aname.startswith("_"):
+                    self.named.setdefault(id(value), f"attr:{_join(info.name, aname)}")
         self.inputs: dict[int, str] = {}
         self.stack: list[_Frame] = []
         self.suppress = 0
@@ -306,7 +316,7 @@ class _Tracer(TorchFunctionMode):
         node = Node(
             index=len(self.nodes),
             name=name,
-            kind=_function_kind(name),
+            kind=function_kind(name),
             module=None,
             func=func,
             scope=self.scope(),
@@ -323,7 +333,7 @@ class _Tracer(TorchFunctionMode):
         self.produced(node)
         if name == "batch_norm":
             self._note_batch_norm(node, args, kwargs)
-        if self.grad_probe and name in _BIASED_FUNCTIONS:
+        if self.grad_probe and name in BIASED_FUNCTIONS:
             bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
             if isinstance(bias, torch.Tensor):
                 self._watch_bias(node, channel_dim=-1 if name == "linear" else 1)
@@ -335,15 +345,16 @@ class _Tracer(TorchFunctionMode):
         self.busy = True
         try:
             info = self.modules.get(module)
-            recording = info is not None and info.atomic and not self.suppress
+            own_code = info is not None and not from_torch(module)
+            recording = info is not None and (info.atomic or own_code) and not self.suppress
             inputs = _tensors((args, kwargs)) if recording else []
             sources = [self.source_of(t) for t in inputs]
             frame = _Frame(module, info, recording, inputs, sources, module.training)
             if recording and info is not None:
-                if info.kind in self.save_inputs and inputs and not from_torch(module):
+                if own_code and inputs and (info.kind in self.save_inputs or not _has_children(module)):
                     frame.saved_input = inputs[0].detach().clone()  # before forward can change it in place
-                if _provisional(module, info):
-                    frame.first_inner = len(self.nodes)
+                if own_code:
+                    frame.first_inner = len(self.nodes)  # traced inside; recognised when it returns
                 else:
                     self.suppress += 1
             self.stack.append(frame)
@@ -360,13 +371,16 @@ class _Tracer(TorchFunctionMode):
             frame = self.stack.pop()
             if not frame.recording or frame.info is None:
                 return
+            outputs = _tensors(output)
+            inner: list[Node] = []
             if frame.first_inner is None:
                 self.suppress -= 1
-            elif self._is_block(frame, _tensors(output)):
-                return  # its inner ops are the graph (a batch_norm call among them is the BatchNorm)
             else:
+                if self._recognised_kind(frame, outputs) is None:
+                    return  # a block: its inner ops are the graph
+                inner = self.nodes[frame.first_inner:]
                 self._forget_nodes_from(frame.first_inner)
-            info = frame.info
+            info = self.modules[module]
             node = Node(
                 index=len(self.nodes),
                 name=info.name,
@@ -376,15 +390,15 @@ class _Tracer(TorchFunctionMode):
                 scope=self.scope(),
                 inputs=frame.inputs,
                 sources=frame.sources,
-                outputs=_tensors(output),
+                outputs=outputs,
                 training=frame.training,
+                inner=inner,
             )
             node.saved_input = frame.saved_input
             self.nodes.append(node)
             self.produced(node)
             if self.grad_probe and info.kind in (LayerKind.CONV, LayerKind.LINEAR):
-                bias = getattr(module, "bias", None)
-                if isinstance(bias, torch.Tensor):
+                if layer_bias(node) is not None:
                     self._watch_bias(node, channel_dim=1 if info.kind is LayerKind.CONV else -1)
         finally:
             self.busy = False
@@ -397,28 +411,19 @@ class _Tracer(TorchFunctionMode):
                     del self.producers[id(t)]
         del self.nodes[index:]
 
-    def _is_block(self, frame: _Frame, outputs: list[torch.Tensor]) -> bool:
-        """Whether a student's BatchNorm-like module is a block rather than one BatchNorm layer: it
-        changes the shape of its input, runs a layer of another kind inside (a pool, a dropout, ...),
-        or hands its own running statistics to torch's ``batch_norm`` and does more than that call (an
-        activation before it, a pool after it). Probing a block whole would compare a pooled or
-        randomly dropped output with F.batch_norm. ``return F.batch_norm(x, self.running_mean, ...)``
-        and nothing else stays the layer it is, and so does a formula with an activation before or
-        after it (the probes accept those)."""
-        first = frame.first_inner
-        if first is None:
-            return False
-        if outputs and frame.inputs and outputs[0].shape != frame.inputs[0].shape:
-            return True
-        inner = self.nodes[first:]
-        if any(n.kind not in (LayerKind.OTHER, LayerKind.BATCH_NORM) for n in inner):
-            return True
-        bn = frame.batch_norm
-        if bn is None:
-            return False
-        # an op of its own made the input (even one that returns its input: relu_, dropout in eval)
-        prepared = bool(bn.sources) and isinstance(bn.sources[0], Node) and bn.sources[0].index >= first
-        return prepared or any(src is bn for n in self.nodes[bn.index + 1:] for src in n.sources)
+    def _recognised_kind(self, frame: _Frame, outputs: list[torch.Tensor]) -> LayerKind | None:
+        """The kind of a module that is not torch's own, from the ops it just ran; None for a block.
+        Decided at its first call and kept, so that every pass sees the same layers."""
+        info = frame.info
+        assert info is not None and frame.first_inner is not None
+        if not info.decided:
+            own = own_tensor_names(frame.module, info.name).values()
+            found = recognize(frame.module, info.kind, info.name, self.nodes[frame.first_inner:], frame.first_inner,
+                              frame.inputs, outputs, frame.batch_norm, own)
+            info = replace(info, kind=found.kind or LayerKind.OTHER, atomic=found.kind is not None, decided=True,
+                           evidence=found.evidence)
+            self.modules[frame.module] = info
+        return info.kind if info.atomic else None
 
     def _note_batch_norm(self, node: Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Remember a ``batch_norm`` call that takes the innermost provisional layer's own running
@@ -429,7 +434,7 @@ class _Tracer(TorchFunctionMode):
             return
         named = batch_norm_arguments(node.func, args, kwargs)
         x, mean, var = named.get("input"), named.get("running_mean"), named.get("running_var")
-        own = {id(b) for b in frame.module._buffers.values() if b is not None}
+        own = set(own_tensor_names(frame.module, "").keys())
         outer = frame.inputs[0]
         if (isinstance(x, torch.Tensor) and isinstance(mean, torch.Tensor) and isinstance(var, torch.Tensor)
                 and id(mean) in own and id(var) in own and x.dim() == outer.dim() and x.dim() >= 2
@@ -451,46 +456,6 @@ class _Tracer(TorchFunctionMode):
             node.bias_grad = (total.detach(), magnitude.detach())
 
         out.register_hook(record)
-
-
-_BIASED_FUNCTIONS = frozenset(
-    {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear"}
-)
-
-_FUNCTION_KINDS = {
-    LayerKind.CONV: ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"),
-    LayerKind.POOL: (
-        "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
-        "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
-        "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
-        "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices", "lp_pool2d",
-    ),
-    LayerKind.BATCH_NORM: ("batch_norm",),
-    LayerKind.INSTANCE_NORM: ("instance_norm",),
-    LayerKind.OTHER_NORM: ("layer_norm", "group_norm"),
-    LayerKind.DROPOUT: ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"),
-    LayerKind.LINEAR: ("linear",),
-}
-_KIND_OF_FUNCTION = {name: kind for kind, names in _FUNCTION_KINDS.items() for name in names}
-
-
-# F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps) and
-# torch.batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)
-_F_ORDER = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
-_TORCH_ORDER = ("input", "weight", "bias", "running_mean", "running_var", "training", "momentum", "eps")
-
-
-def batch_norm_arguments(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The arguments of a traced ``batch_norm`` call by name, whichever of torch's two it was."""
-    order = _F_ORDER if func is torch.nn.functional.batch_norm else _TORCH_ORDER
-    named = dict(zip(order, args))
-    named.update({k: v for k, v in kwargs.items() if k in order})
-    named.setdefault("momentum", 0.1)
-    return named
-
-
-def _function_kind(name: str) -> LayerKind:
-    return _KIND_OF_FUNCTION.get(name, LayerKind.OTHER)
 
 
 def _join(prefix: str, name: str) -> str:

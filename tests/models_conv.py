@@ -2,8 +2,8 @@
 
 Each model is built fresh by calling its class; ``build`` seeds torch first so that every test
 sees the same weights. Hand-written layers here are the student-style layers that cnncheck
-recognises by duck typing (``in_channels``/``out_channels``/``kernel_size`` for a conv,
-``kernel_size``/``output_size`` without ``in_channels`` for a pooling layer).
+recognises by the ops their forward runs (a conv op on their own weights, pooling ops or reductions
+over space), with attributes deciding only for a conv computed by hand.
 """
 
 from __future__ import annotations
@@ -216,7 +216,9 @@ class AttentionPool(nn.Module):
 
 
 class ConvPool(nn.Module):
-    """A 'pool' that is really a strided conv: kernel_size, no in_channels, and a child Conv2d."""
+    """A block that stores kernel_size (no in_channels) and runs a strided child Conv2d: what it runs is a
+    conv, so it is checked as that conv, not taken for a pooling layer (xception's SeparableConv2d and
+    fastvit's MobileOneBlock store kernel_size the same way)."""
 
     def __init__(self, channels):
         super().__init__()

@@ -74,8 +74,9 @@ def test_third_party_rules_select_and_ignore_like_builtins(installed) -> None:
 
 def test_classify_hook_makes_the_course_conv_checked_numerically(course) -> None:
     module, models = course
-    # without the plugin, cnncheck cannot tell that CourseConv is a convolution
-    assert cnncheck.check_model(models.FlippedNet(), (2, 3, 16, 16)).ok
+    # cnncheck recognises CourseConv by the conv op it runs on its own `filters`; the plugin's answer agrees
+    alone = cnncheck.check_model(models.FlippedNet(), (2, 3, 16, 16))
+    assert findings(alone) == {("conv-param-formula", "conv")}
     flipped = cnncheck.check_model(models.FlippedNet(), (2, 3, 16, 16), plugins=[module])
     assert findings(flipped) == {("conv-param-formula", "conv")}
     assert "elements differ" in flipped.findings[0].found

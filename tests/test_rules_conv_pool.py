@@ -64,6 +64,7 @@ CLEAN = [
     pytest.param(M.StockPoolNet, id="stock-max-avg-adaptive-pools"),
     pytest.param(M.HandPoolNet, id="hand-pools-blur-buffer-mixed-lp-global"),
     pytest.param(M.LearnedDownsampleNet, id="hand-strided-conv-downsampler-residual"),
+    pytest.param(M.ConvPoolNet, id="conv-block-storing-kernel-size-is-its-conv-not-a-pool"),
 ]
 
 
@@ -159,7 +160,6 @@ POOL_PARAMS_FLAGGED = [
     flagged_case(POOL_PARAMS, M.ScaledPoolNet, {"pool"}, id="hand-maxpool-learnable-scale"),
     flagged_case(POOL_PARAMS, M.BuiltinPoolWithWeightNet, {"features.2"}, id="builtin-maxpool2d-given-weight"),
     flagged_case(POOL_PARAMS, M.FunctionalAttentionPoolNet, {"gap"}, id="hand-attention-pool-functional-residual-forward"),
-    flagged_case(POOL_PARAMS, M.ConvPoolNet, {"pool"}, also={(POOL_MIX, "pool")}, id="strided-conv-child-disguised-as-pool"),
 ]
 
 
@@ -174,7 +174,6 @@ def test_pool_has_parameters_flags(rule, factory, expected, shape, also):
         pytest.param(M.ScaledPoolNet, 1, "scale (1,)", id="scale"),
         pytest.param(M.BuiltinPoolWithWeightNet, 8, "weight (8,)", id="builtin-weight"),
         pytest.param(M.FunctionalAttentionPoolNet, 8, "logits (8, 1, 1)", id="attention-logits"),
-        pytest.param(M.ConvPoolNet, 8 * 8 * 2 * 2 + 8, "down.weight (8, 8, 2, 2), down.bias (8,)", id="child-conv"),
     ],
 )
 def test_pool_has_parameters_counts_wasted_parameters(factory, count, listing):
@@ -193,7 +192,6 @@ POOL_MIX_FLAGGED = [
     flagged_case(POOL_MIX, M.RolledPoolResidualNet, {"pool"}, id="hand-pool-rolls-channels-residual-forward"),
     flagged_case(POOL_MIX, M.MaxPool3dOn4dNet, {"pool"}, id="builtin-maxpool3d-on-4d-map"),
     flagged_case(POOL_MIX, M.CollapsePoolNet, {"pool"}, id="hand-pool-collapses-channels"),
-    flagged_case(POOL_MIX, M.ConvPoolNet, {"pool"}, also={(POOL_PARAMS, "pool")}, id="strided-conv-child-disguised-as-pool"),
 ]
 
 
@@ -221,7 +219,6 @@ def test_pool_changes_channel_count_message(factory, found):
     [
         pytest.param(M.ChannelMaxPoolNet, "pool", id="channel-max"),
         pytest.param(M.RolledPoolResidualNet, "pool", id="rolled-channels"),
-        pytest.param(M.ConvPoolNet, "pool", id="strided-conv-child"),
     ],
 )
 def test_pool_mixing_message_names_a_true_channel_pair(factory, pool_attr):

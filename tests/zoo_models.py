@@ -54,6 +54,8 @@ FAST_SAMPLE: tuple[str, ...] = (
 """About ten models of distinct families, small enough for every CI run."""
 
 _SIZE = 64
+_LARGER = {"inception_v3": 128, "inception_v4": 128, "inception_resnet_v2": 128}
+"""Models whose valid-padded stems shrink a 64x64 map to nothing."""
 
 
 def zoo_input_shape(name: str) -> tuple[int, int, int, int]:
@@ -62,7 +64,7 @@ def zoo_input_shape(name: str) -> tuple[int, int, int, int]:
 
     cfg = timm.get_pretrained_cfg(name)
     fixed = cfg is not None and (cfg.fixed_input_size or _needs_its_size(name))
-    side = cfg.input_size[-1] if fixed and cfg is not None else _SIZE
+    side = cfg.input_size[-1] if fixed and cfg is not None else _LARGER.get(name, _SIZE)
     return (2, 3, side, side)
 
 

@@ -14,9 +14,8 @@ from cnncheck.findings import Finding, Severity
 from cnncheck.layers import LayerKind, affine_parameters, running_buffers
 from cnncheck.probes import eval_problems, is_stock_batchnorm, per_channel_dims, statistics_dims, train_problems
 from cnncheck.rules import Rule
-from cnncheck.trace import Node, Trace, batch_norm_arguments
-
-_RESHAPES = frozenset({"view", "reshape", "flatten", "contiguous", "squeeze"})
+from cnncheck.ops import LAYOUT_FUNCTIONS, batch_norm_arguments
+from cnncheck.trace import Node, Trace
 
 
 def _describe_dims(dims: tuple[int, ...], rank: int) -> str:
@@ -139,7 +138,7 @@ def _flattened(ctx: CheckContext, rule: Rule, trace: Trace, node: Node) -> Findi
     if x.dim() != 2:
         return None
     source = node.sources[0] if node.sources else None
-    while isinstance(source, Node) and (source.func_name in _RESHAPES or isinstance(source.module, nn.Flatten)):
+    while isinstance(source, Node) and (source.func_name in LAYOUT_FUNCTIONS or isinstance(source.module, nn.Flatten)):
         origin = source.sources[0] if source.sources else None
         if isinstance(origin, Node) and origin.outputs and origin.outputs[0].dim() >= 3:
             shape = tuple(origin.outputs[0].shape)

@@ -12,14 +12,67 @@ from torch.nn.modules.conv import _ConvNd
 from cnncheck.context import CheckContext, first_call
 from cnncheck.findings import Finding, Severity
 from cnncheck.formulas import conv_param_formula, expected_conv_weight_shape
-from cnncheck.layers import LayerKind, as_tuple, conv_weight, is_transposed
+from cnncheck.layers import LayerKind, as_tuple, conv_weight, from_torch, is_transposed
+from cnncheck.ops import argument
 from cnncheck.probes import mismatch
+from cnncheck.recognize import conv_calls, origin, own_tensor_names
 from cnncheck.rules import Rule
+from cnncheck.trace import Node
 
 
 def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
     for module, info in ctx.modules_of(LayerKind.CONV):
-        yield from _check_conv(ctx, rule, module, info.name)
+        node = first_call(ctx.train_trace, module)
+        calls = conv_calls(node) if node is not None else []
+        if node is not None and len(calls) == 1:
+            yield from _check_conv_call(ctx, rule, module, node, calls[0])
+        else:
+            yield from _check_conv(ctx, rule, module, info.name)
+
+
+def _check_conv_call(ctx: CheckContext, rule: Rule, module: nn.Module, node: Node, call: Node) -> Iterator[Finding]:
+    """A layer whose forward called torch's conv op: the op did the arithmetic, so what can be wrong is
+    what the layer owns beyond the filters and bias it handed to the op. A weight made from its
+    parameters (standardised, scaled by a gain, mixed from experts, weight_norm) is a
+    reparametrisation, not an error; a weight merely stored in another layout is judged as stored."""
+    own = own_tensor_names(module, node.name).values()
+    weight_origin = origin(_argument_source(call, "weight", 1), node.inner, own, node.inner[0].index)
+    if weight_origin.rearranged:
+        yield from _check_conv(ctx, rule, module, node.name)  # its stored layout, and its numerics
+        return
+    if not weight_origin.direct:
+        return  # a reparametrised filter bank: computed from its parameters on every call
+    weight, bias = argument(call, "weight", 1), argument(call, "bias", 2)
+    groups = int(argument(call, "groups", 6, 1) or 1)
+    transposed = "transpose" in call.func_name
+    first, second, *kernel = weight.shape
+    c_in, c_out = (int(first), int(second) * groups) if transposed else (int(second) * groups, int(first))
+    declared = [getattr(module, n, None) for n in ("in_channels", "out_channels", "groups")]
+    if all(isinstance(v, int) for v in declared) and declared != [c_in, c_out, groups]:
+        yield from _check_conv(ctx, rule, module, node.name)  # its attributes say another conv than it runs
+        return
+    owned = {id(p): p for p in module.parameters()}
+    has_bias = isinstance(bias, torch.Tensor) and id(bias) in owned
+    if not has_bias:  # a bias added after the op, under a name of its own
+        others = [p for p in owned.values() if p is not weight]
+        has_bias = len(others) == 1 and others[0].numel() == c_out
+    expected = conv_param_formula(c_in, c_out, tuple(int(k) for k in kernel), groups, has_bias, transposed=transposed)
+    count = sum(p.numel() for p in owned.values())
+    if count != expected.value:
+        extra = [f"{n}: {_shape(tuple(p.shape))}" for n, p in module.named_parameters()]
+        yield rule.finding(
+            node.name,
+            f"{_describe(module, c_in, c_out, tuple(int(k) for k in kernel), groups)} should have {expected.value} "
+            f"parameters, it has {count}",
+            expected=str(expected),
+            found=f"{count} parameters ({', '.join(extra)})",
+            location=ctx.location_of(module),
+        )
+
+
+def _argument_source(call: Node, name: str, position: int) -> object:
+    value = argument(call, name, position)
+    return next((src for t, src in zip(call.inputs, call.sources) if t is value), None)
 
 
 def _check_conv(ctx: CheckContext, rule: Rule, module: nn.Module, name: str) -> Iterator[Finding]:
@@ -94,8 +147,8 @@ def _check_conv(ctx: CheckContext, rule: Rule, module: nn.Module, name: str) -> 
 def _numeric_mismatch(ctx: CheckContext, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None,
                       rank: int, groups: int, transposed: bool) -> str | None:
     node = first_call(ctx.train_trace, module)
-    if node is None or node.probe_input is None or not node.outputs:
-        return None
+    if node is None or node.probe_input is None or not node.outputs or len(node.inputs) != 1:
+        return None  # re-called with fewer inputs than forward was given, it would not be the same call
     x = node.probe_input
     stride = as_tuple(getattr(module, "stride", 1), rank)
     padding = getattr(module, "padding", 0)
@@ -150,8 +203,7 @@ def _conv_bias(module: nn.Module, weight: torch.Tensor | None, c_out: int) -> to
 
 def _stock(module: nn.Module) -> bool:
     """A torch convolution running torch's own forward: it is the reference, nothing to compare."""
-    forward_home = getattr(type(module).forward, "__module__", "")
-    return isinstance(module, _ConvNd) and forward_home == "torch.nn.modules.conv"
+    return isinstance(module, _ConvNd) and from_torch(module)
 
 
 def _rank(module: nn.Module) -> int:

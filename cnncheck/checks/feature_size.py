@@ -15,10 +15,10 @@ from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
 from cnncheck.formulas import output_size, output_size_text
 from cnncheck.layers import LayerKind, as_tuple, short_repr
+from cnncheck.ops import RESHAPES
 from cnncheck.rules import Rule
 from cnncheck.trace import Node, Source, function_name
 
-_RESHAPES = frozenset({"view", "reshape", "flatten"})
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def _batch_flattened(ctx: CheckContext, rule: Rule, failed: Any, x: torch.Tensor
     batch, per_sample = ctx.batch_size, x.numel() // ctx.batch_size
     target = ctx.modules[failed.module].name if failed.module is not None and failed.func is None else (
         ctx.name_of(ctx.model) if failed.module is None else ctx.modules[failed.module].name)
-    culprit = next((n for n in _chain(source) if n.module is None and n.func_name in _RESHAPES
+    culprit = next((n for n in _chain(source) if n.module is None and n.func_name in RESHAPES
                     and n.inputs and n.inputs[0].dim() > 1 and n.inputs[0].shape[0] == batch), None)
     how = f"{culprit.func_name}{_args(culprit)} " if culprit is not None else ""
     return rule.finding(
@@ -293,7 +293,7 @@ def batch_fold(ctx: CheckContext) -> Node | None:
     if not outputs or any(t.shape[0] == batch for t in outputs):
         return None  # the batch comes out intact (it may be regrouped on the way, e.g. into patches)
     for node in trace.nodes:
-        if node.module is not None or node.func_name not in _RESHAPES or not node.inputs or not node.outputs:
+        if node.module is not None or node.func_name not in RESHAPES or not node.inputs or not node.outputs:
             continue
         before, after = node.inputs[0], node.outputs[0]
         if before.dim() and before.shape[0] == batch and after.dim() and after.shape[0] != batch \

@@ -12,6 +12,7 @@ from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
 from cnncheck.layers import LayerKind, from_torch, layer_label
 from cnncheck.probes import cancels_channel_constant, is_stock_batchnorm
+from cnncheck.recognize import layer_bias
 from cnncheck.rules import Rule
 from cnncheck.trace import Node, Trace
 
@@ -77,13 +78,7 @@ def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
 
 
 def _bias_of(node: Node) -> torch.Tensor | None:
-    if node.bias_grad is None:
-        return None
-    if node.module is not None:
-        bias = getattr(node.module, "bias", None)
-        return bias if isinstance(bias, torch.Tensor) else None
-    bias = node.kwargs.get("bias", node.args[2] if len(node.args) > 2 else None)
-    return bias if isinstance(bias, torch.Tensor) else None
+    return layer_bias(node) if node.bias_grad is not None else None
 
 
 def _cancelling_sinks(ctx: CheckContext, trace: Trace, start: Node) -> list[Node] | None:

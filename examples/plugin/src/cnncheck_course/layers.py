@@ -1,5 +1,6 @@
-"""The course's own convolution: its attributes are not PyTorch's names, so cnncheck cannot place
-it by duck typing; the plugin's ``cnncheck_classify_module`` does."""
+"""The course's own convolution: its attributes are not PyTorch's names. cnncheck recognises it by the
+conv op its forward runs on its own ``filters``; the plugin's ``cnncheck_classify_module`` shows how a
+course can also place its layers explicitly (a plugin's answer stands whatever the layer runs)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,229 @@
+"""What a module that is not torch's own implementation is, decided from the ops its forward ran.
+
+The tracer runs such a module's forward op by op and, once it returns, asks :func:`recognize` what
+the ops were: a convolution (a conv op on a weight made from the module's own parameters), a
+BatchNorm (torch's ``batch_norm`` on its input, or per-channel batch statistics computed by hand), a
+pooling layer (pooling ops or reductions over space), or a block whose ops are the model's dataflow.
+Attributes (``kernel_size``, ``running_mean``...) only decide when the ops say nothing, as for a
+convolution written with loops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from cnncheck.layers import LayerKind
+from cnncheck.ops import (
+    BATCH_NORM_FUNCTIONS,
+    BIASED_FUNCTIONS,
+    CONV_FUNCTIONS,
+    DROPOUT_FUNCTIONS,
+    LAYOUT_FUNCTIONS,
+    POOL_FUNCTIONS,
+    REDUCTIONS,
+    argument,
+    batch_norm_arguments,
+    reduced_dims,
+)
+
+if TYPE_CHECKING:
+    from cnncheck.trace import Node
+
+# children that a layer may run inside itself and still be one layer: activations, identities
+_LEAF_HELPERS = frozenset({LayerKind.OTHER, LayerKind.IDENTITY})
+_LAYER_KINDS = frozenset({LayerKind.CONV, LayerKind.POOL, LayerKind.BATCH_NORM, LayerKind.LINEAR})
+_LAYER_FUNCTIONS = (CONV_FUNCTIONS | POOL_FUNCTIONS | BATCH_NORM_FUNCTIONS | DROPOUT_FUNCTIONS
+                    | {"linear", "layer_norm", "group_norm", "instance_norm"})
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a tensor handed to an op inside a layer came from."""
+
+    params: frozenset[str]  # the layer's own parameters it was computed from
+    from_input: bool  # computed from the layer's input
+    ops: tuple[str, ...]  # the ops on the way, innermost first
+
+    @property
+    def direct(self) -> bool:
+        """The parameter itself, untouched."""
+        return not self.ops and len(self.params) == 1 and not self.from_input
+
+    @property
+    def rearranged(self) -> bool:
+        """One parameter moved around (transposed, flipped, reshaped), values unchanged."""
+        return len(self.params) == 1 and not self.from_input and bool(self.ops) and all(
+            op in LAYOUT_FUNCTIONS for op in self.ops)
+
+
+def own_tensor_names(module: nn.Module, prefix: str) -> dict[int, str]:
+    """id -> qualified name of the module's own parameters, buffers and plain tensor attributes."""
+    named: dict[int, str] = {}
+    for name, t in [*module._parameters.items(), *module._buffers.items()]:
+        if t is not None:
+            named[id(t)] = f"{prefix}.{name}" if prefix else name
+    for name, value in vars(module).items():
+        if isinstance(value, torch.Tensor) and not name.startswith("_"):
+            named.setdefault(id(value), f"{prefix}.{name}" if prefix else name)
+    return named
+
+
+def origin(source: Any, inner: list[Node], own: Iterable[str], first: int) -> Origin:
+    """Follow ``source`` back through the ops recorded inside the layer (index >= ``first``)."""
+    own = set(own)
+    params: set[str] = set()
+    ops: list[str] = []
+    from_input = False
+    frontier = [source]
+    seen: set[int] = set()
+    while frontier:
+        src = frontier.pop()
+        if isinstance(src, str):
+            kind, _, name = src.partition(":")
+            if kind == "param" and name in own:
+                params.add(name)
+            elif kind == "input":
+                from_input = True
+            continue
+        if id(src) in seen:
+            continue
+        seen.add(id(src))
+        if src.index < first:
+            from_input = True  # made before the layer ran: its input
+            continue
+        ops.append(src.func_name or src.name)
+        frontier.extend(src.sources)
+    return Origin(frozenset(params), from_input, tuple(ops))
+
+
+@dataclass(frozen=True, slots=True)
+class Recognition:
+    """The kind of a layer, or None for a block whose inner ops are the model's dataflow."""
+
+    kind: LayerKind | None
+    evidence: str  # what decided it, for explain and for the rules
+
+
+def recognize(module: nn.Module, static: LayerKind, name: str, inner: list[Node], first: int,
+              inputs: list[torch.Tensor], outputs: list[torch.Tensor], batch_norm: Node | None,
+              own: Iterable[str]) -> Recognition:
+    """The kind of one call of ``module`` from the ops it ran (``inner``, recorded from ``first``)."""
+    own = set(own)
+    children = [n for n in inner if n.module is not None and n.module is not module]
+    deeper = [n for n in inner if n.module is None and n.scope != name]
+    if any(n.kind not in _LEAF_HELPERS for n in children) or deeper:
+        return Recognition(None, "runs layers of its own inside")
+    functions = [n for n in inner if n.module is None]
+    on_input = [n for n in functions if _from_input(n, inner, own, first)]
+    layer_ops = [n for n in on_input if n.func_name in _LAYER_FUNCTIONS or _spatial_reduction(n)]
+    convs = [n for n in layer_ops if n.func_name in CONV_FUNCTIONS]
+    if len(convs) == 1 and len(layer_ops) == 1 and origin(_weight_source(convs[0]), inner, own, first).params:
+        return Recognition(LayerKind.CONV, f"calls {convs[0].func_name} on its own weights")
+    norms = [n for n in layer_ops if n.func_name in BATCH_NORM_FUNCTIONS]
+    if norms and len(norms) == len(layer_ops):
+        if len(norms) > 1 or _bn_block(inputs, outputs, inner, first, batch_norm):
+            return Recognition(None, "does more around its batch_norm call than one layer does")
+        return Recognition(LayerKind.BATCH_NORM, "calls batch_norm on its input")
+    if len(layer_ops) == 1 and layer_ops[0].func_name == "linear" \
+            and origin(_weight_source(layer_ops[0]), inner, own, first).params:
+        return Recognition(LayerKind.LINEAR, "calls linear on its own weights")
+    if layer_ops and all(n.func_name in DROPOUT_FUNCTIONS for n in layer_ops) and not _batch_statistics(on_input):
+        return Recognition(LayerKind.DROPOUT, f"calls {layer_ops[0].func_name}")
+    if any(n.func_name not in POOL_FUNCTIONS and not _spatial_reduction(n) for n in layer_ops):
+        if _batch_statistics(on_input) and all(n.func_name in BATCH_NORM_FUNCTIONS or _spatial_reduction(n)
+                                                for n in layer_ops):
+            pass  # statistics by hand and a batch_norm call to normalise with them: one BatchNorm
+        else:
+            return Recognition(None, "runs several layer ops: a block")
+    if _batch_statistics(on_input):
+        if outputs and inputs and outputs[0].shape == inputs[0].shape:
+            return Recognition(LayerKind.BATCH_NORM, "normalises with statistics over the batch")
+        return Recognition(None, "statistics over the batch and a change of shape: a block")
+    if layer_ops:
+        return Recognition(LayerKind.POOL, "pools or reduces over space")
+    if static is not LayerKind.OTHER:
+        return Recognition(static, "its attributes: its forward runs no layer op (computed by hand)")
+    return Recognition(None, "no layer op of its own")
+
+
+def _weight_source(node: Node) -> Any:
+    weight = argument(node, "weight", 1)
+    for tensor, source in zip(node.inputs, node.sources):
+        if tensor is weight:
+            return source
+    return None
+
+
+def _from_input(node: Node, inner: list[Node], own: set[str], first: int) -> bool:
+    """Whether the op's first tensor argument was computed from the layer's input."""
+    if not node.sources:
+        return False
+    return origin(node.sources[0], inner, own, first).from_input
+
+
+def _spatial_reduction(node: Node) -> bool:
+    """A mean, max, sum... over spatial dims only (not the batch, not the channels) of a feature map."""
+    if node.func_name not in REDUCTIONS or not node.inputs or node.inputs[0].dim() < 3:
+        return False
+    dims = reduced_dims(node)
+    return bool(dims) and all(d >= 2 for d in dims)
+
+
+def _batch_statistics(on_input: list[Node]) -> bool:
+    """A mean or variance over the batch dim of (a tensor made from) the input, with or without the
+    spatial dims: a BatchNorm written out by hand (the d2l.ai chapter's, a CS231n spatial batchnorm)."""
+    means = [n for n in on_input if n.func_name in ("mean", "var", "std", "var_mean", "std_mean", "sum")]
+    return any(0 in reduced_dims(n) and n.inputs and n.inputs[0].dim() >= 2 for n in means)
+
+
+def _bn_block(inputs: list[torch.Tensor], outputs: list[torch.Tensor], inner: list[Node], first: int,
+              batch_norm: Node | None) -> bool:
+    """A module around torch's ``batch_norm`` is a block, not a BatchNorm layer, when it changes the
+    shape of its input or prepares that call's input with an op of its own (a ReLU, a dropout): probing
+    it whole would compare a transformed input with F.batch_norm. An activation after the call (timm's
+    BatchNormAct2d) keeps it one layer: the call itself is verified."""
+    if outputs and inputs and outputs[0].shape != inputs[0].shape:
+        return True
+    if batch_norm is None:
+        return False  # no running statistics of its own handed over: its formula is probed whole
+    # an op of its own made the input (even one that returns its input: relu_, dropout in eval)
+    source = batch_norm.sources[0] if batch_norm.sources else None
+    return source is not None and not isinstance(source, str) and source.index >= first
+
+
+def batch_norm_call(node: Node) -> Node | None:
+    """The ``batch_norm`` call through which a BatchNorm-like layer normalised its own input, if it
+    made one: then torch's op did the arithmetic, and only the arguments can be wrong."""
+    if not node.inputs:
+        return None
+    for inner in node.inner:
+        if inner.module is None and inner.func_name in BATCH_NORM_FUNCTIONS and inner.inputs \
+                and inner.inputs[0] is node.inputs[0]:
+            named = batch_norm_arguments(inner.func, inner.args, inner.kwargs)
+            if named.get("input") is node.inputs[0]:
+                return inner
+    return None
+
+
+def conv_calls(node: Node) -> list[Node]:
+    """The conv ops a convolution layer made in its forward."""
+    return [n for n in node.inner if n.module is None and n.func_name in CONV_FUNCTIONS]
+
+
+def layer_bias(node: Node) -> torch.Tensor | None:
+    """The bias a conv or linear call adds: its ``bias`` argument for a functional call; for a layer,
+    the bias handed to the one conv/linear op it ran (whatever the parameter is called), else its
+    ``bias`` attribute."""
+    if node.module is None:
+        bias = argument(node, "bias", 2)
+        return bias if isinstance(bias, torch.Tensor) else None
+    calls = [n for n in node.inner if n.module is None and n.func_name in BIASED_FUNCTIONS]
+    if len(calls) == 1:
+        return layer_bias(calls[0])
+    bias = getattr(node.module, "bias", None)
+    return bias if isinstance(bias, torch.Tensor) else None
