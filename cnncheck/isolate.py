@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cnncheck.results import ModelResult
-from cnncheck.trace import traceback_location
+from cnncheck.frames import traceback_location
 
 _CONTEXT_LOCK = threading.Lock()
 _CONTEXT: Any = None

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from cnncheck.pytest_plugin import OPTIONS, Options
-from cnncheck.trace import traceback_location
+from cnncheck.frames import traceback_location
 
 BASELINE = pytest.StashKey[Any]()
 

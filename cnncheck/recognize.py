@@ -227,3 +227,10 @@ def layer_bias(node: Node) -> torch.Tensor | None:
         return layer_bias(calls[0])
     bias = getattr(node.module, "bias", None)
     return bias if isinstance(bias, torch.Tensor) else None
+
+
+def verified_by_op(node: Node) -> bool:
+    """A layer whose arithmetic was torch's own op on its input: one conv call, or a batch_norm call on
+    its own input. Nothing needs to re-run it."""
+    return (node.kind is LayerKind.CONV and len(conv_calls(node)) == 1) or (
+        node.kind is LayerKind.BATCH_NORM and batch_norm_call(node) is not None)

@@ -9,8 +9,6 @@ it are its implementation, not dataflow of the model. Rules share the resulting 
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Union
@@ -18,20 +16,19 @@ from typing import Any, Union
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from cnncheck.frames import calling_torch_module, function_name, traceback_location, user_location
 from cnncheck.layers import LayerKind, classify, from_torch
 from cnncheck.ops import BIASED_FUNCTIONS, batch_norm_arguments, function_kind
-from cnncheck.recognize import layer_bias, own_tensor_names, recognize
+from cnncheck.recognize import layer_bias, own_tensor_names, recognize, verified_by_op
 
 Source = Union["Node", str]
 """Where a tensor came from: the node that produced it, or ``input:I``, ``param:NAME``,
 ``buffer:NAME``, ``const``."""
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
-_CNNCHECK_DIR = os.path.dirname(__file__)
-_SKIP_DIRS = (_TORCH_DIR, _CNNCHECK_DIR, os.path.dirname(os.__file__))
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,40 +138,6 @@ class Trace:
                 seen.add(id(n.module))
                 yield n
 
-def function_name(func: Any) -> str:
-    name = getattr(func, "__name__", None) or repr(func)
-    if name == "__get__":
-        owner = getattr(func, "__self__", None)
-        name = getattr(owner, "__name__", name)
-    return str(name)
-
-
-def user_location() -> str | None:
-    """``file:line`` of the innermost frame outside torch, cnncheck and the standard library."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        filename = frame.f_code.co_filename
-        if not filename.startswith(_SKIP_DIRS) and not filename.startswith("<frozen"):
-            return f"{filename}:{frame.f_lineno}"
-        frame = frame.f_back  # type: ignore[assignment]
-    return None
-
-
-def calling_torch_module(known: dict[nn.Module, Any]) -> nn.Module | None:
-    """The torch module whose ``forward`` made the current functional call, when it is not one of
-    ``known``: a layer built inside ``forward`` (``nn.Dropout(0.5)(x)``), new on every call."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        filename = frame.f_code.co_filename
-        if not filename.startswith(_SKIP_DIRS) and not filename.startswith("<frozen"):
-            return None  # reached the student's code without passing through a torch module
-        owner = frame.f_locals.get("self") if filename.startswith(_TORCH_DIR) else None
-        if isinstance(owner, nn.Module) and from_torch(owner):
-            return None if owner in known else owner
-        frame = frame.f_back  # type: ignore[assignment]
-    return None
-
-
 def module_inventory(model: nn.Module, placed: Callable[[nn.Module], LayerKind | None] | None = None,
                      ) -> dict[nn.Module, ModuleInfo]:
     """Every module reachable from ``model``: registered ones by their qualified names, and those
@@ -211,8 +174,9 @@ def _torch_leaf(module: nn.Module) -> bool:
     return from_torch(module) and not any(True for _ in module.children())
 
 
-def _has_children(module: nn.Module) -> bool:
-    return any(True for _ in module.children())
+_TORCH_LAYERS = (_BatchNorm, _ConvNd)
+"""Subclasses of torch's layers with a forward of their own (timm's BatchNormAct2d, StdConv2d): their
+inputs are copied for the probes only once the ops they ran show that a probe will be needed."""
 
 
 def _container_items(value: Any) -> list[tuple[str, Any]]:
@@ -226,8 +190,27 @@ def _container_items(value: Any) -> list[tuple[str, Any]]:
 
 
 def _tensors(obj: Any) -> list[torch.Tensor]:
-    leaves, _ = tree_flatten(obj)
-    return [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+    """The tensors in a call's arguments or result, in order. Called on every op and module call, so
+    plain tuples, lists and dicts are walked directly; anything else goes through torch's pytree."""
+    found: list[torch.Tensor] = []
+    _collect(obj, found)
+    return found
+
+
+def _collect(obj: Any, found: list[torch.Tensor]) -> None:
+    if isinstance(obj, torch.Tensor):
+        found.append(obj)
+    elif type(obj) in (tuple, list):
+        for item in obj:
+            _collect(item, found)
+    elif type(obj) is dict:
+        for item in obj.values():
+            _collect(item, found)
+    elif obj is None or isinstance(obj, (int, float, bool, str, torch.dtype, torch.device, torch.Size)):
+        return
+    else:
+        leaves, _ = tree_flatten(obj)
+        found.extend(leaf for leaf in leaves if isinstance(leaf, torch.Tensor))
 
 
 @dataclass
@@ -239,6 +222,7 @@ class _Frame:
     sources: list[Source]
     training: bool
     saved_input: torch.Tensor | None = None
+    input_version: int = -1
     # a student's BatchNorm-like layer is traced inside until its output is known (see _provisional)
     first_inner: int | None = None
     batch_norm: Node | None = None  # its call of torch's batch_norm with its own running statistics
@@ -351,8 +335,10 @@ class _Tracer(TorchFunctionMode):
             sources = [self.source_of(t) for t in inputs]
             frame = _Frame(module, info, recording, inputs, sources, module.training)
             if recording and info is not None:
-                if own_code and inputs and (info.kind in self.save_inputs or not _has_children(module)):
-                    frame.saved_input = inputs[0].detach().clone()  # before forward can change it in place
+                if own_code and inputs:
+                    frame.input_version = inputs[0]._version
+                    if info.kind in self.save_inputs and not isinstance(module, _TORCH_LAYERS):
+                        frame.saved_input = inputs[0].detach().clone()  # before forward can change it in place
                 if own_code:
                     frame.first_inner = len(self.nodes)  # traced inside; recognised when it returns
                 else:
@@ -395,6 +381,9 @@ class _Tracer(TorchFunctionMode):
                 inner=inner,
             )
             node.saved_input = frame.saved_input
+            if (node.saved_input is None and frame.first_inner is not None and info.kind in self.save_inputs
+                    and frame.inputs and frame.inputs[0]._version == frame.input_version and not verified_by_op(node)):
+                node.saved_input = frame.inputs[0].detach().clone()  # intact so far; the probes need it later
             self.nodes.append(node)
             self.produced(node)
             if self.grad_probe and info.kind in (LayerKind.CONV, LayerKind.LINEAR):
@@ -519,17 +508,3 @@ def _failed_call(tracer: _Tracer, exc: BaseException) -> FailedCall:
         args=tuple(args),
         location=traceback_location(exc),
     )
-
-
-def traceback_location(exc: BaseException | None) -> str | None:
-    """``file:line`` of the deepest frame of ``exc``'s traceback that is the user's own code."""
-    if exc is None:
-        return None
-    found = None
-    tb = exc.__traceback__
-    while tb is not None:
-        filename = tb.tb_frame.f_code.co_filename
-        if not filename.startswith(_SKIP_DIRS) and not filename.startswith("<frozen"):
-            found = f"{filename}:{tb.tb_lineno}"
-        tb = tb.tb_next
-    return found

@@ -15,6 +15,7 @@ from cnncheck.layers import LayerKind, affine_parameters, running_buffers
 from cnncheck.probes import eval_problems, is_stock_batchnorm, per_channel_dims, statistics_dims, train_problems
 from cnncheck.rules import Rule
 from cnncheck.ops import LAYOUT_FUNCTIONS, batch_norm_arguments
+from cnncheck.recognize import batch_norm_call
 from cnncheck.trace import Node, Trace
 
 
@@ -30,7 +31,7 @@ def reduction_of(ctx: CheckContext, node: Node) -> tuple[int, ...] | None:
     """The dims a BN-like layer takes its train-mode statistics over (memoised; measured once)."""
     assert node.module is not None and node.probe_input is not None
     x = node.probe_input
-    if is_stock_batchnorm(node.module):
+    if is_stock_batchnorm(node.module) or verified_call(node) is not None:
         return per_channel_dims(x)
     return ctx.memo(("dims", id(node.module)), lambda: statistics_dims(node.module, x))  # type: ignore[arg-type]
 
@@ -59,7 +60,7 @@ def check_per_channel(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         if module is None or x is None or x.dim() < 2:
             continue
         finding = _num_features(ctx, rule, module, node.name, x) or _shapes(ctx, rule, node)
-        if finding is None and not is_stock_batchnorm(module):
+        if finding is None and not is_stock_batchnorm(module) and verified_call(node) is None:
             finding = _statistics(ctx, rule, node)
         if finding is None:
             finding = _flattened(ctx, rule, trace, node)
@@ -164,13 +165,56 @@ def check_train(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         module, x = node.module, node.probe_input
         if module is None or x is None or x.dim() < 2 or not node.training:
             continue
-        if is_stock_batchnorm(module) or not _per_channel_shapes(module, x) or not _is_per_channel(ctx, node):
+        if is_stock_batchnorm(module) or verified_call(node) is not None:
+            problems = _hyperparameter_problems(module)  # torch's op does the arithmetic
+        elif not _per_channel_shapes(module, x) or not _is_per_channel(ctx, node):
             continue
-        problems = train_problems(module, x)
+        else:
+            problems = train_problems(module, x)
         for problem in problems:
             yield rule.finding(node.name, f"{type(module).__name__} in train mode: {problem}",
                                location=ctx.location_of(module))
     yield from _functional_calls(ctx, rule)
+
+
+def verified_call(node: Node) -> Node | None:
+    """The ``batch_norm`` call through which a BatchNorm-like layer normalised its own input with its
+    own running statistics (timm's BatchNormAct2d, a student's ``return F.batch_norm(x, ...)``): torch's
+    op did the arithmetic, whatever activation follows, so no probe re-runs the layer."""
+    call = batch_norm_call(node)
+    if call is None or node.module is None:
+        return None
+    named = batch_norm_arguments(call.func, call.args, call.kwargs)
+    own = {id(t) for t in [*node.module._buffers.values(), *vars(node.module).values()] if isinstance(t, torch.Tensor)}
+    stats = [named.get("running_mean"), named.get("running_var")]
+    return call if all(isinstance(t, torch.Tensor) and id(t) in own for t in stats) else None
+
+
+def _hyperparameter_problems(module: nn.Module) -> list[str]:
+    """eps and momentum of a layer whose arithmetic is torch's batch_norm: PyTorch's momentum is the
+    weight of the new batch, so 0.9 or 0.99 (Keras' weight of the old value) makes the running
+    estimates follow the last batch; eps and momentum given by position (``BatchNorm2d(64, 64, 3)``)
+    land in the wrong arguments."""
+    momentum, eps = getattr(module, "momentum", None), getattr(module, "eps", None)
+    name = type(module).__name__
+    problems = []
+    if isinstance(eps, (int, float)) and not isinstance(eps, bool) and not 0 < eps < 1:
+        problems.append(
+            f"eps={eps:g}: eps is added to the variance to avoid dividing by zero and should be tiny (1e-5); "
+            f"passed by position, {name}(C, {eps:g}, ...) sets eps, not another channel count"
+        )
+    if isinstance(momentum, (int, float)) and not isinstance(momentum, bool) and momentum > 1:
+        problems.append(
+            f"momentum={momentum:g} is not a weight between 0 and 1: the running estimates diverge; "
+            f"{name}(num_features, eps, momentum) takes them in that order, so pass them by keyword"
+        )
+    elif isinstance(momentum, (int, float)) and not isinstance(momentum, bool) and 0.5 < momentum <= 1:
+        problems.append(
+            f"momentum={momentum:g} is Keras' convention (the weight of the old value); PyTorch's momentum is "
+            f"the weight of the new batch, running = (1 - momentum) * running + momentum * batch, so the "
+            f"running estimates follow the last batch only: use momentum={1 - momentum:.2g}"
+        )
+    return problems
 
 
 def _functional_calls(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
@@ -178,6 +222,7 @@ def _functional_calls(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
     or a functional forward): torch's op is right by construction, so what can be wrong is what the
     student hands it, judged against the roles the module gave its tensors."""
     calls = [n for n in ctx.train_trace.nodes if n.module is None and n.func_name == "batch_norm"]
+    calls += [c for n in ctx.train_trace.module_nodes(LayerKind.BATCH_NORM) if (c := batch_norm_call(n)) is not None]
     if not calls:
         return
     owners = {id(t): (m, name) for m in ctx.modules
@@ -251,7 +296,10 @@ def check_eval(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         if not _per_channel_shapes(module, x) or not _is_per_channel(ctx, _train_call(ctx, node) or node):
             explained = True  # bn-not-per-channel's finding; its eval behaviour follows from it
             continue
-        for problem in eval_problems(module, x):
+        call = verified_call(node) or batch_norm_call(node)
+        problems = _eval_call_problems(module, call) if call is not None and not is_stock_batchnorm(module) \
+            else eval_problems(module, x)
+        for problem in problems:
             explained = True
             yield rule.finding(node.name, f"{type(module).__name__} in eval mode: {problem}",
                                location=ctx.location_of(module))
@@ -260,6 +308,19 @@ def check_eval(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
     finding = _batch_dependence(ctx, rule)
     if finding is not None:
         yield finding
+
+
+def _eval_call_problems(module: nn.Module, call: Node) -> list[str]:
+    """A layer that normalises through torch's batch_norm: in eval mode the call must use the running
+    statistics (training=False)."""
+    named = batch_norm_arguments(call.func, call.args, call.kwargs)
+    if not named.get("training"):
+        return []
+    if named.get("running_mean") is None:
+        return ["it has no running statistics (track_running_stats=False, or None handed to batch_norm), so in "
+                "eval mode it normalises with the statistics of whatever batch it is given"]
+    return ["it still normalises with the batch's statistics instead of its running statistics: its "
+            "batch_norm call gets training=True (does its forward check self.training?)"]
 
 
 def _train_call(ctx: CheckContext, node: Node) -> Node | None:

@@ -17,7 +17,8 @@ from cnncheck.formulas import output_size, output_size_text
 from cnncheck.layers import LayerKind, as_tuple, short_repr
 from cnncheck.ops import RESHAPES
 from cnncheck.rules import Rule
-from cnncheck.trace import Node, Source, function_name
+from cnncheck.frames import function_name
+from cnncheck.trace import Node, Source
 
 
 

@@ -100,7 +100,8 @@ def _channel_leak(module: nn.Module, x: torch.Tensor) -> tuple[int, int] | None:
     rtol, atol = tolerance(out.dtype)
 
     def moved_channels(block: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        return ((block - reference).abs() > atol + rtol * reference.abs()).flatten(2).any(2).any(0)
+        moved = (block - reference).abs() > atol + rtol * reference.abs()
+        return moved.reshape(moved.shape[0], moved.shape[1], -1).any(2).any(0)  # (N, C) too: a flattening pool
 
     for k, mask in enumerate(masks):
         changed = moved_channels(out[batch * (k + 1) : batch * (k + 2)], base)

@@ -12,7 +12,8 @@ from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
 from cnncheck.layers import LayerKind, from_torch, layer_label
 from cnncheck.probes import cancels_channel_constant, is_stock_batchnorm
-from cnncheck.recognize import layer_bias
+from cnncheck.ops import batch_norm_arguments
+from cnncheck.recognize import batch_norm_call, layer_bias
 from cnncheck.rules import Rule
 from cnncheck.trace import Node, Trace
 
@@ -113,6 +114,9 @@ def _cancels(ctx: CheckContext, node: Node) -> bool:
             return False
         if is_stock_batchnorm(node.module) or from_torch(node.module) or node.probe_input is None:
             return True
+        call = batch_norm_call(node)
+        if call is not None:  # torch's batch_norm on the layer's own input: cancels when it uses batch statistics
+            return bool(batch_norm_arguments(call.func, call.args, call.kwargs).get("training"))
         # a student's norm may do more than subtract the mean (an activation first, one mean for
         # the whole tensor): ask it whether a per-channel constant survives
         x = node.probe_input

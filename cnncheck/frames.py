@@ -1,0 +1,74 @@
+"""Where a call comes from: the user's own frame of an op, of an exception, or the torch layer whose
+``forward`` made a functional call. The tracer asks on every op, so whether a code object is the
+user's is decided once per code object."""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import CodeType
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnncheck.layers import from_torch
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_CNNCHECK_DIR = os.path.dirname(__file__)
+_SKIP_DIRS = (_TORCH_DIR, _CNNCHECK_DIR, os.path.dirname(os.__file__))
+_USER_CODE: dict[CodeType, bool] = {}
+
+
+def is_user_code(code: CodeType) -> bool:
+    """Code outside torch, cnncheck and the standard library."""
+    known = _USER_CODE.get(code)
+    if known is None:
+        filename = code.co_filename
+        known = _USER_CODE[code] = not filename.startswith(_SKIP_DIRS) and not filename.startswith("<frozen")
+    return known
+
+
+def function_name(func: Any) -> str:
+    name = getattr(func, "__name__", None) or repr(func)
+    if name == "__get__":
+        owner = getattr(func, "__self__", None)
+        name = getattr(owner, "__name__", name)
+    return str(name)
+
+
+def user_location() -> str | None:
+    """``file:line`` of the innermost frame outside torch, cnncheck and the standard library."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if is_user_code(frame.f_code):
+            return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def calling_torch_module(known: dict[nn.Module, Any]) -> nn.Module | None:
+    """The torch module whose ``forward`` made the current functional call, when it is not one of
+    ``known``: a layer built inside ``forward`` (``nn.Dropout(0.5)(x)``), new on every call."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if is_user_code(frame.f_code):
+            return None  # reached the student's code without passing through a torch module
+        owner = frame.f_locals.get("self") if frame.f_code.co_filename.startswith(_TORCH_DIR) else None
+        if isinstance(owner, nn.Module) and from_torch(owner):
+            return None if owner in known else owner
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def traceback_location(exc: BaseException | None) -> str | None:
+    """``file:line`` of the deepest frame of ``exc``'s traceback that is the user's own code."""
+    if exc is None:
+        return None
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if is_user_code(tb.tb_frame.f_code):
+            found = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return found
