@@ -123,6 +123,7 @@ class CheckContext:
                     kwargs=self.kwargs,
                     save_inputs=_PROBED,
                     before=lambda: self.model.eval(),
+                    only=frozenset({LayerKind.BATCH_NORM, LayerKind.DROPOUT}),
                 )
         return self._cache["eval"]
 

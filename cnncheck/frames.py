@@ -61,6 +61,19 @@ def calling_torch_module(known: dict[nn.Module, Any]) -> nn.Module | None:
     return None
 
 
+def calling_module_name(known: dict[nn.Module, Any]) -> str:
+    """The name of the innermost module of ``known`` whose code is running (its ``self``): for a pass
+    that does not hook every module."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self") if "self" in frame.f_code.co_varnames else None
+        info = known.get(owner) if isinstance(owner, nn.Module) else None
+        if info is not None:
+            return str(info.name)
+        frame = frame.f_back  # type: ignore[assignment]
+    return ""
+
+
 def traceback_location(exc: BaseException | None) -> str | None:
     """``file:line`` of the deepest frame of ``exc``'s traceback that is the user's own code."""
     if exc is None:

@@ -27,6 +27,13 @@ DROPOUT_FUNCTIONS = frozenset(
     {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"}
 )
 BIASED_FUNCTIONS = CONV_FUNCTIONS | {"linear"}
+RANDOM_FUNCTIONS = frozenset({
+    "rand", "rand_like", "randn", "randn_like", "randint", "randint_like", "randperm", "bernoulli", "bernoulli_",
+    "normal", "normal_", "uniform_", "multinomial", "poisson", "exponential_", "geometric_", "cauchy_",
+    "log_normal_", "random_",
+})
+MODAL_FUNCTIONS = BATCH_NORM_FUNCTIONS | DROPOUT_FUNCTIONS | RANDOM_FUNCTIONS | {"instance_norm"}
+"""Ops whose result depends on train/eval mode: all that a pass checking the mode needs to see."""
 
 RESHAPES = frozenset({"view", "reshape", "flatten"})
 """Ops that regroup elements without moving them: the ones that can fold a batch or flatten a map."""

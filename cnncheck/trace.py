@@ -20,9 +20,9 @@ from torch.nn.modules.conv import _ConvNd
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from cnncheck.frames import calling_torch_module, function_name, traceback_location, user_location
+from cnncheck.frames import calling_module_name, calling_torch_module, function_name, traceback_location, user_location
 from cnncheck.layers import LayerKind, classify, from_torch
-from cnncheck.ops import BIASED_FUNCTIONS, batch_norm_arguments, function_kind
+from cnncheck.ops import BIASED_FUNCTIONS, MODAL_FUNCTIONS, batch_norm_arguments, function_kind
 from cnncheck.recognize import layer_bias, own_tensor_names, recognize, verified_by_op
 
 Source = Union["Node", str]
@@ -179,6 +179,20 @@ _TORCH_LAYERS = (_BatchNorm, _ConvNd)
 inputs are copied for the probes only once the ops they ran show that a probe will be needed."""
 
 
+_NAMES: dict[Any, str] = {}
+
+
+def _name_of(func: Any) -> str:
+    """``function_name``, remembered: asked for every op of every pass."""
+    try:
+        name = _NAMES.get(func)
+    except TypeError:  # an unhashable callable
+        return function_name(func)
+    if name is None:
+        name = _NAMES[func] = function_name(func)
+    return name
+
+
 def _container_items(value: Any) -> list[tuple[str, Any]]:
     if isinstance(value, nn.Module):
         return []
@@ -235,15 +249,18 @@ class _Tracer(TorchFunctionMode):
         modules: dict[nn.Module, ModuleInfo],
         grad_probe: bool,
         save_inputs: frozenset[LayerKind],
+        only: frozenset[LayerKind] | None = None,
     ) -> None:
         super().__init__()
         self.modules = modules
+        self.only = only
+        self.inside = 0  # recording frames of layers traced inside (a light pass records ops only there)
         self.grad_probe = grad_probe
         self.save_inputs = save_inputs
         self.nodes: list[Node] = []
         self.producers: dict[int, tuple[torch.Tensor, Node]] = {}
         self.named: dict[int, str] = {}
-        for module, info in modules.items():
+        for module, info in (modules.items() if only is None else ()):  # a light pass follows no dataflow
             for pname, p in module.named_parameters(recurse=False):
                 self.named.setdefault(id(p), f"param:{_join(info.name, pname)}")
             for bname, b in module.named_buffers(recurse=False):
@@ -271,6 +288,9 @@ class _Tracer(TorchFunctionMode):
             self.producers[id(t)] = (t, node)
 
     def scope(self) -> str:
+        """The innermost module whose forward is running (a light pass hooks only some: ask the frames)."""
+        if self.only is not None:
+            return calling_module_name(self.modules)
         for frame in reversed(self.stack):
             if frame.info is not None:
                 return frame.info.name
@@ -281,6 +301,8 @@ class _Tracer(TorchFunctionMode):
         kwargs = kwargs or {}
         if self.suppress or self.busy:
             return func(*args, **kwargs)
+        if self.only is not None and not self.inside and _name_of(func) not in MODAL_FUNCTIONS:
+            return func(*args, **kwargs)  # a light pass: only the ops whose result depends on the mode
         self.current_call = (func, args, kwargs)
         out = func(*args, **kwargs)
         self.current_call = None
@@ -296,7 +318,7 @@ class _Tracer(TorchFunctionMode):
         if not outputs:
             return
         inputs = _tensors((args, kwargs))
-        name = function_name(func)
+        name = _name_of(func)
         node = Node(
             index=len(self.nodes),
             name=name,
@@ -330,7 +352,8 @@ class _Tracer(TorchFunctionMode):
         try:
             info = self.modules.get(module)
             own_code = info is not None and not from_torch(module)
-            recording = info is not None and (info.atomic or own_code) and not self.suppress
+            recording = info is not None and (info.atomic or own_code) and not self.suppress and (
+                self.only is None or info.kind in self.only)
             inputs = _tensors((args, kwargs)) if recording else []
             sources = [self.source_of(t) for t in inputs]
             frame = _Frame(module, info, recording, inputs, sources, module.training)
@@ -341,6 +364,7 @@ class _Tracer(TorchFunctionMode):
                         frame.saved_input = inputs[0].detach().clone()  # before forward can change it in place
                 if own_code:
                     frame.first_inner = len(self.nodes)  # traced inside; recognised when it returns
+                    self.inside += 1
                 else:
                     self.suppress += 1
             self.stack.append(frame)
@@ -362,6 +386,7 @@ class _Tracer(TorchFunctionMode):
             if frame.first_inner is None:
                 self.suppress -= 1
             else:
+                self.inside -= 1
                 if self._recognised_kind(frame, outputs) is None:
                     return  # a block: its inner ops are the graph
                 inner = self.nodes[frame.first_inner:]
@@ -460,15 +485,20 @@ def run_trace(
     save_inputs: frozenset[LayerKind] = frozenset(),
     before: Callable[[], None] | None = None,
     kwargs: dict[str, Any] | None = None,
+    only: frozenset[LayerKind] | None = None,
 ) -> Trace:
     """Run ``model(*inputs, **kwargs)`` once, recording the graph. An exception in ``forward`` is caught and
-    kept in ``Trace.error`` with the call that raised it; the nodes before it are kept too."""
-    tracer = _Tracer(model, modules, grad_probe, save_inputs)
+    kept in ``Trace.error`` with the call that raised it; the nodes before it are kept too. ``only``
+    makes a light pass: layers of those kinds and the mode-dependent ops (``MODAL_FUNCTIONS``), no
+    dataflow; for the eval pass, whose rules need nothing else."""
+    tracer = _Tracer(model, modules, grad_probe, save_inputs, only)
     kwargs = kwargs or {}
     for i, t in enumerate(_tensors((inputs, kwargs))):
         tracer.inputs[id(t)] = f"input:{i}"
     handles = []
-    for module in modules:
+    for module, info in modules.items():
+        if only is not None and info.kind not in only:
+            continue
         handles.append(module.register_forward_pre_hook(tracer.pre_hook, with_kwargs=True))
         handles.append(module.register_forward_hook(tracer.post_hook, with_kwargs=True))
     trace = Trace(nodes=tracer.nodes, modules=modules)

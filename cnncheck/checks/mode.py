@@ -12,6 +12,7 @@ from torch.nn.modules.dropout import _DropoutNd
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
 from cnncheck.layers import LayerKind
+from cnncheck.ops import RANDOM_FUNCTIONS
 from cnncheck.probes import mismatch
 from cnncheck.rules import Rule
 from cnncheck.trace import Node, Trace
@@ -28,11 +29,6 @@ _TRAINING_ARGUMENT = {
     "alpha_dropout": (2, False),
     "feature_alpha_dropout": (2, False),
 }
-_RANDOM = frozenset({
-    "rand", "rand_like", "randn", "randn_like", "randint", "randint_like", "randperm", "bernoulli", "bernoulli_",
-    "normal", "normal_", "uniform_", "multinomial", "poisson", "exponential_", "geometric_", "cauchy_",
-    "log_normal_", "random_",
-})
 
 
 @dataclass(frozen=True)
@@ -52,7 +48,7 @@ def eval_leaks(trace: Trace) -> list[Leak]:
                 leaks.append(Leak(node, "dropout-ignores-mode"))
         elif _functional_training(node):
             leaks.append(Leak(node, "functional"))
-        elif node.func_name in _RANDOM:
+        elif node.func_name in RANDOM_FUNCTIONS:
             leaks.append(Leak(node, "random"))
     return leaks
 
