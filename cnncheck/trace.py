@@ -236,8 +236,9 @@ class _Frame:
     sources: list[Source]
     training: bool
     saved_input: torch.Tensor | None = None
+    skipped: bool = False
     input_version: int = -1
-    # a student's BatchNorm-like layer is traced inside until its output is known (see _provisional)
+    # a layer that is not torch's own is traced inside from here until it returns (cnncheck.recognize)
     first_inner: int | None = None
     batch_norm: Node | None = None  # its call of torch's batch_norm with its own running statistics
 
@@ -352,8 +353,11 @@ class _Tracer(TorchFunctionMode):
         try:
             info = self.modules.get(module)
             own_code = info is not None and not from_torch(module)
-            recording = info is not None and (info.atomic or own_code) and not self.suppress and (
-                self.only is None or info.kind in self.only)
+            recording = info is not None and (info.atomic or own_code) and not self.suppress
+            if recording and self.only is not None and info is not None and info.kind not in self.only:
+                self.suppress += 1  # a layer a light pass does not look into (a conv's own batch_norm)
+                self.stack.append(_Frame(module, info, False, [], [], module.training, skipped=True))
+                return
             inputs = _tensors((args, kwargs)) if recording else []
             sources = [self.source_of(t) for t in inputs]
             frame = _Frame(module, info, recording, inputs, sources, module.training)
@@ -379,6 +383,8 @@ class _Tracer(TorchFunctionMode):
             if not self.stack or self.stack[-1].module is not module:
                 return
             frame = self.stack.pop()
+            if frame.skipped:
+                self.suppress -= 1
             if not frame.recording or frame.info is None:
                 return
             outputs = _tensors(output)
@@ -497,7 +503,7 @@ def run_trace(
         tracer.inputs[id(t)] = f"input:{i}"
     handles = []
     for module, info in modules.items():
-        if only is not None and info.kind not in only:
+        if only is not None and not info.atomic:
             continue
         handles.append(module.register_forward_pre_hook(tracer.pre_hook, with_kwargs=True))
         handles.append(module.register_forward_hook(tracer.post_hook, with_kwargs=True))
