@@ -27,9 +27,9 @@ def measure(name: str, repeats: int) -> dict[str, object]:
     import warnings
 
     import torch
+    from zoo_models import build, zoo_input_shape
 
     import cnncheck
-    from zoo_models import build, zoo_input_shape
 
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")

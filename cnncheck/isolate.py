@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cnncheck.results import ModelResult
 from cnncheck.frames import traceback_location
+from cnncheck.results import ModelResult
 
 _CONTEXT_LOCK = threading.Lock()
 _CONTEXT: Any = None

@@ -109,3 +109,35 @@ def _class_assignments(klass: type) -> dict[str, tuple[str, ast.AST]]:
             ):
                 found[target.attr] = (filename, node)
     return found
+
+
+def call_in_function(locations: list[str], names: tuple[str, ...]) -> str | None:
+    """``file:line`` of a call to one of ``names`` (``is_grad_enabled``) in a function that ran one of
+    the ops at ``locations`` (``file:line`` each): the line that decides what those ops do."""
+    for location in dict.fromkeys(locations):
+        filename, _, line = location.rpartition(":")
+        if not line.isdigit():
+            continue
+        tree = _parsed(filename)
+        if tree is None:
+            continue
+        for func in ast.walk(tree):
+            if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if not func.lineno <= int(line) <= (func.end_lineno or func.lineno):
+                continue
+            for node in ast.walk(func):
+                if isinstance(node, ast.Call):
+                    callee = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                    if callee in names:
+                        return f"{filename}:{node.lineno}"
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(filename: str) -> ast.AST | None:
+    try:
+        with open(filename, encoding="utf-8") as source:
+            return ast.parse(source.read())
+    except (OSError, SyntaxError, ValueError):
+        return None

@@ -22,6 +22,7 @@ class _ModuleState:
     training: bool
     parameters: dict[str, nn.Parameter | None]
     buffers: dict[str, torch.Tensor | None]
+    attributes: dict[str, torch.Tensor]  # plain tensor attributes (d2l.ai keeps running statistics so)
 
 
 @dataclass
@@ -36,11 +37,11 @@ class _TensorState:
 def preserved(modules: Iterable[nn.Module]) -> Iterator[None]:
     """Snapshot every module's state on entry and restore it on exit."""
     module_states = [
-        _ModuleState(m, m.training, dict(m._parameters), dict(m._buffers)) for m in modules
+        _ModuleState(m, m.training, dict(m._parameters), dict(m._buffers), _tensor_attributes(m)) for m in modules
     ]
     tensors: dict[int, _TensorState] = {}
     for state in module_states:
-        for t in [*state.parameters.values(), *state.buffers.values()]:
+        for t in [*state.parameters.values(), *state.buffers.values(), *state.attributes.values()]:
             if t is not None and id(t) not in tensors:
                 tensors[id(t)] = _TensorState(t, t.detach().clone(), t.grad, t.requires_grad)
     try:
@@ -51,6 +52,9 @@ def preserved(modules: Iterable[nn.Module]) -> Iterator[None]:
             state.module._parameters.update(state.parameters)
             state.module._buffers.clear()
             state.module._buffers.update(state.buffers)
+            for name in [n for n in _tensor_attributes(state.module) if n not in state.attributes]:
+                del state.module.__dict__[name]  # a tensor the check's forward passes left behind
+            state.module.__dict__.update(state.attributes)
             # ``training`` is restored directly: a student's train() override must not run again
             object.__setattr__(state.module, "training", state.training)
         with torch.no_grad():
@@ -60,6 +64,10 @@ def preserved(modules: Iterable[nn.Module]) -> Iterator[None]:
                 ts.tensor.grad = ts.grad
                 if ts.tensor.is_leaf:
                     ts.tensor.requires_grad_(ts.requires_grad)
+
+
+def _tensor_attributes(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: v for n, v in vars(module).items() if isinstance(v, torch.Tensor)}
 
 
 @contextlib.contextmanager

@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from cnncheck.pytest_plugin import OPTIONS, Options
 from cnncheck.frames import traceback_location
+from cnncheck.pytest_plugin import OPTIONS, Options
 
 BASELINE = pytest.StashKey[Any]()
 

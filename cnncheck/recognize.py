@@ -144,11 +144,31 @@ def recognize(module: nn.Module, static: LayerKind, name: str, inner: list[Node]
         if outputs and inputs and outputs[0].shape == inputs[0].shape:
             return Recognition(LayerKind.BATCH_NORM, "normalises with statistics over the batch")
         return Recognition(None, "statistics over the batch and a change of shape: a block")
-    if layer_ops:
+    if any(n.func_name in POOL_FUNCTIONS for n in layer_ops) or (layer_ops and _smaller(inputs, outputs)):
         return Recognition(LayerKind.POOL, "pools or reduces over space")
+    if not layer_ops and _filter_bank_on_input(module, name, on_input, inner, own, first, inputs, outputs):
+        return Recognition(LayerKind.CONV, "computes with a filter bank of its own on its input, by hand")
     if static is not LayerKind.OTHER:
         return Recognition(static, "its attributes: its forward runs no layer op (computed by hand)")
     return Recognition(None, "no layer op of its own")
+
+
+def _filter_bank_on_input(module: nn.Module, name: str, on_input: list[Node], inner: list[Node], own: set[str],
+                          first: int, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> bool:
+    """A convolution written out (``F.unfold`` and a matrix product, loops over windows): a parameter of
+    its own shaped like filters, (C_out, C_in, *kernel), combined with its input by an op, and a feature
+    map out of a feature map. Only such a layer is compared numerically with ``F.conv*d``."""
+    if not inputs or not outputs or inputs[0].dim() < 3 or outputs[0].dim() != inputs[0].dim():
+        return False
+    banks = {f"{name}.{p_name}" if name else p_name
+             for p_name, p in module.named_parameters(recurse=False) if p.dim() == inputs[0].dim()}
+    return bool(banks) and any(origin(src, inner, own, first).params & banks for n in on_input for src in n.sources)
+
+
+def _smaller(inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> bool:
+    """An output with fewer elements than the input: a reduction over space that pools, not one that
+    only feeds a normalisation or a gate of the same shape (GlobalResponseNorm, squeeze-excite)."""
+    return bool(inputs and outputs) and outputs[0].numel() < inputs[0].numel()
 
 
 def _weight_source(node: Node) -> Any:

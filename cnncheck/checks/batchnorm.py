@@ -9,13 +9,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnncheck.checks.batchnorm_semantics import (
+    eval_problems,
+    is_stock_batchnorm,
+    per_channel_dims,
+    statistics_dims,
+    train_problems,
+)
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
-from cnncheck.layers import LayerKind, affine_parameters, running_buffers
-from cnncheck.probes import eval_problems, is_stock_batchnorm, per_channel_dims, statistics_dims, train_problems
-from cnncheck.rules import Rule
+from cnncheck.layers import LayerKind, affine_parameters, running_buffers, statistic
 from cnncheck.ops import LAYOUT_FUNCTIONS, batch_norm_arguments
 from cnncheck.recognize import batch_norm_call
+from cnncheck.rules import Rule
 from cnncheck.trace import Node, Trace
 
 
@@ -75,7 +81,7 @@ def _num_features(ctx: CheckContext, rule: Rule, module: nn.Module, name: str, x
     declared = getattr(module, "num_features", None)
     names = running_buffers(module)
     if sized_by_buffers and not isinstance(declared, int) and names is not None:
-        declared = module._buffers[names[0]].numel()  # type: ignore[union-attr]
+        declared = statistic(module, names[0]).numel()
     channels = int(x.shape[1]) if x.dim() > 1 else None
     if not isinstance(declared, int) or channels is None or declared == channels:
         return None
@@ -97,7 +103,7 @@ def _shapes(ctx: CheckContext, rule: Rule, node: Node) -> Finding | None:
     tensors = dict(module.named_parameters(recurse=False))
     names = running_buffers(module)
     if names is not None:
-        tensors.update({n: module._buffers[n] for n in names})  # type: ignore[misc]
+        tensors.update({n: statistic(module, n) for n in names})
     wrong = {n: t for n, t in tensors.items() if t is not None and t.numel() != channels}
     if not wrong:
         return None
@@ -165,16 +171,28 @@ def check_train(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         module, x = node.module, node.probe_input
         if module is None or x is None or x.dim() < 2 or not node.training:
             continue
+        kept = _statistics_with_history(module)
+        problems = [
+            f"its running statistics ({', '.join(kept)}) are updated with their autograd history: each "
+            f"batch's graph stays attached to them, so memory and time grow with every training step (and "
+            f"backward may reach into earlier batches); update them under torch.no_grad() or from "
+            f".detach()ed batch statistics"
+        ] if kept else []
         if is_stock_batchnorm(module) or verified_call(node) is not None:
-            problems = _hyperparameter_problems(module)  # torch's op does the arithmetic
-        elif not _per_channel_shapes(module, x) or not _is_per_channel(ctx, node):
-            continue
-        else:
-            problems = train_problems(module, x)
+            problems += _hyperparameter_problems(module)  # torch's op does the arithmetic
+        elif _per_channel_shapes(module, x) and _is_per_channel(ctx, node):
+            problems += train_problems(module, x)
         for problem in problems:
             yield rule.finding(node.name, f"{type(module).__name__} in train mode: {problem}",
                                location=ctx.location_of(module))
     yield from _functional_calls(ctx, rule)
+
+
+def _statistics_with_history(module: nn.Module) -> list[str]:
+    """The layer's own tensors (buffers, plain attributes) that a train-mode forward left attached to the
+    autograd graph: a running statistic updated from the batch without detach or no_grad."""
+    tensors = [*module._buffers.items(), *vars(module).items()]
+    return list(dict.fromkeys(n for n, t in tensors if isinstance(t, torch.Tensor) and t.grad_fn is not None))
 
 
 def verified_call(node: Node) -> Node | None:

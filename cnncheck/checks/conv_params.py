@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -150,30 +151,57 @@ def _numeric_mismatch(ctx: CheckContext, module: nn.Module, weight: torch.Tensor
     if node is None or node.probe_input is None or not node.outputs or len(node.inputs) != 1:
         return None  # re-called with fewer inputs than forward was given, it would not be the same call
     x = node.probe_input
+    with torch.no_grad():
+        found = module(x)
+    if not isinstance(found, torch.Tensor):
+        return None
+    kernel = tuple(int(k) for k in weight.shape[2:])
+    candidates = [_declared_call(module, rank)] if _declares_geometry(module) else _geometries(kernel, rank)
+    expected = None
+    shapes = []
+    for stride, padding, dilation, out_pad in candidates:
+        try:
+            with torch.no_grad():
+                if transposed:
+                    fn = getattr(F, f"conv_transpose{rank}d")
+                    attempt = fn(x, weight, bias, stride, padding, out_pad, groups, dilation)
+                else:
+                    fn = getattr(F, f"conv{rank}d")
+                    attempt = fn(x, weight, bias, stride, padding, dilation, groups)
+        except Exception as exc:  # its attributes do not describe a valid convolution
+            if len(candidates) == 1:
+                return f"its attributes do not describe a valid convolution: {exc}"
+            continue
+        shapes.append(tuple(attempt.shape))
+        if attempt.shape == found.shape:
+            if mismatch(found, attempt, scale=10) is None:
+                return None
+            expected = expected if expected is not None else attempt
+    if expected is not None:
+        return str(mismatch(found, expected, scale=10))
+    if len(candidates) > 1:
+        return (f"output of shape {_shape(tuple(found.shape))}, which no stride and padding of a "
+                f"{'x'.join(map(str, kernel))} F.conv{rank}d gives")
+    return f"output of shape {_shape(tuple(found.shape))} where F.conv gives {_shape(shapes[0])}"
+
+
+def _declares_geometry(module: nn.Module) -> bool:
+    return any(hasattr(module, n) for n in ("stride", "padding", "dilation"))
+
+
+def _declared_call(module: nn.Module, rank: int) -> tuple[Any, Any, Any, Any]:
     stride = as_tuple(getattr(module, "stride", 1), rank)
     padding = getattr(module, "padding", 0)
     padding = padding if isinstance(padding, str) else as_tuple(padding, rank)
     dilation = as_tuple(getattr(module, "dilation", 1), rank)
-    with torch.no_grad():
-        found = module(x)
-        if not isinstance(found, torch.Tensor):
-            return None
-        try:
-            if transposed:
-                out_pad = as_tuple(getattr(module, "output_padding", 0), rank)
-                fn = getattr(F, f"conv_transpose{rank}d")
-                expected = fn(x, weight, bias, stride, padding, out_pad, groups, dilation)
-            else:
-                fn = getattr(F, f"conv{rank}d")
-                expected = fn(x, weight, bias, stride, padding, dilation, groups)
-        except Exception as exc:  # its attributes do not describe a valid convolution
-            return f"its attributes do not describe a valid convolution: {exc}"
-    result = mismatch(found, expected, scale=10)
-    if result is None:
-        return None
-    if found.shape != expected.shape:
-        return f"output of shape {_shape(tuple(found.shape))} where F.conv gives {_shape(tuple(expected.shape))}"
-    return str(result)
+    return stride, padding, dilation, as_tuple(getattr(module, "output_padding", 0), rank)
+
+
+def _geometries(kernel: tuple[int, ...], rank: int) -> list[tuple[Any, Any, Any, Any]]:
+    """Strides and paddings to try for a convolution written by hand that names neither: the ones whose
+    output has the layer's shape are compared."""
+    zero = (0,) * rank
+    return [((s,) * rank, (p,) * rank, (1,) * rank, zero) for s in (1, 2, 3, 4) for p in range(max(kernel) + 1)]
 
 
 def _declared_geometry(module: nn.Module, weight: torch.Tensor | None, groups: int,

@@ -14,12 +14,11 @@ from torch.utils._pytree import tree_flatten
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
 from cnncheck.formulas import output_size, output_size_text
+from cnncheck.frames import function_name
 from cnncheck.layers import LayerKind, as_tuple, short_repr
 from cnncheck.ops import RESHAPES
 from cnncheck.rules import Rule
-from cnncheck.frames import function_name
 from cnncheck.trace import Node, Source
-
 
 
 @dataclass(frozen=True)

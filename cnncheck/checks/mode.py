@@ -11,9 +11,11 @@ from torch.nn.modules.dropout import _DropoutNd
 
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
-from cnncheck.layers import LayerKind
+from cnncheck.layers import LayerKind, from_torch
+from cnncheck.locate import call_in_function
 from cnncheck.ops import RANDOM_FUNCTIONS
-from cnncheck.probes import mismatch
+from cnncheck.probes import mismatch, private_copy
+from cnncheck.recognize import batch_norm_call
 from cnncheck.rules import Rule
 from cnncheck.trace import Node, Trace
 
@@ -85,12 +87,56 @@ def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         if node.training is False and node.name not in reported and not _frozen_on_purpose(ctx, node):
             reported.add(node.name)
             yield _train_finding(ctx, rule, node)
+    for node in ctx.train_trace.module_nodes(LayerKind.BATCH_NORM):
+        if node.name not in reported and _follows_grad_mode(node):
+            reported.add(node.name)
+            yield _grad_mode_finding(ctx, rule, node)
     for node in ctx.train_trace.nodes:
         if _dropout_never_on(node) and (node.location or node.scope) not in reported:
             reported.add(node.location or node.scope)
             yield _fixed_training(ctx, rule, node, False, "never drops: its training argument is False, so "
                                   "model.train() cannot switch it on",
                                   "pass training=self.training, or use an nn.Dropout layer registered in __init__")
+
+
+def _follows_grad_mode(node: Node) -> bool:
+    """Whether a hand-written BatchNorm in eval mode computes something else with gradients on than
+    under ``torch.no_grad()``: it picks its mode by ``torch.is_grad_enabled()``, not ``self.training``
+    (the d2l.ai chapter's BatchNorm). torch's own batch_norm follows ``training`` alone."""
+    x = node.probe_input
+    if node.module is None or x is None or from_torch(node.module) or batch_norm_call(node) is not None:
+        return False
+    outputs = []
+    for grad in (False, True):
+        layer = private_copy(node.module).eval()
+        with torch.set_grad_enabled(grad):
+            try:
+                out = layer(x.detach().clone())
+            except Exception:  # noqa: BLE001 - the student's layer fails alone: not this rule's verdict
+                return False
+        if not isinstance(out, torch.Tensor):
+            return False
+        outputs.append(out.detach())
+    return mismatch(outputs[1], outputs[0], scale=10) is not None
+
+
+def _grad_mode_finding(ctx: CheckContext, rule: Rule, node: Node) -> Finding:
+    module = node.module
+    assert module is not None
+    name = type(module).__name__
+    line = call_in_function([n.location for n in node.inner if n.location], ("is_grad_enabled",))
+    return rule.finding(
+        node.name,
+        f"{name} chooses between batch and running statistics by torch.is_grad_enabled(), not self.training: "
+        f"model.eval() alone does not switch it, and evaluating without torch.no_grad() (validation with "
+        f"gradients on, a GAN's discriminator, test-time adaptation) still normalises with, and updates, the "
+        f"statistics of each batch",
+        expected="eval mode (self.training is False) uses the running statistics, whatever the grad mode",
+        found="in eval mode with gradients enabled it normalises with the batch's statistics",
+        fix="decide by the module's mode: `if not self.training:` (pass self.training to the function that "
+        "normalises), as nn.BatchNorm2d does",
+        location=line or ctx.location_of(module),
+    )
 
 
 def _fixed_training(ctx: CheckContext, rule: Rule, node: Node, value: bool, effect: str, fix: str) -> Finding:

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 from torch.nn.modules.pooling import _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, _AvgPoolNd, _MaxPoolNd
 
+from cnncheck.checks.batchnorm_semantics import cancels_channel_constant, is_stock_batchnorm
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
 from cnncheck.layers import LayerKind, from_torch, layer_label
-from cnncheck.probes import cancels_channel_constant, is_stock_batchnorm
 from cnncheck.ops import batch_norm_arguments
 from cnncheck.recognize import batch_norm_call, layer_bias
 from cnncheck.rules import Rule
