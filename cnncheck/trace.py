@@ -503,8 +503,8 @@ def run_trace(
         tracer.inputs[id(t)] = f"input:{i}"
     handles = []
     for module, info in modules.items():
-        if only is not None and not info.atomic:
-            continue
+        if only is not None and info.kind not in only and (not info.atomic or from_torch(module)):
+            continue  # a light pass: torch's own layers of other kinds run no mode-dependent op inside
         handles.append(module.register_forward_pre_hook(tracer.pre_hook, with_kwargs=True))
         handles.append(module.register_forward_hook(tracer.post_hook, with_kwargs=True))
     trace = Trace(nodes=tracer.nodes, modules=modules)

@@ -297,3 +297,17 @@ class PoolNet(nn.Module):
 
     def forward(self, x):
         return self.fc(self.pool(F.relu(self.conv(x))).flatten(1))
+
+
+class RoutedCondConv(nn.Module):
+    """timm's CondConv2d as its EfficientNet-CondConv blocks call it: per-sample routing weights from a
+    pooled linear layer mix the experts' filter banks."""
+
+    def __init__(self, conv: nn.Module, cin: int, experts: int) -> None:
+        super().__init__()
+        self.routing = nn.Linear(cin, experts)
+        self.conv = conv
+
+    def forward(self, x):
+        routing = torch.sigmoid(self.routing(F.adaptive_avg_pool2d(x, 1).flatten(1)))
+        return self.conv(x, routing)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import cnncheck
 import models_conv as M
@@ -101,3 +102,41 @@ def test_redundant_bias_functional_message_and_location():
     assert "F.batch_norm" in f.message
     assert "drop the bias argument" in f.fix
     assert f.location.endswith(line_of(M.FunctionalConvBNStats, "x = F.conv2d("))
+
+
+class ZeroInitResidual(torch.nn.Module):
+    """timm's residual block with ``zero_init_last``: the last BN of the branch starts with gamma = 0, so
+    every gradient inside the branch is exactly 0 at init. conv1's bias is still cancelled by bn1."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(c, c, 3, padding=1)
+        self.bn1 = torch.nn.BatchNorm2d(c)
+        self.conv2 = torch.nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(c)
+        torch.nn.init.zeros_(self.bn2.weight)
+
+    def forward(self, x):
+        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+class ZeroInitNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.block = ZeroInitResidual()
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x)).mean(dim=(2, 3)))
+
+
+def test_zero_initialised_last_bn_does_not_hide_a_redundant_bias():
+    report = check_unmodified(build(ZeroInitNet), SHAPE)
+    assert rule_pairs(report) == {(RULE, "block.conv1")}, str(report)
+
+
+def test_zero_initialised_last_bn_alone_is_not_a_finding():
+    model = build(ZeroInitNet)
+    model.block.conv1 = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False)
+    assert rule_pairs(check_unmodified(model, SHAPE)) == set()
