@@ -115,7 +115,9 @@ def recognize(module: nn.Module, static: LayerKind, name: str, inner: list[Node]
     """The kind of one call of ``module`` from the ops it ran (``inner``, recorded from ``first``)."""
     own = set(own)
     children = [n for n in inner if n.module is not None and n.module is not module]
-    deeper = [n for n in inner if n.module is None and n.scope != name]
+    # ops of a child of its own that is no layer (timm's GELU, an activation written out) are helpers too
+    deeper = [n for n in inner if n.module is None and n.scope != name
+              and (n.func_name in _LAYER_FUNCTIONS or _spatial_reduction(n))]
     if any(n.kind not in _LEAF_HELPERS for n in children) or deeper:
         return Recognition(None, "runs layers of its own inside")
     functions = [n for n in inner if n.module is None]

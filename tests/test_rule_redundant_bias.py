@@ -140,3 +140,27 @@ def test_zero_initialised_last_bn_alone_is_not_a_finding():
     model = build(ZeroInitNet)
     model.block.conv1 = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False)
     assert rule_pairs(check_unmodified(model, SHAPE)) == set()
+
+
+class ThroughConv(torch.nn.Module):
+    """conv1 (bias) -> conv2 -> BN: conv2 maps conv1's per-channel constant to a per-channel constant when
+    it has no zero padding (every output sums the same filter over the same constant)."""
+
+    def __init__(self, k: int = 1, padding: int = 0) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 8, k, padding=padding, bias=False)
+        self.bn = torch.nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv2(self.conv1(x))))
+
+
+@pytest.mark.parametrize("k, padding, flagged", [
+    pytest.param(1, 0, True, id="1x1-conv-carries-the-constant"),
+    pytest.param(3, 0, True, id="3x3-valid-conv-carries-the-constant"),
+    pytest.param(3, 1, False, id="zero-padded-conv-changes-it-at-the-borders"),
+])
+def test_a_conv_without_zero_padding_carries_the_bias_to_the_bn(k, padding, flagged):
+    report = check_unmodified(build(lambda: ThroughConv(k, padding)), SHAPE)
+    assert rule_pairs(report) == ({(RULE, "conv1")} if flagged else set()), str(report)

@@ -62,7 +62,7 @@ CONFIRMED: dict[str, tuple[int, str]] = {
     "hrnet_w18_small": (4, "hrnet.py downsamp_modules and final_layer: nn.Conv2d(..., bias=True) then BatchNorm2d"),
     "efficientformer_l1": (33, "efficientformer.py Stem4/Downsample convs and Mlp.fc1 = nn.Conv2d(..., 1) with "
                            "bias, each followed by a BatchNorm2d"),
-    "efficientformerv2_s0": (74, "efficientformer_v2.py ConvNorm/ConvMlpWithNorm build nn.Conv2d with bias=True "
+    "efficientformerv2_s0": (75, "efficientformer_v2.py ConvNorm/ConvMlpWithNorm build nn.Conv2d with bias=True "
                              "before BatchNorm2d (norm_act)"),
     "inception_next_atto": (37, "inception_next.py: the stem conv (bias) before BatchNorm2d, and "
                             "InceptionDWConv2d's dwconv_hw/w/h (bias) concatenated into the block's norm"),
@@ -72,6 +72,10 @@ CONFIRMED: dict[str, tuple[int, str]] = {
                     "bn(conv(x) + conv1(x) + x)"),
     "resnest14d": (4, "split_attn.py SplitAttn: fc1 = nn.Conv2d(out_channels, attn_chs, 1) keeps its bias, then bn1; "
                    "the blocks' last BN is zero-initialised, so no gradient reaches it at init"),
+    "inception_resnet_v2": (1, "inception_resnet_v2.py: the last Block8 has no ReLU, so conv2d's bias (x*scale + x) "
+                            "reaches conv2d_7b, a 1x1 conv without padding (a constant stays a constant), then its BN"),
+    "gcresnet33ts": (10, "global_context.py: x + mlp_add(context) adds fc2's bias to every position; conv3_1x1 (1x1, "
+                     "no padding) keeps it one constant per channel, and its BatchNorm cancels it"),
     "visformer_tiny": (3, "visformer.py PatchEmbed: proj = nn.Conv2d(..., bias default) then a BatchNorm2d norm"),
 }
 """The only findings on the zoo: redundant biases, each read in the model's source (timm 1.0)."""

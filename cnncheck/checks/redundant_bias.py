@@ -12,8 +12,8 @@ from cnncheck.checks.batchnorm_semantics import cancels_channel_constant, is_sto
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
 from cnncheck.layers import LayerKind, from_torch, layer_label
-from cnncheck.ops import batch_norm_arguments
-from cnncheck.recognize import batch_norm_call, layer_bias
+from cnncheck.ops import argument, batch_norm_arguments
+from cnncheck.recognize import batch_norm_call, conv_calls, layer_bias
 from cnncheck.rules import Rule
 from cnncheck.trace import Node, Trace
 
@@ -106,6 +106,31 @@ def _cancelling_sinks(ctx: CheckContext, trace: Trace, start: Node) -> list[Node
     return sinks or None
 
 
+def _convolves_constant_to_constant(node: Node) -> bool:
+    """A convolution without zero padding maps a per-channel constant to a per-channel constant (each
+    output sums the same filter over the same constant); zero padding makes the borders differ, and a
+    strided transposed conv overlaps unevenly. Judged on the conv op that ran (for a layer, the one
+    inside it, after any padding of its own)."""
+    if node.module is not None:
+        if any(n.func_name == "pad" for n in node.inner):
+            return False
+        if not node.inner:  # torch's own conv layer
+            padding = getattr(node.module, "padding", None)
+            transposed = bool(getattr(node.module, "transposed", False))
+            return not transposed and (padding == "valid" or _all_zero(padding))
+        calls = conv_calls(node)
+        return len(calls) == 1 and _convolves_constant_to_constant(calls[0])
+    if "transpose" in node.func_name:
+        return False
+    padding = argument(node, "padding", 4, 0)
+    return padding == "valid" or _all_zero(padding)
+
+
+def _all_zero(padding: object) -> bool:
+    values = padding if isinstance(padding, (tuple, list)) else (padding,)
+    return all(isinstance(v, int) and v == 0 for v in values)
+
+
 def _cancels(ctx: CheckContext, node: Node) -> bool:
     if node.module is not None:
         if isinstance(node.module, nn.GroupNorm):  # one group per channel is an InstanceNorm
@@ -133,6 +158,8 @@ def _cancels(ctx: CheckContext, node: Node) -> bool:
 def _passes_constant(node: Node) -> bool:
     """Whether ``node`` carries a per-channel constant of its input through as a per-channel constant.
     (A wrong yes costs nothing: every verdict is confirmed by the bias gradient being 0.)"""
+    if node.kind is LayerKind.CONV:
+        return _convolves_constant_to_constant(node)
     if node.module is not None:
         return isinstance(node.module, _PASS_MODULES)
     if node.func_name in _PASS_FUNCTIONS:
