@@ -26,6 +26,7 @@ from cnncheck.ops import (
     LAYOUT_FUNCTIONS,
     POOL_FUNCTIONS,
     REDUCTIONS,
+    RESHAPES,
     argument,
     batch_norm_arguments,
     reduced_dims,
@@ -125,6 +126,8 @@ def recognize(module: nn.Module, static: LayerKind, name: str, inner: list[Node]
     layer_ops = [n for n in on_input if n.func_name in _LAYER_FUNCTIONS or _spatial_reduction(n)]
     convs = [n for n in layer_ops if n.func_name in CONV_FUNCTIONS]
     if len(convs) == 1 and len(layer_ops) == 1 and origin(_weight_source(convs[0]), inner, own, first).params:
+        if _transformed_after(convs[0], on_input) or (outputs and outputs[0].dim() != convs[0].outputs[0].dim()):
+            return Recognition(None, f"{convs[0].func_name} and an activation after it: a block")
         return Recognition(LayerKind.CONV, f"calls {convs[0].func_name} on its own weights")
     norms = [n for n in layer_ops if n.func_name in BATCH_NORM_FUNCTIONS]
     if norms and len(norms) == len(layer_ops):
@@ -133,9 +136,11 @@ def recognize(module: nn.Module, static: LayerKind, name: str, inner: list[Node]
         return Recognition(LayerKind.BATCH_NORM, "calls batch_norm on its input")
     if len(layer_ops) == 1 and layer_ops[0].func_name == "linear" \
             and origin(_weight_source(layer_ops[0]), inner, own, first).params:
+        if _transformed_after(layer_ops[0], on_input):
+            return Recognition(None, "linear and an activation after it: a block")
         return Recognition(LayerKind.LINEAR, "calls linear on its own weights")
-    if layer_ops and all(n.func_name in DROPOUT_FUNCTIONS for n in layer_ops) and not _batch_statistics(on_input):
-        return Recognition(LayerKind.DROPOUT, f"calls {layer_ops[0].func_name}")
+    if layer_ops and all(n.func_name in DROPOUT_FUNCTIONS for n in on_input):
+        return Recognition(LayerKind.DROPOUT, f"calls {layer_ops[0].func_name} and nothing else")
     if any(n.func_name not in POOL_FUNCTIONS and not _spatial_reduction(n) for n in layer_ops):
         if _batch_statistics(on_input) and all(n.func_name in BATCH_NORM_FUNCTIONS or _spatial_reduction(n)
                                                 for n in layer_ops):
@@ -146,6 +151,8 @@ def recognize(module: nn.Module, static: LayerKind, name: str, inner: list[Node]
         if outputs and inputs and outputs[0].shape == inputs[0].shape:
             return Recognition(LayerKind.BATCH_NORM, "normalises with statistics over the batch")
         return Recognition(None, "statistics over the batch and a change of shape: a block")
+    if layer_ops and _flattens_after(layer_ops[-1], on_input, inputs, outputs):
+        return Recognition(None, "pools and flattens: a block")
     if any(n.func_name in POOL_FUNCTIONS for n in layer_ops) or (layer_ops and _smaller(inputs, outputs)):
         return Recognition(LayerKind.POOL, "pools or reduces over space")
     if not layer_ops and _filter_bank_on_input(module, name, on_input, inner, own, first, inputs, outputs):
@@ -165,6 +172,28 @@ def _filter_bank_on_input(module: nn.Module, name: str, on_input: list[Node], in
     banks = {f"{name}.{p_name}" if name else p_name
              for p_name, p in module.named_parameters(recurse=False) if p.dim() == inputs[0].dim()}
     return bool(banks) and any(origin(src, inner, own, first).params & banks for n in on_input for src in n.sources)
+
+
+# what a layer may do to its conv's or linear's result and stay that layer: a bias or scale of its own,
+# a reshape (an activation after it makes a block: the bias is no longer a constant of the output)
+_ARITHMETIC = frozenset({
+    "add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__", "mul", "mul_", "__mul__",
+    "__rmul__", "__imul__", "div", "div_", "__truediv__", "__itruediv__", "true_divide",
+})
+
+
+def _transformed_after(call: Node, on_input: list[Node]) -> bool:
+    return any(n.index > call.index and n.func_name not in LAYOUT_FUNCTIONS and n.func_name not in _ARITHMETIC
+               for n in on_input)
+
+
+def _flattens_after(last: Node, on_input: list[Node], inputs: list[torch.Tensor],
+                    outputs: list[torch.Tensor]) -> bool:
+    """A reshape that drops dims after the last pooling op, giving an output of lower rank: pool then
+    flatten in one forward (a reduction with keepdim=False, timm's flattening global pool, is a pool)."""
+    return bool(inputs and outputs) and outputs[0].dim() < inputs[0].dim() and any(
+        n.index > last.index and n.func_name in RESHAPES and n.inputs and n.outputs
+        and n.outputs[0].dim() < n.inputs[0].dim() for n in on_input)
 
 
 def _smaller(inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> bool:

@@ -70,11 +70,12 @@ class Node:
     @property
     def probe_input(self) -> torch.Tensor | None:
         """The input to probe this layer with: a copy taken at call time for a student's layer (its
-        input may be changed in place later); the live tensor for torch's own layers, whose probes
-        need only its shape or any input at all."""
-        if self.saved_input is not None:
-            return self.saved_input
-        return self.inputs[0] if self.inputs else None
+        input may be changed in place later), else a copy of the tensor as it is now, made on first
+        use: a probe must never run a layer on a tensor of the traced graph (an in-place op in the
+        layer would break the backward pass that the redundant-bias rule needs)."""
+        if self.saved_input is None and self.inputs:
+            self.saved_input = self.inputs[0].detach().clone()
+        return self.saved_input
 
     @property
     def in_shape(self) -> tuple[int, ...] | None:

@@ -37,6 +37,14 @@ mode-not-propagated        an nn.BatchNorm in a plain list attribute (``bns[0]``
 feature-size-mismatch      a Linear (module or ``F.linear``) whose in_features is off
 =========================  ============================================================================
 
+Layers are also written the ways real code writes them: convolutions as ``nn.Conv``, by hand with
+``F.conv*d``, weight-standardised (filters normalised on every call), TensorFlow-style (``F.pad`` then a
+conv without padding) or inside a block that stores ``kernel_size`` and ``stride`` (not a pool);
+BatchNorms as ``nn.BatchNorm``, by hand with buffers, through ``F.batch_norm``, or the d2l.ai way with
+the moving statistics as plain tensor attributes. Two more defects come with the latter: the mode chosen
+by ``torch.is_grad_enabled()`` (mode-not-propagated) and moving statistics that keep their autograd
+history (bn-train-behaviour).
+
 Look-alikes that are not defects are generated as well: a bias then ReLU/GELU/SiLU/dropout (module or
 ``F.dropout(..., training=self.training)``) then BN; hand-written BNs (correct or not) that apply
 ReLU/SiLU/GELU/LeakyReLU(0.2) in their own forward, before normalising (then a bias before them is not
@@ -51,10 +59,10 @@ per-channel (or per-pixel) mean cancels it, which is the finding.
 
 Combinations that are excluded, because their ground truth is ambiguous
 -----------------------------------------------------------------------
-* A live bias never meets an op that carries the constant numerically but not in cnncheck's documented
-  dataflow ("anything else ... ends the search"): a conv without padding (conv of a constant is a
-  constant), a hand-written pool (a scaled or rolled pool keeps it, a channel max does not), a residual
-  block (its input feeds two paths). An activation is inserted first.
+* A live bias never meets a hand-written pool (a scaled or rolled pool keeps the constant, a channel max
+  does not) nor enters a residual block (its input feeds two paths; the generator does not track the
+  constant through both). An activation is inserted first. A conv without zero padding carries it
+  (a conv of a constant is a constant; cnncheck follows it), one with zero padding gets an activation first.
 * No bias reaches a BN when the head is broken (feature-size-mismatch): the forward then raises at the
   Linear, no backward pass can confirm that the bias gradient is zero, so whether the redundant bias is
   reported is not a property of the architecture.
@@ -263,7 +271,8 @@ class Generator:
     def conv(self, st: State, ctx: str, out: list[Step], *, same: bool = False, stride: int | None = None,
              c_out: int | None = None) -> Step:
         ch = self.ch
-        self.kill(st, ctx, out)
+        carried = st.live  # a conv without zero padding keeps a per-channel constant (decided below)
+        st.live = []
         c_in = st.c
         c_out = c_out if c_out is not None else ch.integer(2, 8)
         groups = [1] + [g for g in (2, 4) if c_in % g == 0 and c_out % g == 0]
@@ -285,7 +294,12 @@ class Generator:
                 k, d, p = 1, 1, 0
         size = (st.size + 2 * p - d * (k - 1) - 1) // s + 1
         bias = chance(ch, 50)
-        impl = self.impl(ctx, ["nn", "hand"])
+        # standardising a single weight per filter leaves 0 (a dead conv): weight standardisation needs fan-in > 1
+        impl = self.impl(ctx, ["nn", "hand", "ws" if (c_in // g) * k > 1 else "hand", "tfsame", "block"])
+        if carried and p > 0:  # zero padding changes the constant at the borders: an activation first
+            st.live = carried
+            self.kill(st, ctx, out)
+            carried = []
         defect = None
         if impl == "hand" and g == 1 and chance(ch, 30):
             defect = pick(ch, ["padkernel", "flat"] + (["swapped"] if c_in != c_out else []))
@@ -295,7 +309,7 @@ class Generator:
         if defect:
             step.expect.add(CONV_RULE)
         out.append(step)
-        st.c, st.size, st.live, st.last = c_out, size, ([step] if bias else []), "conv"
+        st.c, st.size, st.live, st.last = c_out, size, carried + ([step] if bias else []), "conv"
         return step
 
     def act(self, st: State, ctx: str, out: list[Step], inplace_ok: bool = True) -> None:
@@ -307,6 +321,7 @@ class Generator:
         ch = self.ch
         options: list[tuple[int, tuple[str, str | None]]] = [
             (4, ("nn", None)), (2, ("hand", None)), (1, ("fmod", None)), (4 if ctx == "func" else 1, ("func", None)),
+            (1, ("plain", None)),
         ]
         if not head:
             options += [
@@ -317,6 +332,8 @@ class Generator:
                 (1, ("wrap", "hidden")),
                 (1, ("func", "hidden")),
                 (1, ("func", "forced")),
+                (1, ("plain", "gradmode")),
+                (1, ("plain", "history")),
             ]
         impl, defect = weighted(ch, options)
         if self.broken_head or defect == "whole":
@@ -326,7 +343,7 @@ class Generator:
             step.cfg.update(fused=pick(ch, ["pre", "post"]), fused_fn=pick(ch, sorted(_FUSED)))
         step.expect |= {
             "perpixel": {PER_CHANNEL}, "whole": {PER_CHANNEL}, "evalbatch": {BN_EVAL}, "momentum": {BN_TRAIN},
-            "hidden": {MODE}, "forced": {MODE}, None: set(),
+            "hidden": {MODE}, "forced": {MODE}, "gradmode": {MODE}, "history": {BN_TRAIN}, None: set(),
         }[defect]
         for biased in st.live if step.cfg.get("fused") != "pre" else []:
             biased.expect.add(RB)  # every norm here subtracts a per-channel (or per-pixel) mean in training
@@ -561,6 +578,39 @@ class PaddedKernelConv(HandConv):
         return self.weight[index]
 
 
+class StandardisedConv(HandConv):
+    """Correct: weight standardisation (BiT, NFNet): the filters are normalised on every call, a
+    reparametrisation, not a wrong shape."""
+
+    def filters(self) -> torch.Tensor:
+        dims = tuple(range(1, self.weight.dim()))
+        mean = self.weight.mean(dim=dims, keepdim=True)
+        return (self.weight - mean) / torch.sqrt(self.weight.var(dim=dims, unbiased=False, keepdim=True) + 1e-5)
+
+
+class SamePadConv(HandConv):
+    """Correct: TensorFlow-style explicit padding, F.pad then a conv without padding."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = F.conv1d if self.rank == 1 else F.conv2d
+        if self.padding:
+            x = F.pad(x, [self.padding] * (2 * self.rank))
+        return conv(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class KernelSizeBlock(nn.Module):
+    """Correct: a block that stores kernel_size and stride (as xception's SeparableConv2d and fastvit's
+    MobileOneBlock do) and runs a torch conv inside: a conv block, not a pooling layer."""
+
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.kernel_size, self.stride = conv.kernel_size, conv.stride
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
 _FUSED = {"relu": F.relu, "silu": F.silu, "gelu": F.gelu, "leaky": partial(F.leaky_relu, negative_slope=0.2)}
 
 
@@ -661,6 +711,46 @@ class FunctionalBN(HandBN):
             self.num_batches_tracked += 1
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                             self.training, self.momentum, self.eps)
+
+
+class PlainStatsBN(nn.Module):
+    """Correct, written the d2l.ai way: gamma and beta parameters, the moving statistics as plain tensor
+    attributes (not buffers) rebound on every training step, no num_features/eps/momentum attributes."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.linspace(0.5, 1.5, c))
+        self.beta = nn.Parameter(torch.linspace(-0.3, 0.3, c))
+        self.moving_mean = torch.zeros(c)
+        self.moving_var = torch.ones(c)
+
+    def training_mode(self) -> bool:
+        return self.training
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training_mode():
+            return _normalise(x, self.moving_mean, self.moving_var, 1e-5, self.gamma, self.beta)
+        mean, var = x.mean(_dims(x)), x.var(_dims(x), unbiased=False)
+        unbiased = x.var(_dims(x), unbiased=True)
+        self.moving_mean, self.moving_var = self.update(mean, unbiased)
+        return _normalise(x, mean, var, 1e-5, self.gamma, self.beta)
+
+    def update(self, mean: torch.Tensor, unbiased: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (0.9 * self.moving_mean + 0.1 * mean).detach(), (0.9 * self.moving_var + 0.1 * unbiased).detach()
+
+
+class GradModeBN(PlainStatsBN):
+    """Wrong (mode-not-propagated): the d2l.ai chapter's switch, torch.is_grad_enabled() for the mode."""
+
+    def training_mode(self) -> bool:
+        return torch.is_grad_enabled()
+
+
+class HistoryBN(PlainStatsBN):
+    """Wrong (bn-train-behaviour): the moving statistics keep their autograd history (no detach)."""
+
+    def update(self, mean: torch.Tensor, unbiased: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return 0.9 * self.moving_mean + 0.1 * mean, 0.9 * self.moving_var + 0.1 * unbiased
 
 
 class ListBN(nn.Module):
@@ -767,6 +857,12 @@ def build_module(step: Step, rank: int) -> nn.Module:
         args = (cfg["c_in"], cfg["c_out"], cfg["k"], cfg["s"], cfg["p"], cfg["d"], cfg["g"], cfg["bias"])
         if step.impl == "nn":
             module = (nn.Conv1d if rank == 1 else nn.Conv2d)(*args)
+        elif step.impl == "block":
+            module = KernelSizeBlock((nn.Conv1d if rank == 1 else nn.Conv2d)(*args))
+            step.owner = module.conv  # the conv inside is the layer whose bias is judged
+            return module
+        elif step.impl in ("ws", "tfsame"):
+            module = {"ws": StandardisedConv, "tfsame": SamePadConv}[step.impl](rank, *args, tuple_k=cfg["tuple_k"])
         else:
             classes = {None: HandConv, "swapped": SwappedConv, "flat": FlatConv, "padkernel": PaddedKernelConv}
             module = classes[cfg["defect"]](rank, *args, tuple_k=cfg["tuple_k"])
@@ -779,6 +875,8 @@ def build_module(step: Step, rank: int) -> nn.Module:
             step.suffix = "bns[0]"
         elif step.impl == "nn":
             module = _BN[0 if cfg["head"] else rank](c)
+        elif step.impl == "plain":
+            module = {None: PlainStatsBN, "gradmode": GradModeBN, "history": HistoryBN}[defect](c)
         else:
             module = {None: FunctionalBN if step.impl == "fmod" else HandBN, "perpixel": PerPixelBN,
                       "whole": WholeTensorBN, "evalbatch": AlwaysBatchBN, "momentum": KerasMomentumBN}[defect](c)

@@ -353,3 +353,104 @@ def test_statistics_dims_through_a_relu_after_the_normalisation(per_pixel: bool,
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
     assert pairs(model, (4, 3, 1, 2)) == expected
     assert pairs(model, (4, 3, 8, 8)) == expected
+
+
+# -- found once the generator wrote plain-attribute BNs, grad-mode switches, weight standardisation,
+# -- TF-style padding and conv blocks that store kernel_size (engine bugs of the op-based recognition)
+class Ops(nn.Module):
+    """A childless block whose forward is a list of functional ops, as the fuzz's FuncNet writes them."""
+
+    def __init__(self, *ops, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.ops = ops
+        self.weight = nn.Parameter(weight) if weight is not None else None
+        self.bias = nn.Parameter(bias) if bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for op in self.ops:
+            x = op(self, x)
+        return x
+
+
+def test_dropout_and_an_activation_in_one_block_is_no_dropout_layer() -> None:
+    """Seed 165: the block was recognised as a dropout layer (its only layer op is F.dropout), and its
+    eval-mode output (gelu(x), not x) read as "still drops activations in eval mode"."""
+    torch.manual_seed(0)
+    block = Ops(lambda m, x: F.dropout(x, 0.25, m.training), lambda m, x: F.gelu(x))
+    assert pairs(_net(block), (4, 3, 8, 8)) == set()
+
+
+def test_pool_then_flatten_in_one_block_is_no_pooling_layer() -> None:
+    """Seed 537: avg pool then view(N, -1) in one block read as a pool that "changes the number of channels"."""
+    torch.manual_seed(0)
+    block = Ops(lambda m, x: F.avg_pool2d(x, 2), lambda m, x: x.view(x.size(0), -1))
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), block, nn.Linear(8 * 4 * 4, 2))
+    assert pairs(model, (4, 3, 8, 8)) == set()
+
+
+def test_conv_then_activation_in_one_block_keeps_its_bias() -> None:
+    """Seed 608: conv (own weights, bias) then SiLU in one block was one conv layer; its bias gradient,
+    watched on the block's output after the SiLU, read as cancelled by the BN that follows."""
+    torch.manual_seed(0)
+    block = Ops(lambda m, x: F.silu(F.conv2d(x, m.weight, m.bias, padding=1)),
+                weight=torch.randn(8, 3, 3, 3) * 0.2, bias=torch.randn(8) * 0.1)
+    model = nn.Sequential(block, nn.BatchNorm2d(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    assert pairs(model, (4, 3, 8, 8)) == set()
+
+
+def test_own_max_pool_carries_the_bias_to_the_bn() -> None:
+    """Seed 524: a block that is only F.max_pool2d became a pooling layer, which ended the bias search."""
+    torch.manual_seed(0)
+    block = Ops(lambda m, x: F.max_pool2d(x, 3, 1, 1))
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), block, nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 2))
+    assert pairs(model, (4, 3, 8, 8)) == {("redundant-bias-before-bn", "0")}
+
+
+def test_probing_a_block_with_an_in_place_relu_leaves_the_graph_intact() -> None:
+    """Seed 1485: relu_ then a pool in one block; the pool probe ran it on the traced input tensor itself,
+    its relu_ bumped the tensor's version, and the backward pass the redundant-bias rule needs failed."""
+    torch.manual_seed(0)
+    block = Ops(lambda m, x: F.relu(x, inplace=True), lambda m, x: F.adaptive_avg_pool2d(x, 1))
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), block, nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4),
+                          nn.Flatten(), nn.Linear(4, 2))
+    report = cnncheck.check_model(model, (4, 3, 8, 8))
+    assert report.notes == [] and {(f.rule, f.module) for f in report.findings} == {("redundant-bias-before-bn", "2")}
+
+
+class GradModeStandardise(nn.Module):
+    """The d2l.ai switch in miniature: batch statistics whenever gradients are on."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.moving_mean, self.moving_var = torch.zeros(1, c, 1, 1), torch.ones(1, c, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return (x - self.moving_mean) / torch.sqrt(self.moving_var + 1e-5)
+        mean, var = x.mean(dim=(0, 2, 3), keepdim=True), x.var(dim=(0, 2, 3), keepdim=True)
+        self.moving_mean = (0.9 * self.moving_mean + 0.1 * mean).detach()
+        self.moving_var = (0.9 * self.moving_var + 0.1 * var).detach()
+        return (x - mean) / torch.sqrt(x.var(dim=(0, 2, 3), unbiased=False, keepdim=True) + 1e-5)
+
+
+def test_grad_mode_switch_after_a_batchnorm_is_found() -> None:
+    """Seed 1973: after a BatchNorm its input already has mean 0 and variance 1 per channel, the running
+    statistics' initial values, so its outputs with and without gradients agreed by chance."""
+    torch.manual_seed(0)
+    assert pairs(_net(nn.Sequential(nn.BatchNorm2d(8), GradModeStandardise(8))), (4, 3, 8, 8)) == {
+        ("mode-not-propagated", "1.1")}
+
+
+def test_an_output_of_rounding_noise_does_not_depend_on_the_batch() -> None:
+    """Seed 1211: a channel max copied to every channel, then standardised filters (they sum to zero over
+    identical channels) give an output of pure float32 rounding (1e-8), which differs between a batch and
+    a batch of one; run in float64 it does not depend on the batch. (The seed's model, rebuilt by the
+    generator: if the generator changes, this test says so instead of testing another model.)"""
+    import fuzz_models as fm
+
+    torch.manual_seed(0)
+    arch = fm.from_seed(1211)
+    assert "pool/hand{'kind': 'max', 'defect': 'chmax'" in arch.describe() and "conv/ws" in arch.describe()
+    built = arch.build()
+    assert pairs(built.model, arch.input_shape) == built.expected

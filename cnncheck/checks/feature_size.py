@@ -168,10 +168,14 @@ def _chain(source: Source) -> list[Node]:
 
 
 def _geometry(node: Node) -> Geometry | None:
-    if not node.outputs or not node.inputs or node.inputs[0].dim() < 3:
+    if not node.outputs or not node.inputs or node.inputs[0].dim() < 3 or node.outputs[0].dim() != node.inputs[0].dim():
         return None
     rank = node.inputs[0].dim() - 2
     module = node.module
+    if module is not None and node.inner:  # a layer of the student's own code: the conv or pool op it ran
+        calls = [n for n in node.inner if n.module is None and n.kind in (LayerKind.CONV, LayerKind.POOL)]
+        inner = _geometry(calls[0]) if len(calls) == 1 else None
+        return replace(inner, node=node) if inner is not None else None
     if module is not None and node.kind in (LayerKind.CONV, LayerKind.POOL):
         if hasattr(module, "output_size") and not hasattr(module, "kernel_size"):
             out = tuple(node.outputs[0].shape[2:])

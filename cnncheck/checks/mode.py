@@ -106,12 +106,18 @@ def _follows_grad_mode(node: Node) -> bool:
     x = node.probe_input
     if node.module is None or x is None or from_torch(node.module) or batch_norm_call(node) is not None:
         return False
+    # channels moved apart: an input that a BatchNorm already normalised would make batch and running
+    # statistics agree by chance
+    view = [1, x.shape[1]] + [1] * (x.dim() - 2) if x.dim() >= 2 else [1]
+    generator = torch.Generator().manual_seed(17)
+    telling = x.detach() * (torch.rand(view, generator=generator) + 0.5).to(x) + (
+        torch.rand(view, generator=generator) * 2 + 1).to(x)
     outputs = []
     for grad in (False, True):
         layer = private_copy(node.module).eval()
         with torch.set_grad_enabled(grad):
             try:
-                out = layer(x.detach().clone())
+                out = layer(telling.clone())
             except Exception:  # noqa: BLE001 - the student's layer fails alone: not this rule's verdict
                 return False
         if not isinstance(out, torch.Tensor):
