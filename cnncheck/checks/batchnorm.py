@@ -441,9 +441,13 @@ var = x.var(dim=0, unbiased=False, keepdim=True)
 mean = x.mean(dim=(0, 2, 3), keepdim=True)    # per channel
 var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
 """,
-    limits="The reduction dims of a hand-written BN are measured by dataflow: one input element is pushed "
-    "far out, and the statistics are taken over every dim along which other outputs move with it (an "
-    "activation applied in the same forward does not change that).",
+    limits="A BatchNorm-like layer is recognised by what its forward runs, whatever its attributes are "
+    "called: torch's `batch_norm` on its input, or a mean/variance over the batch dim written out (the d2l.ai "
+    "chapter's BatchNorm, a CS231n spatial batchnorm). Its running statistics may be buffers or plain tensor "
+    "attributes under any mean/variance name (`moving_mean`, `mu`, `sigma2`). A layer that normalises through "
+    "torch's `batch_norm` is per channel by construction; the reduction dims of a BN written out are measured "
+    "by dataflow: one input element is pushed far out, and the statistics are taken over every dim along which "
+    "other outputs move with it (an activation applied in the same forward does not change that).",
 )
 
 TRAIN_BEHAVIOUR = Rule(
@@ -468,8 +472,13 @@ self.running_mean = self.momentum * self.running_mean + (1 - self.momentum) * me
     clean_example="""
 self.running_mean = (1 - self.momentum) * self.running_mean + self.momentum * mean
 """,
-    limits="A frozen BatchNorm (fixed statistics by design, never updated) is not a defect. A hand-written "
-    "layer with momentum > 0.5 may use either convention. A common activation (ReLU, GELU, SiLU, ...) in the "
+    limits="A layer that normalises its own input through torch's `batch_norm` with its own running "
+    "statistics (timm's BatchNormAct2d, with any activation after it) is verified through that call: its "
+    "arguments, eps and momentum (a Keras-style `momentum=0.99`, or eps and momentum given by position as in "
+    "`BatchNorm2d(64, 64, 3, 1)`), not re-run. Running statistics updated with their autograd history (no "
+    "`detach` or `no_grad`) are reported: the graph grows every step. A frozen BatchNorm (fixed statistics by "
+    "design, never updated) is not a defect. A hand-written layer with momentum > 0.5 may use either "
+    "convention. A common activation (ReLU, GELU, SiLU, ...) in the "
     "same forward, before or after the normalisation, is accepted, and the running estimates are judged "
     "against the tensor that was normalised. A module that changes its input's shape, runs a pool or "
     "dropout inside, or hands its own running statistics to `F.batch_norm` and does more than that call "

@@ -280,6 +280,14 @@ class MyConv(nn.Module):
     clean_example="""
 self.conv = nn.Conv2d(1, 32, kernel_size=5, padding=2)   # (5*5*1 + 1) * 32 = 832 parameters
 """,
-    limits="A convolution is recognised by `in_channels`, `out_channels` and `kernel_size` attributes "
-    "(or a plugin's `cnncheck_classify_module`); its numeric check needs it to run in the traced forward.",
+    limits="A convolution is recognised by what its forward runs, whatever its attributes are called: one "
+    "conv op (`F.conv2d`, ...) on a weight made from its own parameters. Then torch's op did the arithmetic, "
+    "and the rule judges what the layer owns beyond the filters and bias it handed to the op; a TF-style "
+    "`F.pad` before the op is part of its input. A weight computed from its parameters on every call "
+    "(weight standardisation, a learnable gain, `weight_norm`, CondConv's experts mixed per sample) is a "
+    "reparametrisation, not an error; a weight only stored in another layout (transposed, flipped) is judged "
+    "as stored. A convolution written out (`F.unfold` and a matrix product with a filter bank of its own) is "
+    "compared numerically with `F.conv*d`, over the strides and paddings that give its output shape. A layer "
+    "called with several inputs is never re-called with fewer. A plugin's `cnncheck_classify_module` answer "
+    "overrides the recognition.",
 )

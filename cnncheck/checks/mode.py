@@ -353,7 +353,9 @@ self.bns = nn.ModuleList(nn.BatchNorm2d(c) for c in channels)
 ...
 x = F.dropout(x, 0.5, training=self.training)
 """,
-    limits="Also flagged: a layer built inside forward (`nn.Dropout(0.5)(x)`, new and in training mode on "
+    limits="Also flagged: a hand-written BatchNorm that picks batch or running statistics by "
+    "`torch.is_grad_enabled()` instead of `self.training` (the d2l.ai chapter's), with the line of that call; "
+    "a layer built inside forward (`nn.Dropout(0.5)(x)`, new and in training mode on "
     "every call), random ops (`torch.randn`, `rand_like`, ...) in the eval pass, and a functional dropout "
     "whose training argument is False, which model.train() cannot switch on. Not flagged: a layer that a "
     "`train()` override puts in eval mode after calling `super().train(mode)` (a BatchNorm frozen for "

@@ -176,10 +176,12 @@ class MyPool(nn.Module):
         return F.max_pool2d(x, 2) * self.scale
 """,
     clean_example="self.pool = nn.MaxPool2d(kernel_size=2, stride=2)",
-    limits="A hand-written pooling layer is recognised by a `kernel_size` or `output_size` attribute "
-    "without `in_channels`, even with child modules (a pool built from a conv is a disguised conv). So a "
-    "conv block that stores only `self.kernel_size` is taken for a pool: store its `in_channels` and "
-    "`out_channels` too, or ignore the rule for that module (`pool-has-parameters:block`).",
+    limits="A hand-written pooling layer is recognised by what its forward runs: pooling ops, or a "
+    "reduction over spatial dims (mean, amax, a p-norm as in GeM) that makes its output smaller. A GeM pool "
+    "with a learnable exponent is flagged: a deliberate design can ignore the rule for that layer "
+    "(`pool-has-parameters:head.pool`). A block that stores `kernel_size` but runs convolutions (xception's "
+    "SeparableConv2d, fastvit's MobileOneBlock) is checked as the convs and BNs it contains, and a block "
+    "that pools and then flattens is a block, not a pooling layer.",
 )
 
 MIXES_CHANNELS = Rule(

@@ -215,9 +215,12 @@ nn.Sequential(nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn
 nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(64))  # ReLU in between: kept
 """,
     limits="Follows the traced dataflow: identity, max/avg pooling, a mean or max over positions, "
-    "reshapes, transposes, interpolation, replicate/reflect padding, residual adds and channel "
-    "concatenation carry the constant; anything else (ReLU, dropout in training, a conv, zero padding) "
-    "ends the search. A finding is confirmed numerically: the bias's gradient must be zero in train mode. "
+    "reshapes, transposes, interpolation, replicate/reflect padding, residual adds, channel "
+    "concatenation and a conv without zero padding (a 1x1 conv of a constant is a constant) carry the "
+    "constant; anything else (ReLU, dropout in training, a zero-padded conv, zero padding) ends the search. "
+    "A finding is confirmed numerically: the bias's gradient must be zero in train mode; when no gradient "
+    "reaches the layer at all (a residual branch whose last BN is zero-initialised, as timm does) the "
+    "dataflow verdict stands alone. "
     "LayerNorm and GroupNorm do not cancel a per-channel constant and are not flagged, except a "
     "GroupNorm with one group per channel, which is an InstanceNorm. A student's own norm layer counts "
     "only if it cancels a per-channel constant on a probe input.",
