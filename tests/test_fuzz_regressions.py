@@ -454,3 +454,22 @@ def test_an_output_of_rounding_noise_does_not_depend_on_the_batch() -> None:
     assert "pool/hand{'kind': 'max', 'defect': 'chmax'" in arch.describe() and "conv/ws" in arch.describe()
     built = arch.build()
     assert pairs(built.model, arch.input_shape) == built.expected
+
+
+def test_a_dropout_that_ignores_the_mode_after_a_dead_relu_is_found() -> None:
+    """Seed 5424: F.dropout(x, p) without training, after a ReLU whose outputs were all 0: the eval-mode
+    probe compared zeros with zeros. A dropout layer that calls torch's dropout is judged by that call."""
+
+    class PDropout(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.p = 0.25
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.dropout(x, self.p)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), PDropout(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)  # every ReLU output is 0
+    assert pairs(model, (4, 6)) == {("mode-not-propagated", "2")}

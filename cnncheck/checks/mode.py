@@ -56,12 +56,18 @@ def eval_leaks(trace: Trace) -> list[Leak]:
 
 
 def _drops_in_eval(node: Node) -> bool:
-    """A hand-written dropout in eval mode must be the identity; torch's own dropout is."""
+    """A hand-written dropout in eval mode must be the identity; torch's own dropout is. One that calls
+    torch's dropout is judged by the training argument of that call; one written out is run on an
+    input without zeros (a dead ReLU before it would hide the mask)."""
     if isinstance(node.module, _DropoutNd) or node.probe_input is None:
         return False
+    calls = [n for n in node.inner if n.module is None and n.func_name in _TRAINING_ARGUMENT]
+    if calls:
+        return any(_functional_training(call) for call in calls)
+    telling = node.probe_input.abs() + 1
     with torch.no_grad():
-        out = node.module(node.probe_input)  # type: ignore[misc]
-    return isinstance(out, torch.Tensor) and mismatch(out, node.probe_input) is not None
+        out = node.module(telling.clone())  # type: ignore[misc]
+    return isinstance(out, torch.Tensor) and mismatch(out, telling) is not None
 
 
 def _functional_training(node: Node) -> bool:
