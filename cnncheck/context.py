@@ -34,7 +34,7 @@ class CheckContext:
     kwargs: dict[str, Any] = field(default_factory=dict)
     forward_error_explained: bool = False
     notes: list[str] = field(default_factory=list)  # for the report: what could not be checked, and why
-    backward_error: BaseException | None = None
+    backward_error: str | None = None
     _cache: dict[str, Any] = field(default_factory=dict)
 
     # -- facts -----------------------------------------------------------------------------------
@@ -71,41 +71,49 @@ class CheckContext:
         if "train" not in self._cache:
             inputs, kwargs = tree_map(_requires_grad, (self.inputs, self.kwargs))
             self._cache["grad_inputs"] = (inputs, kwargs)
-            with torch.enable_grad():
+            saved: list[tuple[torch.Tensor, int]] = []
+
+            def pack(t: torch.Tensor) -> torch.Tensor:
+                saved.append((t, t._version))
+                return t
+
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 self._cache["train"] = run_trace(
                     self.model,
                     inputs,
                     self.modules,
                     kwargs=kwargs,
-                    grad_probe=True,
                     save_inputs=_PROBED,
                     before=lambda: self.model.train(),
                 )
+            overwritten = next(((t, v) for t, v in saved if t._version != v), None)
+            if overwritten is not None:  # what autograd's backward would raise, without running it
+                t, version = overwritten
+                self._backward_failed(
+                    f"a tensor of shape {tuple(t.shape)} that autograd saved for the backward pass is modified by "
+                    f"an inplace operation later in forward (version {version}, now {t._version}); make that "
+                    f"op out of place (e.g. relu(x), not relu_(x) or inplace=True)")
         return self._cache["train"]
 
-    def bias_gradients(self) -> Trace:
-        """Run one backward pass of a random projection of the train-mode output. The hooks that the
-        train trace placed on every biased conv/linear output record the per-channel gradient."""
-        trace = self.train_trace
-        if "backward" not in self._cache:
-            self._cache["backward"] = True
-            outputs = [t for t in _leaves(trace.output) if t.requires_grad and t.is_floating_point()]
-            graph_inputs = [t for t in _leaves(self.inputs_with_grad) if t.requires_grad]
-            if outputs and graph_inputs and trace.error is None:
-                generator = torch.Generator(device="cpu").manual_seed(1)
-                projections = [
-                    torch.randn(o.shape, generator=generator, dtype=o.dtype).to(o.device) for o in outputs
-                ]
-                try:
-                    torch.autograd.grad(outputs, graph_inputs, projections, allow_unused=True)
-                except RuntimeError as exc:  # the student's model cannot be trained as written
-                    self.backward_error = exc
-                    self.notes.append(
-                        f"the backward pass of {self.model_name} fails, so training it would crash too: "
-                        f"{str(exc).splitlines()[0]} (redundant-bias-before-bn needs the gradient and "
-                        f"reports nothing)"
-                    )
-        return trace
+    def local_gradients(self, starts: list[torch.Tensor], ends: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """The gradient at each of ``starts`` of a random projection of ``ends``, all tensors of the train
+        trace: a backward pass through the part of the graph between them only (for redundant-bias, from
+        the BatchNorms back to the biased layers), not through the whole model. A backward that fails
+        is a note, and None for every start."""
+        generator = torch.Generator(device="cpu").manual_seed(1)
+        projections = [torch.randn(e.shape, generator=generator, dtype=e.dtype).to(e.device) for e in ends]
+        try:
+            grads = torch.autograd.grad(ends, starts, projections, allow_unused=True, retain_graph=True)
+        except RuntimeError as exc:  # the student's model cannot be trained as written
+            self._backward_failed(str(exc).splitlines()[0])
+            return [None] * len(starts)
+        return list(grads)
+
+    def _backward_failed(self, reason: str) -> None:
+        if self.backward_error is None:
+            self.backward_error = reason
+            self.notes.append(f"the backward pass of {self.model_name} fails, so training it would crash too: "
+                              f"{reason} (redundant-bias-before-bn needs the gradient and reports nothing)")
 
     @property
     def inputs_with_grad(self) -> tuple[Any, ...]:

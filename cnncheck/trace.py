@@ -22,8 +22,8 @@ from torch.utils._pytree import tree_flatten
 
 from cnncheck.frames import calling_module_name, calling_torch_module, function_name, traceback_location, user_location
 from cnncheck.layers import LayerKind, classify, from_torch
-from cnncheck.ops import BIASED_FUNCTIONS, MODAL_FUNCTIONS, batch_norm_arguments, function_kind
-from cnncheck.recognize import layer_bias, own_tensor_names, recognize, verified_by_op
+from cnncheck.ops import MODAL_FUNCTIONS, batch_norm_arguments, function_kind
+from cnncheck.recognize import own_tensor_names, recognize, verified_by_op
 
 Source = Union["Node", str]
 """Where a tensor came from: the node that produced it, or ``input:I``, ``param:NAME``,
@@ -59,7 +59,6 @@ class Node:
     training: bool | None = None
     location: str | None = None
     saved_input: torch.Tensor | None = None
-    bias_grad: tuple[torch.Tensor, torch.Tensor] | None = None  # (sum, sum of |.|) per channel
     unregistered: nn.Module | None = None  # the torch layer built in forward that made this call
     inner: list[Node] = field(default_factory=list)  # the ops a layer that is not torch's own ran inside
 
@@ -249,7 +248,6 @@ class _Tracer(TorchFunctionMode):
         self,
         model: nn.Module,
         modules: dict[nn.Module, ModuleInfo],
-        grad_probe: bool,
         save_inputs: frozenset[LayerKind],
         only: frozenset[LayerKind] | None = None,
     ) -> None:
@@ -257,7 +255,6 @@ class _Tracer(TorchFunctionMode):
         self.modules = modules
         self.only = only
         self.inside = 0  # recording frames of layers traced inside (a light pass records ops only there)
-        self.grad_probe = grad_probe
         self.save_inputs = save_inputs
         self.nodes: list[Node] = []
         self.producers: dict[int, tuple[torch.Tensor, Node]] = {}
@@ -341,10 +338,6 @@ class _Tracer(TorchFunctionMode):
         self.produced(node)
         if name == "batch_norm":
             self._note_batch_norm(node, args, kwargs)
-        if self.grad_probe and name in BIASED_FUNCTIONS:
-            bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
-            if isinstance(bias, torch.Tensor):
-                self._watch_bias(node, channel_dim=-1 if name == "linear" else 1)
 
     # -- module calls --------------------------------------------------------------------------
     def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -418,9 +411,6 @@ class _Tracer(TorchFunctionMode):
                 node.saved_input = frame.inputs[0].detach().clone()  # intact so far; the probes need it later
             self.nodes.append(node)
             self.produced(node)
-            if self.grad_probe and info.kind in (LayerKind.CONV, LayerKind.LINEAR):
-                if layer_bias(node) is not None:
-                    self._watch_bias(node, channel_dim=1 if info.kind is LayerKind.CONV else -1)
         finally:
             self.busy = False
 
@@ -462,21 +452,6 @@ class _Tracer(TorchFunctionMode):
                 and x.shape[1] == outer.shape[1] == mean.numel()):
             frame.batch_norm = node
 
-    def _watch_bias(self, node: Node, channel_dim: int) -> None:
-        out = node.outputs[0] if node.outputs else None
-        if out is None or not out.requires_grad or out.dim() == 0:
-            return
-
-        def record(grad: torch.Tensor) -> None:
-            moved = grad.movedim(channel_dim, 0).reshape(grad.shape[channel_dim], -1)
-            total = moved.sum(dim=1)
-            magnitude = moved.abs().sum(dim=1)
-            if node.bias_grad is not None:
-                total = total + node.bias_grad[0]
-                magnitude = magnitude + node.bias_grad[1]
-            node.bias_grad = (total.detach(), magnitude.detach())
-
-        out.register_hook(record)
 
 
 def _join(prefix: str, name: str) -> str:
@@ -488,7 +463,6 @@ def run_trace(
     inputs: tuple[Any, ...],
     modules: dict[nn.Module, ModuleInfo],
     *,
-    grad_probe: bool = False,
     save_inputs: frozenset[LayerKind] = frozenset(),
     before: Callable[[], None] | None = None,
     kwargs: dict[str, Any] | None = None,
@@ -498,7 +472,7 @@ def run_trace(
     kept in ``Trace.error`` with the call that raised it; the nodes before it are kept too. ``only``
     makes a light pass: layers of those kinds and the mode-dependent ops (``MODAL_FUNCTIONS``), no
     dataflow; for the eval pass, whose rules need nothing else."""
-    tracer = _Tracer(model, modules, grad_probe, save_inputs, only)
+    tracer = _Tracer(model, modules, save_inputs, only)
     kwargs = kwargs or {}
     for i, t in enumerate(_tensors((inputs, kwargs))):
         tracer.inputs[id(t)] = f"input:{i}"

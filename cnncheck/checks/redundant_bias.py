@@ -38,18 +38,24 @@ _PASS_MODULES: tuple[type, ...] = (
 
 
 def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
-    trace = ctx.bias_gradients()
-    if ctx.backward_error is not None:
-        return  # no gradient to confirm a verdict with; the report says why
+    trace = ctx.train_trace
+    if trace.error is not None:
+        return  # forward stopped: no gradient can confirm a verdict (feature-size-mismatch explains it)
     verdicts: dict[int, list[tuple[Node, list[Node] | None]]] = {}
+    candidates: list[tuple[Node, list[Node]]] = []
     for node in trace.nodes:
         bias = _bias_of(node)
         if bias is None:
             continue
         sinks = _cancelling_sinks(ctx, trace, node)
-        if sinks and not _cancelled_numerically(node, ctx.dtype):
-            sinks = None
         verdicts.setdefault(id(bias), []).append((node, sinks))
+        if sinks:
+            candidates.append((node, sinks))
+    confirmed = _confirmed(ctx, candidates)
+    if ctx.backward_error is not None:
+        return  # no gradient to confirm a verdict with; the report says why
+    for calls in verdicts.values():
+        calls[:] = [(node, sinks if id(node) in confirmed else None) for node, sinks in calls]
     for calls in verdicts.values():
         if any(sinks is None for _, sinks in calls):
             continue  # one call where the bias matters is enough for it to matter
@@ -79,7 +85,38 @@ def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
 
 
 def _bias_of(node: Node) -> torch.Tensor | None:
-    return layer_bias(node) if node.bias_grad is not None else None
+    if node.kind not in (LayerKind.CONV, LayerKind.LINEAR) or not node.outputs or not node.outputs[0].requires_grad:
+        return None
+    return layer_bias(node)
+
+
+def _confirmed(ctx: CheckContext, candidates: list[tuple[Node, list[Node]]]) -> set[int]:
+    """The candidates whose bias the BatchNorms really cancel: the gradient at the layer's output of a
+    random projection of the norms' outputs sums to zero over each channel. One backward pass through
+    the part of the graph between them, not through the whole model."""
+    if not candidates:
+        return set()
+    ends = list({id(t): t for _, sinks in candidates for s in sinks for t in s.outputs[:1] if t.requires_grad}.values())
+    starts = [node.outputs[0] for node, _ in candidates]
+    grads = ctx.local_gradients(starts, ends) if ends else [None] * len(starts)
+    return {id(node) for (node, sinks), grad in zip(candidates, grads)
+            if _cancelled_numerically(grad, 1 if node.kind is LayerKind.CONV else -1, ctx.dtype, _gain(sinks))}
+
+
+def _gain(sinks: list[Node]) -> float:
+    """How much the norms amplify the rounding of the gradient that passes them: max |gamma| / sigma
+    over their channels (a channel of almost equal values has sigma ~ sqrt(eps), a gain of ~300)."""
+    gain = 1.0
+    for sink in sinks:
+        x = sink.inputs[0] if sink.inputs else None
+        if x is None or x.dim() < 2 or not x.is_floating_point():
+            continue
+        dims = tuple(d for d in range(x.dim()) if d != 1)
+        sigma = torch.sqrt(x.detach().double().var(dims, unbiased=False) + 1e-5)
+        gamma = next((t for t in sink.inputs[1:] if t.dim() == 1 and t.numel() == x.shape[1]), None)
+        scale = gamma.detach().double().abs() if gamma is not None else torch.ones_like(sigma)
+        gain = max(gain, float((scale / sigma).max()))
+    return gain
 
 
 def _cancelling_sinks(ctx: CheckContext, trace: Trace, start: Node) -> list[Node] | None:
@@ -176,15 +213,19 @@ def _passes_constant(node: Node) -> bool:
     return node.func_name in _SCALING_FUNCTIONS and len(node.inputs) == 1
 
 
-def _cancelled_numerically(node: Node, dtype: torch.dtype) -> bool:
-    """The bias gradient, per channel, is zero up to rounding relative to the gradient's magnitude. When
-    no gradient reaches the layer at all (timm zero-initialises the last BatchNorm of each residual
-    branch, so everything before it gets exactly 0 at init) the gradient says nothing, and the
-    dataflow verdict, whose sinks each cancel a per-channel constant, stands alone."""
-    assert node.bias_grad is not None
-    total, magnitude = node.bias_grad
-    tiny = torch.finfo(dtype).eps ** 0.5
-    return bool(((total.abs() <= tiny * magnitude) | (magnitude == 0)).all())
+def _cancelled_numerically(grad: torch.Tensor | None, channel_dim: int, dtype: torch.dtype, gain: float) -> bool:
+    """The gradient summed over each channel is zero up to rounding: relative to its magnitude, and to
+    what the norms' ``gain`` makes of float rounding on the way (the projected gradient is about 1 per
+    element). When no gradient reaches the layer at all (None, or exactly 0: nothing downstream depends
+    on it) the gradient says nothing, and the dataflow verdict, whose sinks each cancel a per-channel
+    constant, stands alone."""
+    if grad is None:
+        return True
+    moved = grad.movedim(channel_dim, 0).reshape(grad.shape[channel_dim], -1).double()
+    total, magnitude = moved.sum(dim=1), moved.abs().sum(dim=1)
+    eps = torch.finfo(dtype).eps
+    rounding = 10 * eps * gain * moved.shape[1]
+    return bool(((total.abs() <= eps ** 0.5 * magnitude + rounding) | (magnitude == 0)).all())
 
 
 def _norm_label(node: Node) -> str:
