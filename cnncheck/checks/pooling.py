@@ -10,7 +10,7 @@ from torch import nn
 
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
-from cnncheck.layers import LayerKind, as_tuple
+from cnncheck.layers import LayerKind, as_tuple, from_torch
 from cnncheck.probes import same_randomness, tolerance
 from cnncheck.rules import Rule
 
@@ -48,6 +48,8 @@ def check_channels(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
                 location=where,
             )
             continue
+        if _per_channel_by_construction(node.module, x):
+            continue
         leak = _channel_leak(node.module, _probe_input(node.module, x))  # type: ignore[arg-type]
         if leak is not None:
             source, target = leak
@@ -58,6 +60,15 @@ def check_channels(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
                 found=f"changing input channel {source} changes output channel {target}",
                 location=where,
             )
+
+
+def _per_channel_by_construction(module: nn.Module | None, x: torch.Tensor) -> bool:
+    """torch's own N-d pooling layer on an (N+2)-d map pools each channel alone; on a map of another rank
+    (a MaxPool3d fed a 4-d map takes the channels for depth) it is probed."""
+    if module is None or not from_torch(module):
+        return False
+    name = type(module).__name__
+    return name[-2:] in ("1d", "2d", "3d") and int(name[-2]) == x.dim() - 2
 
 
 def _probe_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -94,13 +94,26 @@ def _confirmed(ctx: CheckContext, candidates: list[tuple[Node, list[Node]]]) -> 
     """The candidates whose bias the BatchNorms really cancel: the gradient at the layer's output of a
     random projection of the norms' outputs sums to zero over each channel. One backward pass through
     the part of the graph between them, not through the whole model."""
-    if not candidates:
-        return set()
-    ends = list({id(t): t for _, sinks in candidates for s in sinks for t in s.outputs[:1] if t.requires_grad}.values())
-    starts = [node.outputs[0] for node, _ in candidates]
-    grads = ctx.local_gradients(starts, ends) if ends else [None] * len(starts)
-    return {id(node) for (node, sinks), grad in zip(candidates, grads)
-            if _cancelled_numerically(grad, 1 if node.kind is LayerKind.CONV else -1, ctx.dtype, _gain(sinks))}
+    confirmed = set()
+    for node, sinks in candidates:  # one short backward each: from its own norms back to it
+        if all(_feeds_torch_batch_norm(node, sink) for sink in sinks):
+            confirmed.add(id(node))  # straight into torch's own BatchNorm: cancelled by construction
+            continue
+        ends = [t for s in sinks for t in s.outputs[:1] if t.requires_grad]
+        grad = ctx.local_gradients([node.outputs[0]], ends)[0] if ends else None
+        if ctx.backward_error is None and _cancelled_numerically(
+                grad, 1 if node.kind is LayerKind.CONV else -1, ctx.dtype, _gain(sinks)):
+            confirmed.add(id(node))
+    return confirmed
+
+
+def _feeds_torch_batch_norm(node: Node, sink: Node) -> bool:
+    """``sink`` is torch's own BatchNorm in training, and takes ``node``'s output as it is."""
+    if not sink.sources or sink.sources[0] is not node:
+        return False
+    if sink.module is not None:
+        return is_stock_batchnorm(sink.module) and bool(sink.training) and sink.module.training
+    return sink.func_name == "batch_norm" and bool(argument(sink, "training", 5, False))
 
 
 def _gain(sinks: list[Node]) -> float:
