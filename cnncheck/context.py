@@ -17,6 +17,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from cnncheck.layers import LayerKind
 from cnncheck.locate import creation_site
 from cnncheck.probes import same_randomness
+from cnncheck import trace as tracing
 from cnncheck.trace import ModuleInfo, Node, Trace, run_trace
 
 _PROBED = frozenset(
@@ -86,6 +87,10 @@ class CheckContext:
                     save_inputs=_PROBED,
                     before=lambda: self.model.train(),
                 )
+            if self._cache["train"].truncated:
+                self.notes.append(
+                    f"{self.model_name}.forward ran more ops than cnncheck records ({tracing.MAX_NODES:,} ops or "
+                    f"{tracing.MAX_KEPT_BYTES >> 30} GiB of their outputs); the rules saw only the part of forward before that")
             overwritten = next(((t, v) for t, v in saved if t._version != v), None)
             if overwritten is not None:  # what autograd's backward would raise, without running it
                 t, version = overwritten

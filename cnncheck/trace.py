@@ -113,6 +113,7 @@ class Trace:
     output_sources: list[Source] = field(default_factory=list)
     error: BaseException | None = None
     failed: FailedCall | None = None
+    truncated: bool = False  # stopped recording at MAX_NODES ops or MAX_KEPT_BYTES of their outputs
     _consumers: dict[int, list[Node]] | None = None
 
     def consumers(self, node: Node) -> list[Node]:
@@ -178,6 +179,11 @@ _TORCH_LAYERS = (_BatchNorm, _ConvNd)
 """Subclasses of torch's layers with a forward of their own (timm's BatchNormAct2d, StdConv2d): their
 inputs are copied for the probes only once the ops they ran show that a probe will be needed."""
 
+
+MAX_NODES = 200_000
+MAX_KEPT_BYTES = 2 << 30
+"""What one trace records at most: a forward that loops for ever would otherwise keep every
+intermediate tensor alive until its timeout. The largest timm CNNs run about 10,000 ops."""
 
 _NAMES: dict[Any, str] = {}
 
@@ -255,6 +261,8 @@ class _Tracer(TorchFunctionMode):
         self.modules = modules
         self.only = only
         self.inside = 0  # recording frames of layers traced inside (a light pass records ops only there)
+        self.truncated = False
+        self.kept_bytes = 0
         self.save_inputs = save_inputs
         self.nodes: list[Node] = []
         self.producers: dict[int, tuple[torch.Tensor, Node]] = {}
@@ -314,7 +322,11 @@ class _Tracer(TorchFunctionMode):
 
     def _record_function(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
         outputs = _tensors(out)
-        if not outputs:
+        if not outputs or self.truncated:
+            return
+        self.kept_bytes += sum(t.nbytes for t in outputs if id(t) not in self.producers)
+        if len(self.nodes) >= MAX_NODES or self.kept_bytes > MAX_KEPT_BYTES:
+            self.truncated = True  # a forward that never ends, or one far larger than any CNN: keep what we have
             return
         inputs = _tensors((args, kwargs))
         name = _name_of(func)
@@ -495,6 +507,7 @@ def run_trace(
     finally:
         for handle in handles:
             handle.remove()
+        trace.truncated = tracer.truncated
     return trace
 
 

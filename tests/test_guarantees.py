@@ -165,3 +165,28 @@ def test_every_example_gets_the_same_verdict_on_every_device(factory, shape, dev
     before = _snapshot(model)
     cnncheck.check_model(model, shape)  # default: where the model's parameters are
     _assert_unchanged(model, before)
+
+
+def test_a_forward_that_runs_too_many_ops_is_recorded_up_to_a_bound(monkeypatch) -> None:
+    """A forward that loops (for ever, until the grading timeout) must not grow memory without bound:
+    the trace stops recording at a bound, and the report says the rules saw only part of forward."""
+    import cnncheck.trace as trace
+
+    class Looping(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            x = self.conv(x)
+            for _ in range(3000):
+                x = x + 0.0
+            return x.mean((2, 3))
+
+    monkeypatch.setattr(trace, "MAX_NODES", 500)
+    model = Looping()
+    modules = trace.module_inventory(model)
+    traced = trace.run_trace(model, (torch.randn(2, 3, 8, 8),), modules)
+    assert traced.truncated and len(traced.nodes) <= 500
+    report = cnncheck.check_model(model, (2, 3, 8, 8))
+    assert any("ran more ops than cnncheck records" in note for note in report.notes), report.notes
