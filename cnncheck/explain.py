@@ -169,11 +169,14 @@ def explain_model(model: nn.Module, example_input: Any) -> Explanation:
             continue
         shown.add(node.name)
         count = formulas.get(node.name)
-        loose = sum(c.count for n, c in formulas.items() if n.startswith(f"{node.name}.") and c.kind == "parameter"
-                    and n.count(".") == node.name.count(".") + (1 if node.name else 0))
+        own = [c for n, c in formulas.items() if n.startswith(f"{node.name}.") and c.kind == "parameter"
+               and n.count(".") == node.name.count(".") + (1 if node.name else 0)]
+        loose = sum(c.count for c in own)
+        formula = count.formula if count else ("numel" if loose else "")
+        if count and own:  # parameters beyond the layer's formula, counted as they are (a reparametrising gain)
+            formula += "".join(f" + {c.count} ({c.name.rsplit('.', 1)[-1]})" for c in own)
         rows.append(ExplainedLayer(node.name, short_repr(node.module), node.kind.value, node.out_shape,
-                                   count.formula if count else ("numel" if loose else ""),
-                                   (count.count if count else 0) + loose))
+                                   formula, (count.count if count else 0) + loose))
     for count in formulas.values():  # parameters of layers that forward never ran
         owner = count.name.rsplit(".", 1)[0] if count.kind == "parameter" else count.name
         if owner not in shown and count.name not in shown:

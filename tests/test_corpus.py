@@ -117,3 +117,12 @@ def test_d2l_grad_mode_finding_points_at_the_is_grad_enabled_line():
     assert finding.location is not None
     assert finding.location.endswith(_line("if not torch.is_grad_enabled():"))
     assert "if not self.training" in (finding.fix or "")
+
+
+def test_explain_counts_a_reparametrising_gain_beside_the_conv_formula():
+    from cnncheck.explain import explain_model
+
+    torch.manual_seed(0)
+    table = explain_model(L.ConvNormNet(nn.Identity(), L.ScaledWSConv2d(3, 8, 3, padding=1)), SHAPE).render()
+    assert "(3*3*3 + 1) * 8 + 8 (gain) = 232" in table
+    assert "sum(p.numel()) = 322 (matches)" in table
