@@ -69,12 +69,12 @@ class Node:
     @property
     def probe_input(self) -> torch.Tensor | None:
         """The input to probe this layer with: a copy taken at call time for a student's layer (its
-        input may be changed in place later), else a copy of the tensor as it is now, made on first
-        use: a probe must never run a layer on a tensor of the traced graph (an in-place op in the
-        layer would break the backward pass that the redundant-bias rule needs)."""
-        if self.saved_input is None and self.inputs:
-            self.saved_input = self.inputs[0].detach().clone()
-        return self.saved_input
+        input may be changed in place later); else the live tensor, detached. A probe that runs a layer
+        on it runs it on a copy (``x.clone()``): an in-place op in the layer must not touch a tensor of
+        the traced graph, which the redundant-bias rule still differentiates."""
+        if self.saved_input is not None:
+            return self.saved_input
+        return self.inputs[0].detach() if self.inputs else None
 
     @property
     def in_shape(self) -> tuple[int, ...] | None:
@@ -178,6 +178,16 @@ def _torch_leaf(module: nn.Module) -> bool:
 _TORCH_LAYERS = (_BatchNorm, _ConvNd)
 """Subclasses of torch's layers with a forward of their own (timm's BatchNormAct2d, StdConv2d): their
 inputs are copied for the probes only once the ops they ran show that a probe will be needed."""
+
+
+def own_code(module: nn.Module) -> bool:
+    return not from_torch(module)
+
+
+def _shapes_only(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Meta tensors of the same shapes and dtypes: what a light pass keeps of torch's own layers, whose
+    rules there need shapes and training flags, not values (the activations are freed as in a plain eval)."""
+    return [torch.empty(t.shape, dtype=t.dtype, device="meta") for t in tensors]
 
 
 MAX_NODES = 200_000
@@ -411,9 +421,9 @@ class _Tracer(TorchFunctionMode):
                 module=module,
                 func=None,
                 scope=self.scope(),
-                inputs=frame.inputs,
+                inputs=frame.inputs if self.only is None or own_code(module) else _shapes_only(frame.inputs),
                 sources=frame.sources,
-                outputs=outputs,
+                outputs=outputs if self.only is None or own_code(module) else _shapes_only(outputs),
                 training=frame.training,
                 inner=inner,
             )

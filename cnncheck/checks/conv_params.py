@@ -152,7 +152,7 @@ def _numeric_mismatch(ctx: CheckContext, module: nn.Module, weight: torch.Tensor
         return None  # re-called with fewer inputs than forward was given, it would not be the same call
     x = node.probe_input
     with torch.no_grad():
-        found = module(x)
+        found = module(x.clone())  # the layer may change its input in place
     if not isinstance(found, torch.Tensor):
         return None
     kernel = tuple(int(k) for k in weight.shape[2:])

@@ -76,7 +76,7 @@ def _probe_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     channel mixing (a MaxPool3d fed a 4-d map, say); a student's layer gets its whole input, since
     its behaviour may depend on the size."""
     if type(module).__module__ != "torch.nn.modules.pooling":
-        return x
+        return x.clone()  # the layer may change its input in place
     kernel = getattr(module, "kernel_size", 1)
     stride = getattr(module, "stride", None) or kernel
     reach = 2 * max(as_tuple(kernel, 1)) + 2 * max(as_tuple(stride, 1))
