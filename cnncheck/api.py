@@ -90,7 +90,7 @@ def _check(model: nn.Module, example_input: Any, device: str | torch.device | No
                          device=target)
     args, kwargs = _example_inputs(built if built is not None else example_input, target, _model_dtype(model), name)
 
-    with preserved_global_state(), contextlib.ExitStack() as stack:
+    with preserved_global_state(cuda=target.type == "cuda"), contextlib.ExitStack() as stack:
         work = model if target == home else copy.deepcopy(model).to(target)
         modules = module_inventory(work, lambda module: plugin_kind(pm, problems, module))
         stack.enter_context(preserved(modules))

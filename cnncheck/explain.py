@@ -151,7 +151,7 @@ def explain_model(model: nn.Module, example_input: Any) -> Explanation:
     name = type(model).__name__
     args, kwargs = _example_inputs(example_input, _model_device(model), _model_dtype(model), name)
     modules = module_inventory(model)
-    with preserved_global_state(), preserved(modules), torch.no_grad():
+    with preserved_global_state(cuda=_model_device(model).type == "cuda"), preserved(modules), torch.no_grad():
         trace = run_trace(model, args, modules, kwargs=kwargs, before=model.eval)
     stopped: list[str] = []
     if trace.error is not None:

@@ -7,6 +7,7 @@ states and the TF32 switches are all put back after a check, whatever the studen
 from __future__ import annotations
 
 import contextlib
+import gc
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -71,24 +72,33 @@ def _tensor_attributes(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @contextlib.contextmanager
-def preserved_global_state(seed: int = 0) -> Iterator[None]:
-    """Seed every RNG for a deterministic check, turn TF32 off, and restore all of it afterwards."""
+def preserved_global_state(seed: int = 0, cuda: bool = False) -> Iterator[None]:
+    """Seed every RNG for a deterministic check, turn TF32 off for a check on CUDA, pause the garbage
+    collector, and restore all of it afterwards. The TF32 switches are touched only on CUDA and only when on: in torch 2.14 merely
+    setting ``torch.backends.cuda.matmul.allow_tf32`` (even to its default) moves every later CPU
+    matmul and conv to a slower path, the user's own training included."""
     torch_state = torch.get_rng_state()
     cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     numpy_state = np.random.get_state()
     python_state = random.getstate()
-    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
-    cudnn_tf32 = torch.backends.cudnn.allow_tf32
-    precision = torch.get_float32_matmul_precision()
+    switched = []
+    collecting = gc.isenabled()
     try:
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        # the check allocates tens of thousands of short-lived objects; each full collection they trigger
+        # walks every object of the process (a timm model is hundreds of thousands): pause it meanwhile
+        gc.disable()
+        if cuda:
+            for backend in (torch.backends.cuda.matmul, torch.backends.cudnn):
+                if backend.allow_tf32:
+                    backend.allow_tf32 = False
+                    switched.append(backend)
         torch.manual_seed(seed)
         yield
     finally:
-        torch.set_float32_matmul_precision(precision)
-        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
-        torch.backends.cudnn.allow_tf32 = cudnn_tf32
+        if collecting:
+            gc.enable()
+        for backend in switched:
+            backend.allow_tf32 = True
         torch.set_rng_state(torch_state)
         if cuda_states is not None:
             torch.cuda.set_rng_state_all(cuda_states)

@@ -146,27 +146,30 @@ def module_inventory(model: nn.Module, placed: Callable[[nn.Module], LayerKind |
     ``placed`` gives a plugin's kind for a module, which then stands whatever the module runs.
     """
     inventory: dict[nn.Module, ModuleInfo] = {}
-
-    def visit(module: nn.Module, prefix: str, hidden: bool) -> None:
-        for name, sub in module.named_modules(prefix=prefix):
-            if sub in inventory:
-                continue
-            answer = placed(sub) if placed is not None else None
-            kind = answer or classify(sub)
-            atomic = kind is not LayerKind.OTHER or _torch_leaf(sub)
-            inventory[sub] = ModuleInfo(name, kind, hidden, atomic, decided=answer is not None,
-                                        evidence="a plugin's cnncheck_classify_module" if answer else "")
-        for name, sub in list(module.named_modules(prefix=prefix)):
-            for attr, value in vars(sub).items():
-                if attr.startswith("_"):
-                    continue
-                for label, item in _container_items(value):
-                    if isinstance(item, nn.Module) and item not in inventory:
-                        dotted = f"{name}.{attr}" if name else attr
-                        visit(item, f"{dotted}{label}", True)
-
-    visit(model, "", False)
+    _visit(model, "", False, inventory, placed)
     return inventory
+
+
+def _visit(module: nn.Module, prefix: str, hidden: bool, inventory: dict[nn.Module, ModuleInfo],
+           placed: Callable[[nn.Module], LayerKind | None] | None) -> None:
+    """(A module-level function, not a closure: a recursive closure is a reference cycle that keeps the
+    whole inventory for the garbage collector, whose passes over it cost more than a check.)"""
+    for name, sub in module.named_modules(prefix=prefix):
+        if sub in inventory:
+            continue
+        answer = placed(sub) if placed is not None else None
+        kind = answer or classify(sub)
+        atomic = kind is not LayerKind.OTHER or _torch_leaf(sub)
+        inventory[sub] = ModuleInfo(name, kind, hidden, atomic, decided=answer is not None,
+                                    evidence="a plugin's cnncheck_classify_module" if answer else "")
+    for name, sub in list(module.named_modules(prefix=prefix)):
+        for attr, value in vars(sub).items():
+            if attr.startswith("_"):
+                continue
+            for label, item in _container_items(value):
+                if isinstance(item, nn.Module) and item not in inventory:
+                    dotted = f"{name}.{attr}" if name else attr
+                    _visit(item, f"{dotted}{label}", True, inventory, placed)
 
 
 def _torch_leaf(module: nn.Module) -> bool:
@@ -278,14 +281,16 @@ class _Tracer(TorchFunctionMode):
         self.producers: dict[int, tuple[torch.Tensor, Node]] = {}
         self.named: dict[int, str] = {}
         for module, info in (modules.items() if only is None else ()):  # a light pass follows no dataflow
-            for pname, p in module.named_parameters(recurse=False):
-                self.named.setdefault(id(p), f"param:{_join(info.name, pname)}")
-            for bname, b in module.named_buffers(recurse=False):
+            for pname, p in module._parameters.items():
+                if p is not None:
+                    self.named.setdefault(id(p), f"param:{_join(info.name, pname)}")
+            for bname, b in module._buffers.items():
                 if b is not None:
                     self.named.setdefault(id(b), f"buffer:{_join(info.name, bname)}")
-            for aname, value in vars(module).items():
-                if isinstance(value, torch.Tensor) and not aname.startswith("_"):
-                    self.named.setdefault(id(value), f"attr:{_join(info.name, aname)}")
+            if not from_torch(module):  # torch's own layers keep no tensors outside parameters and buffers
+                for aname, value in vars(module).items():
+                    if isinstance(value, torch.Tensor) and not aname.startswith("_"):
+                        self.named.setdefault(id(value), f"attr:{_join(info.name, aname)}")
         self.inputs: dict[int, str] = {}
         self.stack: list[_Frame] = []
         self.suppress = 0

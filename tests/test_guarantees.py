@@ -190,3 +190,27 @@ def test_a_forward_that_runs_too_many_ops_is_recorded_up_to_a_bound(monkeypatch)
     assert traced.truncated and len(traced.nodes) <= 500
     report = cnncheck.check_model(model, (2, 3, 8, 8))
     assert any("ran more ops than cnncheck records" in note for note in report.notes), report.notes
+
+
+def test_a_check_on_cpu_leaves_the_float32_precision_switches_alone() -> None:
+    """torch 2.14: setting torch.backends.cuda.matmul.allow_tf32, even to its default, sets the CUDA
+    matmul precision to 'ieee', after which every CPU conv of the process runs about 2x slower (the
+    user's own training too). A CPU check never touches the switches."""
+    precision = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    cnncheck.check_model(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), (2, 3, 8, 8))
+    assert getattr(torch.backends.cuda.matmul, "fp32_precision", None) == precision
+
+
+def test_a_check_pauses_the_garbage_collector_and_restores_it() -> None:
+    import gc
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    assert gc.isenabled()
+    cnncheck.check_model(model, (2, 3, 8, 8))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        cnncheck.check_model(model, (2, 3, 8, 8))
+        assert not gc.isenabled()  # a caller that had it off gets it back off
+    finally:
+        gc.enable()
