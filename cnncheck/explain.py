@@ -175,7 +175,7 @@ def explain_model(model: nn.Module, example_input: Any) -> Explanation:
         formula = count.formula if count else ("numel" if loose else "")
         if count and own:  # parameters beyond the layer's formula, counted as they are (a reparametrising gain)
             formula += "".join(f" + {c.count} ({c.name.rsplit('.', 1)[-1]})" for c in own)
-        rows.append(ExplainedLayer(node.name, short_repr(node.module), node.kind.value, node.out_shape,
+        rows.append(ExplainedLayer(node.name, short_repr(node.module), _kind(node), node.out_shape,
                                    formula, (count.count if count else 0) + loose))
     for count in formulas.values():  # parameters of layers that forward never ran
         owner = count.name.rsplit(".", 1)[0] if count.kind == "parameter" else count.name
@@ -185,6 +185,17 @@ def explain_model(model: nn.Module, example_input: Any) -> Explanation:
     return Explanation(name, tuple(args[0].shape) if args else (), tuple(rows),
                        sum(c.count for c in formulas.values()), sum(p.numel() for p in unique.values()),
                        tuple(stopped))
+
+
+def _kind(node: Any) -> str:
+    """The layer's kind; for a convolution whose filters are computed from its parameters on every call
+    (weight standardisation, a gain, experts mixed per sample), ``conv (reparametrised)``."""
+    from cnncheck.checks.conv_params import weight_origin
+
+    found = weight_origin(node) if node.kind.value == "conv" else None
+    if found is not None and not found.direct and not found.rearranged:
+        return "conv (reparametrised)"
+    return str(node.kind.value)
 
 
 def _diagnosis(model: nn.Module, example_input: Any) -> list[str]:

@@ -126,3 +126,12 @@ def test_explain_counts_a_reparametrising_gain_beside_the_conv_formula():
     table = explain_model(L.ConvNormNet(nn.Identity(), L.ScaledWSConv2d(3, 8, 3, padding=1)), SHAPE).render()
     assert "(3*3*3 + 1) * 8 + 8 (gain) = 232" in table
     assert "sum(p.numel()) = 322 (matches)" in table
+    assert "conv (reparametrised)" in table
+
+
+def test_explain_names_a_plain_conv_a_conv():
+    from cnncheck.explain import explain_model
+
+    torch.manual_seed(0)
+    table = explain_model(L.ConvNormNet(nn.BatchNorm2d(8), L.Conv2dSame(3, 8, 3, bias=False)), SHAPE).render()
+    assert "reparametrised" not in table and " conv " in table

@@ -16,7 +16,7 @@ from cnncheck.formulas import conv_param_formula, expected_conv_weight_shape
 from cnncheck.layers import LayerKind, as_tuple, conv_weight, from_torch, is_transposed
 from cnncheck.ops import argument
 from cnncheck.probes import mismatch
-from cnncheck.recognize import conv_calls, origin, own_tensor_names
+from cnncheck.recognize import Origin, conv_calls, origin, own_tensor_names
 from cnncheck.rules import Rule
 from cnncheck.trace import Node
 
@@ -36,12 +36,12 @@ def _check_conv_call(ctx: CheckContext, rule: Rule, module: nn.Module, node: Nod
     what the layer owns beyond the filters and bias it handed to the op. A weight made from its
     parameters (standardised, scaled by a gain, mixed from experts, weight_norm) is a
     reparametrisation, not an error; a weight merely stored in another layout is judged as stored."""
-    own = own_tensor_names(module, node.name).values()
-    weight_origin = origin(_argument_source(call, "weight", 1), node.inner, own, node.inner[0].index)
-    if weight_origin.rearranged:
+    found = weight_origin(node)
+    assert found is not None
+    if found.rearranged:
         yield from _check_conv(ctx, rule, module, node.name)  # its stored layout, and its numerics
         return
-    if not weight_origin.direct:
+    if not found.direct:
         return  # a reparametrised filter bank: computed from its parameters on every call
     weight, bias = argument(call, "weight", 1), argument(call, "bias", 2)
     groups = int(argument(call, "groups", 6, 1) or 1)
@@ -69,6 +69,16 @@ def _check_conv_call(ctx: CheckContext, rule: Rule, module: nn.Module, node: Nod
             found=f"{count} parameters ({', '.join(extra)})",
             location=ctx.location_of(module),
         )
+
+
+def weight_origin(node: Node) -> Origin | None:
+    """Where the filters that a convolution layer handed to its one conv op came from: one of its
+    parameters as it is, moved around, or computed from its parameters (a reparametrisation)."""
+    calls = conv_calls(node)
+    if node.module is None or len(calls) != 1:
+        return None
+    own = own_tensor_names(node.module, node.name).values()
+    return origin(_argument_source(calls[0], "weight", 1), node.inner, own, node.inner[0].index)
 
 
 def _argument_source(call: Node, name: str, position: int) -> object:
