@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import re
+import weakref
 from typing import Any
 
 import torch
@@ -75,6 +76,16 @@ def from_torch(module: nn.Module) -> bool:
     ``StdConv2d`` or ``BatchNormAct2d`` subclass torch's layers but run their own forward: they are
     traced inside and recognised by the ops they run. The one predicate for "torch's own"."""
     klass = type(module)
+    known = _FROM_TORCH.get(klass)
+    if known is None:
+        known = _FROM_TORCH[klass] = _class_from_torch(klass)
+    return known
+
+
+_FROM_TORCH: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()  # asked on every module call
+
+
+def _class_from_torch(klass: type) -> bool:
     for method in _IMPLEMENTATION:
         owner = next((k for k in klass.__mro__ if method in vars(k)), None)
         if owner is not None and not owner.__module__.startswith("torch."):

@@ -154,7 +154,8 @@ def _visit(module: nn.Module, prefix: str, hidden: bool, inventory: dict[nn.Modu
            placed: Callable[[nn.Module], LayerKind | None] | None) -> None:
     """(A module-level function, not a closure: a recursive closure is a reference cycle that keeps the
     whole inventory for the garbage collector, whose passes over it cost more than a check.)"""
-    for name, sub in module.named_modules(prefix=prefix):
+    subs = list(module.named_modules(prefix=prefix))
+    for name, sub in subs:
         if sub in inventory:
             continue
         answer = placed(sub) if placed is not None else None
@@ -162,9 +163,9 @@ def _visit(module: nn.Module, prefix: str, hidden: bool, inventory: dict[nn.Modu
         atomic = kind is not LayerKind.OTHER or _torch_leaf(sub)
         inventory[sub] = ModuleInfo(name, kind, hidden, atomic, decided=answer is not None,
                                     evidence="a plugin's cnncheck_classify_module" if answer else "")
-    for name, sub in list(module.named_modules(prefix=prefix)):
+    for name, sub in subs:
         for attr, value in vars(sub).items():
-            if attr.startswith("_"):
+            if not isinstance(value, _CONTAINERS) or attr.startswith("_"):
                 continue
             for label, item in _container_items(value):
                 if isinstance(item, nn.Module) and item not in inventory:
@@ -210,6 +211,9 @@ def _name_of(func: Any) -> str:
     if name is None:
         name = _NAMES[func] = function_name(func)
     return name
+
+
+_CONTAINERS = (list, tuple, dict)
 
 
 def _container_items(value: Any) -> list[tuple[str, Any]]:
