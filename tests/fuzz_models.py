@@ -59,9 +59,11 @@ per-channel (or per-pixel) mean cancels it, which is the finding.
 
 Combinations that are excluded, because their ground truth is ambiguous
 -----------------------------------------------------------------------
-* A live bias never meets a hand-written pool (a scaled or rolled pool keeps the constant, a channel max
-  does not) nor enters a residual block (its input feeds two paths; the generator does not track the
-  constant through both). An activation is inserted first. A conv without zero padding carries it
+* A live bias never meets a channel-max pool (it keeps no per-channel constant; cnncheck's dataflow ends
+  there, as it should, but whether the max picks the biased channel depends on the data) nor enters a
+  residual block (its input feeds two paths; the generator does not track the constant through both).
+  An activation is inserted first. A scaled or rolled hand-written pool carries it (a learnable scale
+  or a channel roll keeps one constant per channel). A conv without zero padding carries it
   (a conv of a constant is a constant; cnncheck follows it), one with zero padding gets an activation first.
 * No bias reaches a BN when the head is broken (feature-size-mismatch): the forward then raises at the
   Linear, no backward pass can confirm that the bias gradient is zero, so whether the redundant bias is
@@ -394,7 +396,8 @@ class Generator:
             else:
                 size = num // s + 1
             cfg.update(k=k, s=s, p=p, ceil=ceil, cip=cip)
-        if defect in ("param_hand", "chmax", "roll") or cfg.get("cip"):
+        counts_padding = cfg.get("cip") or (defect == "param_hand" and kind == "avg" and cfg.get("p"))
+        if defect == "chmax" or counts_padding:
             self.kill(st, ctx, out)  # see "excluded" in the module docstring
         impl = "hand" if defect in ("param_hand", "chmax", "roll") else ("nn" if defect else self.impl(ctx, ["nn"]))
         step = Step("pool", impl, cfg)

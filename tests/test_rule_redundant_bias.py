@@ -164,3 +164,24 @@ class ThroughConv(torch.nn.Module):
 def test_a_conv_without_zero_padding_carries_the_bias_to_the_bn(k, padding, flagged):
     report = check_unmodified(build(lambda: ThroughConv(k, padding)), SHAPE)
     assert rule_pairs(report) == ({(RULE, "conv1")} if flagged else set()), str(report)
+
+
+class PoolThenBN(torch.nn.Module):
+    def __init__(self, pool: torch.nn.Module) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = pool
+        self.bn = torch.nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.pool(self.conv(x))))
+
+
+@pytest.mark.parametrize("pool, flagged", [
+    pytest.param(M.ScaledMaxPool, True, id="learnable-scale-keeps-one-constant-per-channel"),
+    pytest.param(M.RolledAvgPool, True, id="rolled-channels-keep-one-constant-per-channel"),
+    pytest.param(M.ChannelMaxPool, False, id="channel-max-keeps-none"),
+])
+def test_a_hand_written_pool_carries_the_bias_when_its_ops_do(pool, flagged):
+    report = check_unmodified(build(lambda: PoolThenBN(pool())), SHAPE)
+    assert rule_pairs(report, RULE) == ({(RULE, "conv")} if flagged else set()), str(report)

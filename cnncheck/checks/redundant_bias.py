@@ -27,7 +27,7 @@ _PASS_FUNCTIONS = frozenset(
         "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
         "adaptive_max_pool3d", "max_pool2d_with_indices", "identity", "interpolate", "upsample",
         "upsample_nearest2d", "upsample_bilinear2d", "transpose", "permute", "movedim", "pixel_shuffle",
-        "channel_shuffle",
+        "channel_shuffle", "roll", "flip",
     }
 )
 _SPATIAL_REDUCTIONS = frozenset({"mean", "amax", "amin"})
@@ -223,7 +223,18 @@ def _passes_constant(node: Node) -> bool:
         dims = (dims,) if isinstance(dims, int) else dims
         rank = node.inputs[0].dim() if node.inputs else 0
         return isinstance(dims, (tuple, list)) and rank > 1 and all(d % rank != 1 for d in dims)
-    return node.func_name in _SCALING_FUNCTIONS and len(node.inputs) == 1
+    return node.func_name in _SCALING_FUNCTIONS and all(
+        _same_everywhere(t, src, node.inputs[0]) for t, src in zip(node.inputs[1:], node.sources[1:]))
+
+
+def _same_everywhere(factor: torch.Tensor, source: object, x: torch.Tensor) -> bool:
+    """A factor that is one number per channel at most, the same for every sample and position, and not
+    computed from the input (a parameter, a buffer, a constant): scaling by it keeps a per-channel
+    constant one (a pool with a learnable scale)."""
+    if isinstance(source, Node) or (isinstance(source, str) and source.startswith("input:")):
+        return False
+    shape = [1] * (x.dim() - factor.dim()) + list(factor.shape)
+    return len(shape) == x.dim() and all(size == 1 for d, size in enumerate(shape) if d != 1)
 
 
 def _cancelled_numerically(grad: torch.Tensor | None, channel_dim: int, dtype: torch.dtype, gain: float) -> bool:
