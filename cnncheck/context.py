@@ -14,10 +14,10 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
+from cnncheck import trace as tracing
 from cnncheck.layers import LayerKind
 from cnncheck.locate import creation_site
 from cnncheck.probes import same_randomness
-from cnncheck import trace as tracing
 from cnncheck.trace import ModuleInfo, Node, Trace, run_trace
 
 _PROBED = frozenset(

@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 # children that a layer may run inside itself and still be one layer: activations, identities
 _LEAF_HELPERS = frozenset({LayerKind.OTHER, LayerKind.IDENTITY})
-_LAYER_KINDS = frozenset({LayerKind.CONV, LayerKind.POOL, LayerKind.BATCH_NORM, LayerKind.LINEAR})
 _LAYER_FUNCTIONS = (CONV_FUNCTIONS | POOL_FUNCTIONS | BATCH_NORM_FUNCTIONS | DROPOUT_FUNCTIONS
                     | {"linear", "layer_norm", "group_norm", "instance_norm"})
 
