@@ -71,7 +71,6 @@ class CheckContext:
         """The model in train mode (through its own ``train()``), traced, with gradients watched."""
         if "train" not in self._cache:
             inputs, kwargs = tree_map(_requires_grad, (self.inputs, self.kwargs))
-            self._cache["grad_inputs"] = (inputs, kwargs)
             saved: list[tuple[torch.Tensor, int]] = []
 
             def pack(t: torch.Tensor) -> torch.Tensor:
@@ -121,10 +120,6 @@ class CheckContext:
                               f"{reason} (redundant-bias-before-bn needs the gradient and reports nothing)")
 
     @property
-    def inputs_with_grad(self) -> tuple[Any, ...]:
-        return self._cache.get("grad_inputs", ())
-
-    @property
     def eval_trace(self) -> Trace:
         """The model after its own ``eval()``, traced without gradients."""
         if "eval" not in self._cache:
@@ -143,12 +138,7 @@ class CheckContext:
     def eval_output_of_first_sample(self) -> Any:
         """The eval-mode output for the first sample alone (to test batch independence)."""
         if "single" not in self._cache:
-            batch = self.batch_size
-
-            def first(a: Any) -> Any:
-                return a[:1] if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == batch else a
-
-            args, kwargs = tree_map(first, (self.inputs, self.kwargs))
+            args, kwargs = first_sample((self.inputs, self.kwargs), self.batch_size)
             self.model.eval()
             try:
                 # the eval pass's random numbers: a layer that draws them per sample even in eval mode
@@ -164,6 +154,11 @@ class CheckContext:
         if key not in self._cache:
             self._cache[key] = compute()
         return self._cache[key]
+
+
+def first_sample(obj: Any, batch: int) -> Any:
+    """``obj`` with every tensor of the batch size cut to its first sample."""
+    return tree_map(lambda a: a[:1] if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == batch else a, obj)
 
 
 def _leaves(obj: Any) -> list[torch.Tensor]:

@@ -170,11 +170,6 @@ def _statistics_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     return found
 
 
-def b_float(module: nn.Module, name: str) -> bool:
-    tensor = module._buffers.get(name)
-    return tensor is not None and tensor.is_floating_point()
-
-
 def affine_parameters(module: nn.Module, channels: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(gamma, beta) of a norm layer: ``weight``/``bias`` as in PyTorch, ``gamma``/``beta`` by hand.
 

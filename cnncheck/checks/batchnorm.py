@@ -354,13 +354,7 @@ def _mode_leaks(trace: Trace) -> bool:
 
 
 def _batch_dependence(ctx: CheckContext, rule: Rule) -> Finding | None:
-    from cnncheck.probes import mismatch
-
     single = ctx.eval_output_of_first_sample()
-    full = ctx.eval_trace.output
-    from torch.utils._pytree import tree_flatten
-
-    full_leaves = [t for t in tree_flatten(full)[0] if isinstance(t, torch.Tensor)]
     if isinstance(single, Exception):
         from cnncheck.checks.feature_size import batch_fold
 
@@ -371,18 +365,30 @@ def _batch_dependence(ctx: CheckContext, rule: Rule) -> Finding | None:
             expected="eval-mode output for one sample independent of the rest of the batch",
             found=f"{type(single).__name__} on a batch of one",
         )
-    single_leaves = [t for t in tree_flatten(single)[0] if isinstance(t, torch.Tensor)]
-    for a, b in zip(full_leaves, single_leaves):
-        if a.dim() == 0 or a.shape[0] != ctx.batch_size or b.dim() == 0 or b.shape[0] != 1:
+    diff = _first_sample_differs(ctx.eval_trace.output, single, ctx.batch_size)
+    if diff is None or not _depends_in_float64(ctx):
+        return None
+    return rule.finding(
+        "",
+        f"in eval mode the output of {ctx.model_name} for one sample depends on the other samples in the batch",
+        expected="model(x)[:1] == model(x[:1]) in eval mode",
+        found=str(diff),
+    )
+
+
+def _first_sample_differs(full: Any, single: Any, batch: int) -> Any:
+    """How the first sample's output within the batch differs from its output alone, or None."""
+    from torch.utils._pytree import tree_flatten
+
+    from cnncheck.probes import mismatch
+
+    leaves = [[t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)] for out in (full, single)]
+    for a, b in zip(*leaves):
+        if a.dim() == 0 or a.shape[0] != batch or b.dim() == 0 or b.shape[0] != 1:
             continue  # (a batch of one squeezed to a scalar: nothing to compare sample by sample)
         diff = mismatch(b, a[:1], scale=10, whole=True)
-        if diff is not None and _depends_in_float64(ctx):
-            return rule.finding(
-                "",
-                f"in eval mode the output of {ctx.model_name} for one sample depends on the other samples in the batch",
-                expected="model(x)[:1] == model(x[:1]) in eval mode",
-                found=str(diff),
-            )
+        if diff is not None:
+            return diff
     return None
 
 
@@ -390,17 +396,13 @@ def _depends_in_float64(ctx: CheckContext) -> bool:
     """Whether a sample's eval output still depends on the batch when a copy of the model runs in
     float64: an output that is rounding noise (a filter standardised to zero over identical channels)
     differs in float32 from one batch size to another without depending on the other samples."""
-    from torch.utils._pytree import tree_flatten, tree_map
+    from torch.utils._pytree import tree_map
 
-    from cnncheck.probes import mismatch, private_copy, same_randomness
-
-    batch = ctx.batch_size
+    from cnncheck.context import first_sample
+    from cnncheck.probes import private_copy, same_randomness
 
     def wide(a: Any) -> Any:
         return a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-
-    def first(a: Any) -> Any:
-        return a[:1] if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == batch else a
 
     try:
         model = private_copy(ctx.model).double().eval()
@@ -408,13 +410,10 @@ def _depends_in_float64(ctx: CheckContext) -> bool:
         with torch.no_grad(), same_randomness(ctx.example):
             full = model(*args, **kwargs)
         with torch.no_grad(), same_randomness(ctx.example):
-            single = model(*tree_map(first, args), **tree_map(first, kwargs))
+            single = model(*first_sample(args, ctx.batch_size), **first_sample(kwargs, ctx.batch_size))
     except Exception:  # noqa: BLE001 - the model does not run in float64: keep the float32 verdict
         return True
-    pairs = zip([t for t in tree_flatten(full)[0] if isinstance(t, torch.Tensor)],
-                [t for t in tree_flatten(single)[0] if isinstance(t, torch.Tensor)])
-    return any(a.dim() and a.shape[0] == batch and b.dim() and b.shape[0] == 1
-               and mismatch(b, a[:1], scale=10, whole=True) is not None for a, b in pairs)
+    return _first_sample_differs(full, single, ctx.batch_size) is not None
 
 
 PER_CHANNEL = Rule(

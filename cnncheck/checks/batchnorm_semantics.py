@@ -189,19 +189,43 @@ def _eps(layer: nn.Module) -> float:
     return 1e-5
 
 
-def train_problems(module: nn.Module, x: torch.Tensor) -> list[str]:
-    """Problems of a per-channel norm layer in train mode (none for one frozen by design)."""
-    channels = x.shape[1]
-    layer = private_copy(module).train()
-    generator = torch.Generator().manual_seed(7)
-    view = [1, channels] + [1] * (x.dim() - 2)
-    # shift the channels apart, at the data's own scale: a fixed offset on tiny activations would
-    # drown them in the rounding of the offset
+def channels_apart(x: torch.Tensor, seed: int = 7) -> torch.Tensor:
+    """``x`` with each channel scaled and shifted apart, at the data's own scale (a fixed offset on tiny
+    activations would drown them in the rounding of the offset): batch statistics that differ from any
+    running statistics, even after a BatchNorm has normalised ``x``."""
+    generator = torch.Generator().manual_seed(seed)
+    view = [1, x.shape[1]] + [1] * (x.dim() - 2)
     spread = float(x.detach().double().std()) if x.numel() > 1 else 1.0
     spread = spread if spread > 0 else 1.0
     scale = (torch.rand(view, generator=generator, dtype=torch.float64) + 0.5).to(x)
     offset = ((torch.rand(view, generator=generator, dtype=torch.float64) * 2 + 1) * spread).to(x)
-    xp = x.detach() * scale + offset
+    return x.detach() * scale + offset
+
+
+def follows_grad_mode(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether a hand-written BatchNorm in eval mode computes something else with gradients on than
+    under ``torch.no_grad()``: it picks its mode by ``torch.is_grad_enabled()``, not ``self.training``
+    (the d2l.ai chapter's BatchNorm)."""
+    telling = channels_apart(x, seed=17)
+    outputs = []
+    for grad in (False, True):
+        layer = private_copy(module).eval()
+        with torch.set_grad_enabled(grad):
+            try:
+                out = layer(telling.clone())
+            except Exception:  # noqa: BLE001 - the student's layer fails alone: not this probe's verdict
+                return False
+        if not isinstance(out, torch.Tensor):
+            return False
+        outputs.append(out.detach())
+    return mismatch(outputs[1], outputs[0], scale=10) is not None
+
+
+def train_problems(module: nn.Module, x: torch.Tensor) -> list[str]:
+    """Problems of a per-channel norm layer in train mode (none for one frozen by design)."""
+    channels = x.shape[1]
+    layer = private_copy(module).train()
+    xp = channels_apart(x)
     stats = _telling_buffers(layer, channels, xp)
     tracked = layer._buffers.get("num_batches_tracked")
     if tracked is not None:

@@ -9,12 +9,13 @@ import torch
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
+from cnncheck.checks.batchnorm_semantics import follows_grad_mode
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
 from cnncheck.layers import LayerKind, from_torch
 from cnncheck.locate import call_in_function
 from cnncheck.ops import RANDOM_FUNCTIONS
-from cnncheck.probes import mismatch, private_copy
+from cnncheck.probes import mismatch
 from cnncheck.recognize import batch_norm_call
 from cnncheck.rules import Rule
 from cnncheck.trace import Node, Trace
@@ -110,26 +111,9 @@ def _follows_grad_mode(node: Node) -> bool:
     under ``torch.no_grad()``: it picks its mode by ``torch.is_grad_enabled()``, not ``self.training``
     (the d2l.ai chapter's BatchNorm). torch's own batch_norm follows ``training`` alone."""
     x = node.probe_input
-    if node.module is None or x is None or from_torch(node.module) or batch_norm_call(node) is not None:
+    if node.module is None or x is None or x.dim() < 2 or from_torch(node.module) or batch_norm_call(node) is not None:
         return False
-    # channels moved apart: an input that a BatchNorm already normalised would make batch and running
-    # statistics agree by chance
-    view = [1, x.shape[1]] + [1] * (x.dim() - 2) if x.dim() >= 2 else [1]
-    generator = torch.Generator().manual_seed(17)
-    telling = x.detach() * (torch.rand(view, generator=generator) + 0.5).to(x) + (
-        torch.rand(view, generator=generator) * 2 + 1).to(x)
-    outputs = []
-    for grad in (False, True):
-        layer = private_copy(node.module).eval()
-        with torch.set_grad_enabled(grad):
-            try:
-                out = layer(telling.clone())
-            except Exception:  # noqa: BLE001 - the student's layer fails alone: not this rule's verdict
-                return False
-        if not isinstance(out, torch.Tensor):
-            return False
-        outputs.append(out.detach())
-    return mismatch(outputs[1], outputs[0], scale=10) is not None
+    return follows_grad_mode(node.module, x)
 
 
 def _grad_mode_finding(ctx: CheckContext, rule: Rule, node: Node) -> Finding:
