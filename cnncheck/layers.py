@@ -147,7 +147,7 @@ def running_buffers(module: nn.Module) -> tuple[str, str] | None:
     plain tensor attributes (the d2l.ai chapter keeps ``moving_mean`` as one), named like a mean
     (``running_mean``, ``moving_mean``, ``mu``) and like a variance (``running_var``, ``sigma2``). The
     probes then judge what the module does with them."""
-    names = [n for n, t in _statistics_tensors(module).items() if t.is_floating_point()]
+    names = [n for n, t in state_tensors(module).items() if t.is_floating_point()]
     means = [n for n in names if any(k in n.lower() for k in _MEAN_NAMES)]
     variances = [n for n in names if any(k in n.lower() for k in _VAR_NAMES) and n not in means]
     if means and variances:
@@ -157,12 +157,13 @@ def running_buffers(module: nn.Module) -> tuple[str, str] | None:
 
 def statistic(module: nn.Module, name: str) -> torch.Tensor:
     """A running statistic of ``module`` by name, a buffer or a plain tensor attribute."""
-    tensor = _statistics_tensors(module).get(name)
+    tensor = state_tensors(module).get(name)
     assert tensor is not None, name
     return tensor
 
 
-def _statistics_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+def state_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A module's own tensors that are not parameters: its buffers and plain tensor attributes."""
     found = {n: b for n, b in module._buffers.items() if b is not None}
     for name, value in vars(module).items():
         if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter) and not name.startswith("_"):
@@ -178,7 +179,7 @@ def affine_parameters(module: nn.Module, channels: int) -> tuple[torch.Tensor | 
     """
     params = dict(module.named_parameters(recurse=False))
     running = running_buffers(module) or ()
-    tensors = {n: b for n, b in _statistics_tensors(module).items() if n not in running}
+    tensors = {n: b for n, b in state_tensors(module).items() if n not in running}
     tensors.update(params)
     scale = next((tensors[n] for n in ("weight", "gamma", "scale") if n in tensors), None)
     shift = next((tensors[n] for n in ("bias", "beta", "shift") if n in tensors), None)

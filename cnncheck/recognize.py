@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from cnncheck.layers import LayerKind
+from cnncheck.layers import LayerKind, state_tensors
 from cnncheck.ops import (
     BATCH_NORM_FUNCTIONS,
     BIASED_FUNCTIONS,
@@ -63,14 +63,16 @@ class Origin:
 
 def own_tensor_names(module: nn.Module, prefix: str) -> dict[int, str]:
     """id -> qualified name of the module's own parameters, buffers and plain tensor attributes."""
-    named: dict[int, str] = {}
-    for name, t in [*module._parameters.items(), *module._buffers.items()]:
-        if t is not None:
-            named[id(t)] = f"{prefix}.{name}" if prefix else name
-    for name, value in vars(module).items():
-        if isinstance(value, torch.Tensor) and not name.startswith("_"):
-            named.setdefault(id(value), f"{prefix}.{name}" if prefix else name)
-    return named
+    own = {n: p for n, p in module._parameters.items() if p is not None}
+    own.update({n: t for n, t in state_tensors(module).items() if n not in own})
+    return {id(t): f"{prefix}.{name}" if prefix else name for name, t in own.items()}
+
+
+def uses_own_statistics(module: nn.Module, call: Node) -> bool:
+    """Whether a ``batch_norm`` call is handed running statistics that ``module`` holds itself."""
+    named = batch_norm_arguments(call.func, call.args, call.kwargs)
+    held = {id(t) for t in state_tensors(module).values()}
+    return all(isinstance(named.get(n), torch.Tensor) and id(named[n]) in held for n in ("running_mean", "running_var"))
 
 
 def origin(source: Any, inner: list[Node], own: Iterable[str], first: int) -> Origin:
@@ -140,13 +142,12 @@ def recognize(module: nn.Module, static: LayerKind, name: str, inner: list[Node]
         return Recognition(LayerKind.LINEAR, "calls linear on its own weights")
     if layer_ops and all(n.func_name in DROPOUT_FUNCTIONS for n in on_input):
         return Recognition(LayerKind.DROPOUT, f"calls {layer_ops[0].func_name} and nothing else")
-    if any(n.func_name not in POOL_FUNCTIONS and not _spatial_reduction(n) for n in layer_ops):
-        if _batch_statistics(on_input) and all(n.func_name in BATCH_NORM_FUNCTIONS or _spatial_reduction(n)
-                                                for n in layer_ops):
-            pass  # statistics by hand and a batch_norm call to normalise with them: one BatchNorm
-        else:
-            return Recognition(None, "runs several layer ops: a block")
-    if _batch_statistics(on_input):
+    statistics = _batch_statistics(on_input)
+    others = [n for n in layer_ops if n.func_name not in POOL_FUNCTIONS and not _spatial_reduction(n)]
+    # (statistics by hand and a batch_norm call to normalise with them are one BatchNorm)
+    if others and not (statistics and all(n.func_name in BATCH_NORM_FUNCTIONS for n in others)):
+        return Recognition(None, "runs several layer ops: a block")
+    if statistics:
         if outputs and inputs and outputs[0].shape == inputs[0].shape:
             return Recognition(LayerKind.BATCH_NORM, "normalises with statistics over the batch")
         return Recognition(None, "statistics over the batch and a change of shape: a block")
@@ -251,13 +252,8 @@ def batch_norm_call(node: Node) -> Node | None:
     made one: then torch's op did the arithmetic, and only the arguments can be wrong."""
     if not node.inputs:
         return None
-    for inner in node.inner:
-        if inner.module is None and inner.func_name in BATCH_NORM_FUNCTIONS and inner.inputs \
-                and inner.inputs[0] is node.inputs[0]:
-            named = batch_norm_arguments(inner.func, inner.args, inner.kwargs)
-            if named.get("input") is node.inputs[0]:
-                return inner
-    return None
+    return next((n for n in node.inner if n.module is None and n.func_name in BATCH_NORM_FUNCTIONS
+                 and batch_norm_arguments(n.func, n.args, n.kwargs).get("input") is node.inputs[0]), None)
 
 
 def conv_calls(node: Node) -> list[Node]:

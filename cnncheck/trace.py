@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_flatten
 from cnncheck.frames import calling_module_name, calling_torch_module, function_name, traceback_location, user_location
 from cnncheck.layers import LayerKind, classify, from_torch
 from cnncheck.ops import MODAL_FUNCTIONS, batch_norm_arguments, function_kind
-from cnncheck.recognize import own_tensor_names, recognize, verified_by_op
+from cnncheck.recognize import own_tensor_names, recognize, uses_own_statistics, verified_by_op
 
 Source = Union["Node", str]
 """Where a tensor came from: the node that produced it, or ``input:I``, ``param:NAME``,
@@ -182,10 +182,6 @@ def _torch_leaf(module: nn.Module) -> bool:
 _TORCH_LAYERS = (_BatchNorm, _ConvNd)
 """Subclasses of torch's layers with a forward of their own (timm's BatchNormAct2d, StdConv2d): their
 inputs are copied for the probes only once the ops they ran show that a probe will be needed."""
-
-
-def own_code(module: nn.Module) -> bool:
-    return not from_torch(module)
 
 
 def _shapes_only(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -430,9 +426,9 @@ class _Tracer(TorchFunctionMode):
                 module=module,
                 func=None,
                 scope=self.scope(),
-                inputs=frame.inputs if self.only is None or own_code(module) else _shapes_only(frame.inputs),
+                inputs=frame.inputs if self.only is None or not from_torch(module) else _shapes_only(frame.inputs),
                 sources=frame.sources,
-                outputs=outputs if self.only is None or own_code(module) else _shapes_only(outputs),
+                outputs=outputs if self.only is None or not from_torch(module) else _shapes_only(outputs),
                 training=frame.training,
                 inner=inner,
             )
@@ -475,12 +471,9 @@ class _Tracer(TorchFunctionMode):
         if frame is None or not frame.inputs:
             return
         named = batch_norm_arguments(node.func, args, kwargs)
-        x, mean, var = named.get("input"), named.get("running_mean"), named.get("running_var")
-        own = set(own_tensor_names(frame.module, "").keys())
-        outer = frame.inputs[0]
-        if (isinstance(x, torch.Tensor) and isinstance(mean, torch.Tensor) and isinstance(var, torch.Tensor)
-                and id(mean) in own and id(var) in own and x.dim() == outer.dim() and x.dim() >= 2
-                and x.shape[1] == outer.shape[1] == mean.numel()):
+        x, mean, outer = named.get("input"), named.get("running_mean"), frame.inputs[0]
+        if (uses_own_statistics(frame.module, node) and isinstance(x, torch.Tensor) and x.dim() == outer.dim()
+                and x.dim() >= 2 and x.shape[1] == outer.shape[1] == mean.numel()):
             frame.batch_norm = node
 
 

@@ -18,9 +18,9 @@ from cnncheck.checks.batchnorm_semantics import (
 )
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
-from cnncheck.layers import LayerKind, affine_parameters, running_buffers, statistic
+from cnncheck.layers import LayerKind, affine_parameters, running_buffers, state_tensors, statistic
 from cnncheck.ops import LAYOUT_FUNCTIONS, batch_norm_arguments
-from cnncheck.recognize import batch_norm_call
+from cnncheck.recognize import batch_norm_call, uses_own_statistics
 from cnncheck.rules import Rule
 from cnncheck.trace import Node, Trace
 
@@ -191,8 +191,7 @@ def check_train(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
 def _statistics_with_history(module: nn.Module) -> list[str]:
     """The layer's own tensors (buffers, plain attributes) that a train-mode forward left attached to the
     autograd graph: a running statistic updated from the batch without detach or no_grad."""
-    tensors = [*module._buffers.items(), *vars(module).items()]
-    return list(dict.fromkeys(n for n, t in tensors if isinstance(t, torch.Tensor) and t.grad_fn is not None))
+    return [n for n, t in state_tensors(module).items() if t.grad_fn is not None]
 
 
 def verified_call(node: Node) -> Node | None:
@@ -200,12 +199,7 @@ def verified_call(node: Node) -> Node | None:
     own running statistics (timm's BatchNormAct2d, a student's ``return F.batch_norm(x, ...)``): torch's
     op did the arithmetic, whatever activation follows, so no probe re-runs the layer."""
     call = batch_norm_call(node)
-    if call is None or node.module is None:
-        return None
-    named = batch_norm_arguments(call.func, call.args, call.kwargs)
-    own = {id(t) for t in [*node.module._buffers.values(), *vars(node.module).values()] if isinstance(t, torch.Tensor)}
-    stats = [named.get("running_mean"), named.get("running_var")]
-    return call if all(isinstance(t, torch.Tensor) and id(t) in own for t in stats) else None
+    return call if call is not None and node.module is not None and uses_own_statistics(node.module, call) else None
 
 
 def _hyperparameter_problems(module: nn.Module) -> list[str]:

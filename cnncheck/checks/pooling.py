@@ -67,8 +67,16 @@ def _per_channel_by_construction(module: nn.Module | None, x: torch.Tensor) -> b
     (a MaxPool3d fed a 4-d map takes the channels for depth) it is probed."""
     if module is None or not from_torch(module):
         return False
-    name = type(module).__name__
-    return name[-2:] in ("1d", "2d", "3d") and int(name[-2]) == x.dim() - 2
+    rank = next((r for r, classes in _POOL_RANKS.items() if isinstance(module, classes)), None)
+    return rank == x.dim() - 2
+
+
+_POOL_RANKS: dict[int, tuple[type, ...]] = {
+    1: (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.LPPool1d),
+    2: (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d, nn.FractionalMaxPool2d),
+    3: (nn.MaxPool3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d, nn.LPPool3d, nn.FractionalMaxPool3d),
+}
+"""The spatial rank of torch's pooling layers: on a map of that rank plus two they pool per channel."""
 
 
 def _probe_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
