@@ -52,23 +52,26 @@ def _check_conv_call(ctx: CheckContext, rule: Rule, module: nn.Module, node: Nod
     if all(isinstance(v, int) for v in declared) and declared != [c_in, c_out, groups]:
         yield from _check_conv(ctx, rule, module, node.name)  # its attributes say another conv than it runs
         return
+    kernel_size = tuple(int(k) for k in kernel)
     owned = {id(p): p for p in module.parameters()}
-    has_bias = isinstance(bias, torch.Tensor) and id(bias) in owned
-    if not has_bias:  # a bias added after the op, under a name of its own
-        others = [p for p in owned.values() if p is not weight]
-        has_bias = len(others) == 1 and others[0].numel() == c_out
-    expected = conv_param_formula(c_in, c_out, tuple(int(k) for k in kernel), groups, has_bias, transposed=transposed)
-    count = sum(p.numel() for p in owned.values())
-    if count != expected.value:
-        extra = [f"{n}: {_shape(tuple(p.shape))}" for n, p in module.named_parameters()]
-        yield rule.finding(
-            node.name,
-            f"{_describe(module, c_in, c_out, tuple(int(k) for k in kernel), groups)} should have {expected.value} "
-            f"parameters, it has {count}",
-            expected=str(expected),
-            found=f"{count} parameters ({', '.join(extra)})",
-            location=ctx.location_of(module),
-        )
+    # the bias handed to the op, or one added after it under a name of its own
+    has_bias = (isinstance(bias, torch.Tensor) and id(bias) in owned) or _conv_bias(module, weight, c_out) is not None
+    expected = conv_param_formula(c_in, c_out, kernel_size, groups, has_bias, transposed=transposed)
+    finding = _count_finding(ctx, rule, module, node.name, _describe(module, c_in, c_out, kernel_size, groups),
+                             expected, sum(p.numel() for p in owned.values()))
+    if finding is not None:
+        yield finding
+
+
+def _count_finding(ctx: CheckContext, rule: Rule, module: nn.Module, name: str, title: str, expected: Any,
+                   count: int) -> Finding | None:
+    """A layer that owns another number of parameters than its formula gives."""
+    if count == expected.value:
+        return None
+    extra = [f"{n}: {_shape(tuple(p.shape))}" for n, p in module.named_parameters()]
+    return rule.finding(name, f"{title} should have {expected.value} parameters, it has {count}",
+                        expected=str(expected), found=f"{count} parameters ({', '.join(extra)})",
+                        location=ctx.location_of(module))
 
 
 def weight_origin(node: Node) -> Origin | None:
@@ -130,15 +133,9 @@ def _check_conv(ctx: CheckContext, rule: Rule, module: nn.Module, name: str) -> 
                            expected=f"bias of shape ({c_out},)", found=f"bias of shape {_shape(tuple(bias.shape))}",  # type: ignore[union-attr]
                            location=where)
         return
-    if count != expected.value:
-        extra = [f"{n}: {_shape(tuple(p.shape))}" for n, p in module.named_parameters()]
-        yield rule.finding(
-            name,
-            f"{title} should have {expected.value} parameters, it has {count}",
-            expected=str(expected),
-            found=f"{count} parameters ({', '.join(extra)})",
-            location=where,
-        )
+    finding = _count_finding(ctx, rule, module, name, title, expected, count)
+    if finding is not None:
+        yield finding
         return
     if not _stock(module):
         mismatch_text = _numeric_mismatch(ctx, module, weight, bias if has_bias else None, rank, groups, transposed)

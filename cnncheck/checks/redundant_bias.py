@@ -11,7 +11,7 @@ from torch.nn.modules.pooling import _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, _Av
 from cnncheck.checks.batchnorm_semantics import cancels_channel_constant, is_stock_batchnorm
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
-from cnncheck.layers import LayerKind, from_torch, layer_label
+from cnncheck.layers import LayerKind, affine_parameters, from_torch, layer_label
 from cnncheck.ops import argument, batch_norm_arguments
 from cnncheck.recognize import batch_norm_call, conv_calls, layer_bias
 from cnncheck.rules import Rule
@@ -92,8 +92,9 @@ def _bias_of(node: Node) -> torch.Tensor | None:
 
 def _confirmed(ctx: CheckContext, candidates: list[tuple[Node, list[Node]]]) -> set[int]:
     """The candidates whose bias the BatchNorms really cancel: the gradient at the layer's output of a
-    random projection of the norms' outputs sums to zero over each channel. One backward pass through
-    the part of the graph between them, not through the whole model."""
+    random projection of the norms' outputs sums to zero over each channel: for each candidate a short
+    backward through the part of the graph between it and its norms, never through the whole model,
+    and none at all when the bias goes straight into torch's own BatchNorm."""
     confirmed = set()
     for node, sinks in candidates:  # one short backward each: from its own norms back to it
         if all(_feeds_torch_batch_norm(node, sink) for sink in sinks):
@@ -126,8 +127,11 @@ def _gain(sinks: list[Node]) -> float:
             continue
         dims = tuple(d for d in range(x.dim()) if d != 1)
         sigma = torch.sqrt(x.detach().double().var(dims, unbiased=False) + 1e-5)
-        gamma = next((t for t in sink.inputs[1:] if t.dim() == 1 and t.numel() == x.shape[1]), None)
-        scale = gamma.detach().double().abs() if gamma is not None else torch.ones_like(sigma)
+        gamma = (affine_parameters(sink.module, x.shape[1])[0] if sink.module is not None
+                 else batch_norm_arguments(sink.func, sink.args, sink.kwargs).get("weight")
+                 if sink.func_name == "batch_norm" else None)
+        fits = isinstance(gamma, torch.Tensor) and gamma.numel() == x.shape[1]
+        scale = gamma.detach().double().abs().reshape(-1).to(sigma.device) if fits else torch.ones_like(sigma)
         gain = max(gain, float((scale / sigma).max()))
     return gain
 
