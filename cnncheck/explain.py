@@ -191,8 +191,9 @@ def _kind(node: Any) -> str:
     """The layer's kind; for a convolution whose filters are computed from its parameters on every call
     (weight standardisation, a gain, experts mixed per sample), ``conv (reparametrised)``."""
     from cnncheck.checks.conv_params import weight_origin
+    from cnncheck.layers import LayerKind
 
-    found = weight_origin(node) if node.kind.value == "conv" else None
+    found = weight_origin(node) if node.kind is LayerKind.CONV else None
     if found is not None and not found.direct and not found.rearranged:
         return "conv (reparametrised)"
     return str(node.kind.value)

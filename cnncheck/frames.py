@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
 from types import CodeType
 from typing import Any
 
@@ -17,7 +18,7 @@ from cnncheck.layers import from_torch
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _CNNCHECK_DIR = os.path.dirname(__file__)
 _SKIP_DIRS = (_TORCH_DIR, _CNNCHECK_DIR, os.path.dirname(os.__file__))
-_USER_CODE: dict[CodeType, bool] = {}
+_USER_CODE: weakref.WeakKeyDictionary[CodeType, bool] = weakref.WeakKeyDictionary()  # code of unloaded models goes
 
 
 def is_user_code(code: CodeType) -> bool:
