@@ -17,6 +17,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from cnncheck import trace as tracing
 from cnncheck.layers import LayerKind
 from cnncheck.locate import creation_site
+from cnncheck.preserve import guarding_writes
 from cnncheck.probes import same_randomness
 from cnncheck.trace import ModuleInfo, Node, Trace, run_trace
 
@@ -143,7 +144,7 @@ class CheckContext:
             try:
                 # the eval pass's random numbers: a layer that draws them per sample even in eval mode
                 # (FractionalMaxPool2d) gives the first sample the same draws in both passes
-                with torch.no_grad(), same_randomness(self.example):
+                with torch.no_grad(), same_randomness(self.example), guarding_writes():
                     self._cache["single"] = self.model(*args, **kwargs)
             except Exception as exc:  # a batch of one may fail where batch statistics are used
                 self._cache["single"] = exc

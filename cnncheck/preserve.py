@@ -2,6 +2,12 @@
 
 Parameters, buffers, ``.grad``, ``requires_grad``, ``training`` flags, the torch/numpy/``random`` RNG
 states and the TF32 switches are all put back after a check, whatever the student's code did.
+
+Copying a large parameter costs more than the check itself (vgg11_bn holds 0.5 GB), and forward almost
+never writes one. A parameter of :data:`LAZY_BYTES` or more is therefore copied only when a call is about
+to write it or to hand out its memory (:func:`before_call`, which the tracer and
+:func:`guarding_writes` call for every torch call of the student's code). Buffers, plain tensor
+attributes and small parameters, which forward does update, are copied on entry.
 """
 
 from __future__ import annotations
@@ -9,12 +15,15 @@ from __future__ import annotations
 import contextlib
 import gc
 import random
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 
 @dataclass
@@ -26,12 +35,45 @@ class _ModuleState:
     attributes: dict[str, torch.Tensor]  # plain tensor attributes (d2l.ai keeps running statistics so)
 
 
-@dataclass
+LAZY_BYTES = 1 << 20
+"""Parameters of at least this many bytes are copied on their first write, not on entry."""
+
+
+@dataclass(eq=False)
 class _TensorState:
     tensor: torch.Tensor
-    data: torch.Tensor
+    memory: torch.Tensor  # the original storage, shape and strides: ``p.data = other`` must be undone too
+    data: torch.Tensor | None  # the copy of the values; None for a large parameter nothing wrote yet
+    version: int
     grad: torch.Tensor | None
     requires_grad: bool
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor, lazy: bool) -> _TensorState:
+        memory = tensor.detach()
+        return cls(tensor, memory, None if lazy else memory.clone(), tensor._version, tensor.grad,
+                   tensor.requires_grad)
+
+    def restore(self) -> None:
+        now = self.tensor.detach()
+        if (now.untyped_storage().data_ptr(), now.shape, now.stride(), now.storage_offset()) != (
+            self.memory.untyped_storage().data_ptr(), self.memory.shape, self.memory.stride(),
+            self.memory.storage_offset(),
+        ):
+            self.tensor.data = self.memory
+        if self.data is not None and not torch.equal(self.memory, self.data):
+            self.memory.copy_(self.data)
+        elif self.data is None and self.tensor._version != self.version:
+            warnings.warn(
+                f"cnncheck: a parameter of shape {tuple(self.memory.shape)} was changed in place by a call "
+                "cnncheck did not see, and could not be restored", RuntimeWarning, stacklevel=4)
+        self.tensor.grad = self.grad
+        if self.tensor.is_leaf:
+            self.tensor.requires_grad_(self.requires_grad)
+
+
+_UNCOPIED: dict[int, list[_TensorState]] = {}
+"""Large parameters of the checks in progress that no call has written yet, by their storage address."""
 
 
 @contextlib.contextmanager
@@ -42,12 +84,19 @@ def preserved(modules: Iterable[nn.Module]) -> Iterator[None]:
     ]
     tensors: dict[int, _TensorState] = {}
     for state in module_states:
+        parameters = {id(t) for t in state.parameters.values()}
         for t in [*state.parameters.values(), *state.buffers.values(), *state.attributes.values()]:
             if t is not None and id(t) not in tensors:
-                tensors[id(t)] = _TensorState(t, t.detach().clone(), t.grad, t.requires_grad)
+                lazy = id(t) in parameters and t.nbytes >= LAZY_BYTES
+                tensors[id(t)] = ts = _TensorState.of(t, lazy)
+                if lazy:
+                    _UNCOPIED.setdefault(_address(t), []).append(ts)
     try:
         yield
     finally:
+        for ts in tensors.values():
+            if ts.data is None:
+                _forget(ts)
         for state in module_states:
             state.module._parameters.clear()
             state.module._parameters.update(state.parameters)
@@ -60,11 +109,65 @@ def preserved(modules: Iterable[nn.Module]) -> Iterator[None]:
             object.__setattr__(state.module, "training", state.training)
         with torch.no_grad():
             for ts in tensors.values():
-                if not torch.equal(ts.tensor.detach(), ts.data):
-                    ts.tensor.detach().copy_(ts.data)
-                ts.tensor.grad = ts.grad
-                if ts.tensor.is_leaf:
-                    ts.tensor.requires_grad_(ts.requires_grad)
+                ts.restore()
+
+
+def before_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:
+    """Copy each large parameter that ``func(*args, **kwargs)`` may write before it runs."""
+    if not _UNCOPIED or not _may_write(func, kwargs):
+        return
+    for t in _arguments(args, kwargs):
+        for ts in _UNCOPIED.pop(_address(t), ()):
+            ts.data = ts.memory.clone()
+
+
+class _WriteGuard(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        before_call(func, args, kwargs)
+        return func(*args, **(kwargs or {}))
+
+
+def guarding_writes() -> contextlib.AbstractContextManager[Any]:
+    """Run the student's code outside the tracer (a probe that calls a layer of the model itself) so that
+    the large parameters it writes are copied first."""
+    return _WriteGuard() if _UNCOPIED else contextlib.nullcontext()
+
+
+_WRITING_NAMES = frozenset({"__setitem__", "numpy", "data_ptr", "untyped_storage", "storage", "_typed_storage",
+                            "__dlpack__", "__array__", "share_memory_"})
+"""Calls that write a tensor, or hand out its memory for code cnncheck cannot see to write."""
+
+
+def _may_write(func: Any, kwargs: dict[str, Any] | None) -> bool:
+    name = getattr(func, "__name__", "")
+    if name in ("__get__", "__set__"):  # an attribute: only ``.data`` shares the memory outside autograd
+        return getattr(getattr(func, "__self__", None), "__name__", None) == "data"
+    in_place = name.endswith("_") and not name.endswith("__")  # add_, normal_, _foreach_mul_
+    return in_place or name in _WRITING_NAMES or bool(kwargs and "out" in kwargs)
+
+
+def _arguments(args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Iterator[torch.Tensor]:
+    for value in [*args, *(kwargs or {}).values()]:
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, (list, tuple)):  # torch._foreach_add_(params, ...)
+            yield from (v for v in value if isinstance(v, torch.Tensor))
+
+
+def _address(t: torch.Tensor) -> int:
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # a tensor without storage (a functional or meta wrapper)
+        return -1
+
+
+def _forget(ts: _TensorState) -> None:
+    address = _address(ts.memory)
+    waiting = [other for other in _UNCOPIED.get(address, []) if other is not ts]
+    if waiting:
+        _UNCOPIED[address] = waiting
+    else:
+        _UNCOPIED.pop(address, None)
 
 
 def _tensor_attributes(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ from torch.utils._pytree import tree_flatten
 from cnncheck.frames import calling_module_name, calling_torch_module, function_name, traceback_location, user_location
 from cnncheck.layers import LayerKind, classify, from_torch
 from cnncheck.ops import MODAL_FUNCTIONS, batch_norm_arguments, function_kind
+from cnncheck.preserve import before_call
 from cnncheck.recognize import own_tensor_names, recognize, uses_own_statistics, verified_by_op
 
 Source = Union["Node", str]
@@ -321,7 +322,10 @@ class _Tracer(TorchFunctionMode):
     # -- functional ops ------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
-        if self.suppress or self.busy:
+        if self.busy:
+            return func(*args, **kwargs)
+        before_call(func, args, kwargs)
+        if self.suppress:
             return func(*args, **kwargs)
         if self.only is not None and not self.inside and _name_of(func) not in MODAL_FUNCTIONS:
             return func(*args, **kwargs)  # a light pass: only the ops whose result depends on the mode

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 import cnncheck
+from cnncheck import preserve
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -214,3 +216,137 @@ def test_a_check_pauses_the_garbage_collector_and_restores_it() -> None:
         assert not gc.isenabled()  # a caller that had it off gets it back off
     finally:
         gc.enable()
+
+
+# -- large parameters are copied on their first write (preserve.LAZY_BYTES): every way to write one --------
+def _scale_in_place(w):
+    with torch.no_grad():
+        w.mul_(0.5)
+
+
+def _clamp_data(w):
+    w.data.clamp_(-0.01, 0.01)
+
+
+def _replace_data(w):
+    w.data = w.data * 2  # new storage: the parameter must get its own memory back
+
+
+def _init_again(w):
+    nn.init.normal_(w)
+
+
+def _set_item(w):
+    with torch.no_grad():
+        w[0] = 0.0
+
+
+def _write_a_view(w):
+    with torch.no_grad():
+        w.view(-1)[:10].zero_()
+
+
+def _write_through_numpy(w):
+    w.detach().numpy()[0, 0] = 123.0
+
+
+def _foreach(w):
+    with torch.no_grad():
+        torch._foreach_mul_([w], 3.0)
+
+
+def _out_argument(w):
+    with torch.no_grad():
+        torch.mul(w, 2.0, out=w)
+
+
+WRITES = [_scale_in_place, _clamp_data, _replace_data, _init_again, _set_item, _write_a_view, _write_through_numpy,
+          _foreach, _out_argument]
+
+
+class _WritesItsWeight(nn.Module):
+    """A head with a 2 MiB weight (above preserve.LAZY_BYTES) that its forward writes, in train mode, in
+    eval mode only (the light eval pass and the one-sample pass), or in a pool and a dropout of its own
+    that the rules' probes call again."""
+
+    def __init__(self, write, when: str) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1024, 1)
+        self.fc = nn.Linear(1024, 512)
+        self.write, self.when = write, when
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alone = x.shape[0] == 1 and not self.training  # only the one-sample eval pass, outside the tracer
+        if self.when == "always" or (self.when == "eval" and not self.training) or (self.when == "alone" and alone):
+            self.write(self.fc.weight)
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+class _WritingPool(nn.Module):
+    def __init__(self, write, only_when_probed: bool) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(512, 1024))
+        self.write, self.only_when_probed = write, only_when_probed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.only_when_probed or x.shape[0] > 2:  # the channel probes run a batch of blocks
+            self.write(self.table)
+        return torch.nn.functional.max_pool2d(x, 2)
+
+
+class _WritingDropout(nn.Module):
+    """A dropout written out (placed by its ``p``: its ops are a mask, which the mode rule probes by calling it
+    again) that writes the next Linear's weight, since a dropout owns no parameters."""
+
+    def __init__(self, write, only_when_probed: bool, victim: nn.Linear) -> None:
+        super().__init__()
+        self.p, self.write, self.only_when_probed = 0.5, write, only_when_probed
+        object.__setattr__(self, "victim", victim)  # not a child: this stays a dropout, not a block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.only_when_probed or bool((x >= 1).all()):  # the eval probe's input has no small values
+            self.write(self.victim.weight)
+        return x * (torch.rand_like(x) > self.p) / (1 - self.p) if self.training else x
+
+
+@pytest.mark.parametrize("write", WRITES, ids=lambda f: f.__name__.lstrip("_"))
+@pytest.mark.parametrize("where", ["always", "eval", "alone", "pool", "pool-probe", "dropout", "dropout-probe"])
+def test_a_large_parameter_that_forward_writes_is_restored(write, where) -> None:
+    torch.manual_seed(0)
+    if where in ("always", "eval", "alone"):
+        model = _WritesItsWeight(write, where)
+    elif where.startswith("pool"):
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), _WritingPool(write, where.endswith("probe")), nn.Flatten(),
+                              nn.Linear(4 * 3 * 3, 2))
+    else:
+        head = nn.Linear(4 * 6 * 6, 2048)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), _WritingDropout(write, where.endswith("probe"), head), nn.Flatten(),
+                              head)
+    names = {"pool": "1.table", "pool-probe": "1.table", "dropout": "3.weight", "dropout-probe": "3.weight"}
+    big = dict(model.named_parameters())[names.get(where, "fc.weight")]
+    assert big.nbytes >= preserve.LAZY_BYTES
+    before = _snapshot(model)
+    storage = big.untyped_storage().data_ptr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # 'could not be restored' would be a failure here
+        report = cnncheck.check_model(model, (2, 3, 8, 8))
+    assert not report.crashes, report.crashes
+    _assert_unchanged(model, before)
+    assert big.untyped_storage().data_ptr() == storage
+
+
+def test_large_parameters_that_nothing_writes_are_not_copied(monkeypatch) -> None:
+    """The point of copying on first write: vgg11_bn's 0.5 GB of weights are not cloned by a check."""
+    cloned = []
+    original = torch.Tensor.clone
+
+    def counting_clone(self, *args, **kwargs):
+        if self.nbytes >= preserve.LAZY_BYTES:
+            cloned.append(tuple(self.shape))
+        return original(self, *args, **kwargs)
+
+    model = nn.Sequential(nn.Conv2d(3, 1024, 1), nn.Flatten(), nn.Linear(1024 * 4, 64))
+    monkeypatch.setattr(torch.Tensor, "clone", counting_clone)
+    cnncheck.check_model(model, (2, 3, 2, 2))
+    assert (64, 4096) not in cloned
+    assert not preserve._UNCOPIED  # nothing of a finished check is left waiting

@@ -15,6 +15,7 @@ from cnncheck.findings import Finding, Severity
 from cnncheck.layers import LayerKind, from_torch
 from cnncheck.locate import call_in_function
 from cnncheck.ops import RANDOM_FUNCTIONS
+from cnncheck.preserve import guarding_writes
 from cnncheck.probes import mismatch
 from cnncheck.recognize import batch_norm_call
 from cnncheck.rules import Rule
@@ -66,7 +67,7 @@ def _drops_in_eval(node: Node) -> bool:
     if calls:
         return any(_functional_training(call) for call in calls)
     telling = node.probe_input.abs() + 1
-    with torch.no_grad():
+    with torch.no_grad(), guarding_writes():
         out = node.module(telling.clone())  # type: ignore[misc]
     return isinstance(out, torch.Tensor) and mismatch(out, telling) is not None
 

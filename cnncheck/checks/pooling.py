@@ -11,6 +11,7 @@ from torch import nn
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
 from cnncheck.layers import LayerKind, as_tuple, from_torch
+from cnncheck.preserve import guarding_writes
 from cnncheck.probes import same_randomness, tolerance
 from cnncheck.rules import Rule
 
@@ -156,7 +157,7 @@ def _run_blocks(module: nn.Module, blocks: list[torch.Tensor]) -> object:
     """The layer on every block, concatenated: one batched call, or one call per block with the same
     random numbers when the layer draws them (FractionalMaxPool2d picks its regions at random per
     sample and channel, so batched probes would differ by chance)."""
-    with torch.no_grad():
+    with torch.no_grad(), guarding_writes():
         with same_randomness(blocks[0]):
             first = module(blocks[0])
         with same_randomness(blocks[0]):
