@@ -27,8 +27,11 @@ _EXPORTS = {
     "conv_param_count": "cnncheck.formulas",
     "Finding": "cnncheck.findings",
     "Report": "cnncheck.findings",
+    "RuleOutcome": "cnncheck.findings",
+    "RuleStatus": "cnncheck.findings",
     "Severity": "cnncheck.findings",
     "Rule": "cnncheck.rules",
+    "Pass": "cnncheck.rules",
     "LayerKind": "cnncheck.layers",
     "all_rules": "cnncheck.plugins",
     "register": "cnncheck.plugins",
@@ -61,8 +64,8 @@ if TYPE_CHECKING:
         check_model,
     )
     from cnncheck.explain import model_param_formulas
-    from cnncheck.findings import Finding, Report, Severity
+    from cnncheck.findings import Finding, Report, RuleOutcome, RuleStatus, Severity
     from cnncheck.formulas import conv_param_count
     from cnncheck.layers import LayerKind
     from cnncheck.plugins import all_rules, register, unregister
-    from cnncheck.rules import Rule
+    from cnncheck.rules import Pass, Rule

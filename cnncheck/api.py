@@ -16,7 +16,8 @@ from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 from torch.utils._pytree import tree_flatten, tree_map
 
 from cnncheck.context import CheckContext
-from cnncheck.findings import Report, RuleCrash
+from cnncheck.engine import UnexplainedFailure, run_rules
+from cnncheck.findings import Report, RuleOutcome, RuleStatus
 from cnncheck.plugins import (
     PluginProblem,
     all_rules,
@@ -81,7 +82,8 @@ def _check(model: nn.Module, example_input: Any, device: str | torch.device | No
     pm = plugin_manager()
     problems: list[PluginProblem] = []
     layer_ignores = [pattern for pattern in ignore if ":" in pattern]
-    rules = select_rules(all_rules(pm, problems), checks, [p for p in ignore if ":" not in p])
+    registered = all_rules(pm, problems)
+    rules = select_rules(registered, checks, [p for p in ignore if ":" not in p])
     home = _model_device(model)
     target = torch.device(device) if device is not None else home
     if target.type == "cuda" and not torch.cuda.is_available():
@@ -95,22 +97,22 @@ def _check(model: nn.Module, example_input: Any, device: str | torch.device | No
         modules = module_inventory(work, lambda module: plugin_kind(pm, problems, module))
         stack.enter_context(preserved(modules))
         ctx = CheckContext(model=work, user_model=model, inputs=args, kwargs=kwargs, modules=modules, pm=pm)
-        _ = ctx.train_trace  # every rule needs to know whether forward runs at all
+        stack.callback(ctx.remove_repairs)
+        try:
+            results = run_rules(ctx, rules, registered)
+        except UnexplainedFailure:
+            failure = ctx.train_trace.error
+            assert failure is not None
+            raise _forward_failed(name, ctx, failure) from _without_cnncheck_frames(failure)
         report = Report(
             model_name=name,
             input_shape=tuple(ctx.example.shape),
             device=str(target),
             rules_run=tuple(r.id for r in rules),
+            findings=results.findings,
+            outcomes=results.outcomes,
         )
-        for rule in rules:
-            try:
-                report.findings.extend(rule.check(ctx, rule))
-            except Exception as exc:  # one broken rule must not take the others down
-                report.crashes.append(RuleCrash(rule.id, f"{type(exc).__name__}: {exc}"))
         report.notes.extend(ctx.notes)
-        failure = ctx.train_trace.error
-        if failure is not None and not ctx.forward_error_explained:
-            raise _forward_failed(name, ctx, failure) from _without_cnncheck_frames(failure)
     _apply_layer_ignores(report, layer_ignores)
     for _ in call_each(pm, "cnncheck_report", problems, report=report, model=model):
         pass
@@ -128,6 +130,16 @@ def _apply_layer_ignores(report: Report, patterns: list[str]) -> None:
         (report.suppressed if hits else kept).append(finding)
     report.findings = kept
     report.unused_ignores = [p for p in patterns if p not in used]
+    left = {f.rule for f in kept}
+    report.outcomes = [_without_findings(o) if o.status is RuleStatus.FINDINGS and o.rule not in left else o
+                       for o in report.outcomes]
+
+
+def _without_findings(outcome: RuleOutcome) -> RuleOutcome:
+    """A rule whose every finding a layer ignore suppressed: a pass, unless it saw only part of forward."""
+    if outcome.reason:
+        return RuleOutcome(outcome.rule, RuleStatus.NOT_CHECKED, outcome.reason)
+    return RuleOutcome(outcome.rule, RuleStatus.PASSED)
 
 
 def _layer_ignore_matches(pattern: str, rule_id: str, module: str) -> bool:

@@ -15,11 +15,18 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from cnncheck import trace as tracing
+from cnncheck.frames import traceback_location
 from cnncheck.layers import LayerKind
 from cnncheck.locate import creation_site
 from cnncheck.preserve import guarding_writes
 from cnncheck.probes import same_randomness
+from cnncheck.rules import Diagnosis, Pass, Repair
 from cnncheck.trace import ModuleInfo, Node, Trace, run_trace
+
+
+class NotChecked(Exception):
+    """A rule read a pass that failed (or cannot exist): it is not checked, for the reason given."""
+
 
 _PROBED = frozenset(
     {LayerKind.CONV, LayerKind.POOL, LayerKind.BATCH_NORM, LayerKind.INSTANCE_NORM, LayerKind.DROPOUT}
@@ -34,10 +41,11 @@ class CheckContext:
     modules: dict[nn.Module, ModuleInfo]
     pm: Any = None
     kwargs: dict[str, Any] = field(default_factory=dict)
-    forward_error_explained: bool = False
     notes: list[str] = field(default_factory=list)  # for the report: what could not be checked, and why
     backward_error: str | None = None
-    _cache: dict[str, Any] = field(default_factory=dict)
+    diagnoses: list[Diagnosis] = field(default_factory=list)  # why the train forward raised, in order
+    _repair_hooks: list[Any] = field(default_factory=list)
+    _cache: dict[Any, Any] = field(default_factory=dict)
 
     # -- facts -----------------------------------------------------------------------------------
     @property
@@ -118,7 +126,7 @@ class CheckContext:
         if self.backward_error is None:
             self.backward_error = reason
             self.notes.append(f"the backward pass of {self.model_name} fails, so training it would crash too: "
-                              f"{reason} (redundant-bias-before-bn needs the gradient and reports nothing)")
+                              f"{reason}")
 
     @property
     def eval_trace(self) -> Trace:
@@ -150,6 +158,90 @@ class CheckContext:
                 self._cache["single"] = exc
         return self._cache["single"]
 
+    # -- what each pass gives the rules ----------------------------------------------------------
+    def require(self, need: Pass) -> None:
+        """Run the pass ``need`` if it has not run yet. A train or eval forward that raised still gives its
+        ops up to the failure, and the rules read those (:meth:`partial_reason` then says what they
+        missed); a pass with nothing to give raises :class:`NotChecked` with the reason."""
+        if need is Pass.TRAIN:
+            _ = self.train_trace
+        elif need is Pass.EVAL:
+            _ = self.eval_trace
+        elif need is Pass.GRADIENTS:
+            self._require_gradients()
+        elif need is Pass.ONE_SAMPLE:
+            single = self.eval_output_of_first_sample()
+            if isinstance(single, Exception):
+                raise NotChecked(f"forward raises on a batch of one sample in eval mode: {_error_text(single)}; "
+                                 f"does forward assume a batch size (x.view(4, -1) rather than "
+                                 f"x.view(x.size(0), -1))?")
+
+    def _train_failure(self) -> str | None:
+        trace = self.train_trace
+        if trace.error is None:
+            return None
+        last = self.diagnoses[-1] if self.diagnoses else None
+        if last is not None and last.repair is None:
+            finding = last.finding
+            return (f"forward stops at {finding.module or self.model_name}, where {finding.rule} explains why "
+                    f"({finding.message}); the rules saw only the part of forward before it")
+        repaired = "; ".join(d.repair.what for d in self.diagnoses if d.repair is not None)
+        return (f"{'checked ' + repaired + ', but then ' if repaired else ''}forward raises "
+                f"{_error_text(trace.error)}; the rules saw only the part of forward before it")
+
+    def _require_gradients(self) -> None:
+        failure = self._train_failure()
+        if failure is not None:
+            raise NotChecked(failure.split("; the rules saw")[0] + ", so no backward pass can run")
+        outputs = _leaves(self.train_trace.output)
+        if not outputs:
+            raise NotChecked(f"{self.model_name}.forward returns {type(self.train_trace.output).__name__}, not "
+                             "a tensor: no training step can take gradients of it")
+        if not any(t.requires_grad for t in outputs):
+            raise NotChecked(f"the output of {self.model_name}.forward carries no gradient (forward runs under "
+                             "torch.no_grad() or torch.inference_mode(), or detaches its result), so no layer "
+                             "before it would ever train")
+        if self.backward_error is not None:
+            raise NotChecked(f"the backward pass fails: {self.backward_error}")
+
+    def partial_reason(self, needs: frozenset[Pass]) -> str | None:
+        """Why the rules saw only part of the passes in ``needs``, if they did."""
+        if "train" not in self._cache:
+            return None
+        reasons = [self._train_failure()]
+        if self.train_trace.truncated:
+            reasons.append(f"{self.model_name}.forward ran more ops than cnncheck records ({tracing.MAX_NODES:,} ops "
+                           f"or {tracing.MAX_KEPT_BYTES >> 30} GiB of their outputs); the rules saw only the part "
+                           f"before that")
+        if Pass.EVAL in needs and self.train_trace.error is None and self.eval_trace.error is not None:
+            reasons.append(f"forward raises in eval mode: {_error_text(self.eval_trace.error)}; the rules saw only "
+                           f"the part of the eval forward before it")
+        return "; ".join(r for r in reasons if r) or None
+
+    # -- checking past a diagnosed failure -------------------------------------------------------
+    def explained_failure(self, diagnosis: Diagnosis) -> None:
+        self.diagnoses.append(diagnosis)
+        if diagnosis.repair is not None:
+            finding = diagnosis.finding
+            self.notes.append(f"{finding.rule}: {finding.message}; the other rules checked the rest of forward "
+                              f"{diagnosis.repair.what}")
+
+    def repair(self, repair: Repair) -> None:
+        """From now on, run every pass with ``repair.module``'s input fitted to the size it expects."""
+        def fit(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+            if not args or not isinstance(args[0], torch.Tensor) or args[0].dim() == 0:
+                return None
+            return (fitted(args[0], repair.dim, repair.size), *args[1:])
+
+        self._repair_hooks.append(repair.module.register_forward_pre_hook(fit))
+        self._cache.clear()
+        self.backward_error = None
+
+    def remove_repairs(self) -> None:
+        for handle in self._repair_hooks:
+            handle.remove()
+        self._repair_hooks.clear()
+
     def memo(self, key: Any, compute: Any) -> Any:
         """Cache a probe result shared by several rules (e.g. one BatchNorm probe for three rules)."""
         if key not in self._cache:
@@ -168,9 +260,26 @@ def _leaves(obj: Any) -> list[torch.Tensor]:
 
 
 def _requires_grad(value: Any) -> Any:
+    """A float input as an interior node of the graph: gradients reach it, and forward may still change it
+    in place (``x.relu_()`` is legal on a batch, not on a leaf that requires grad)."""
     if isinstance(value, torch.Tensor) and value.is_floating_point():
-        return value.detach().clone().requires_grad_(True)
+        return value.detach().clone().requires_grad_(True).clone()
     return value
+
+
+def fitted(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """``x`` cut, or padded with zeros, to ``size`` along ``dim``."""
+    have = int(x.shape[dim])
+    if have >= size:
+        return x.narrow(dim, 0, size)
+    after = x.dim() - 1 - dim % x.dim()
+    return torch.nn.functional.pad(x, [0, 0] * after + [0, size - have])
+
+
+def _error_text(exc: BaseException) -> str:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    where = traceback_location(exc)
+    return f"{type(exc).__name__}: {message}" + (f" (at {where})" if where else "")
 
 
 def first_call(trace: Trace, module: nn.Module) -> Node | None:

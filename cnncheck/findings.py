@@ -57,6 +57,27 @@ def docs_url(rule_id: str) -> str:
     return f"docs/rules/{rule_id}.md"
 
 
+class RuleStatus(str, enum.Enum):
+    """What one rule did on one model. Only ``passed`` means the rule looked at all of it and found nothing."""
+
+    PASSED = "passed"
+    FINDINGS = "findings"
+    NOT_CHECKED = "not-checked"  # a pass it needs failed, or it saw only part of forward: see the reason
+    CRASHED = "crashed"  # cnncheck's own error (or a plugin rule's): a bug to report, never a pass
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class RuleOutcome:
+    """One rule's status on one model, with the reason when it is not a plain pass or findings."""
+
+    rule: str
+    status: RuleStatus
+    reason: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class RuleCrash:
     """A rule that raised instead of answering: reported, never allowed to stop the other rules."""
@@ -67,23 +88,47 @@ class RuleCrash:
 
 @dataclass
 class Report:
-    """The result of :func:`cnncheck.check_model`: every finding, for every rule that ran."""
+    """The result of :func:`cnncheck.check_model`: every finding, and what each rule did (``outcomes``)."""
 
     model_name: str
     input_shape: tuple[int, ...]
     device: str
     rules_run: tuple[str, ...]
     findings: list[Finding] = field(default_factory=list)
-    crashes: list[RuleCrash] = field(default_factory=list)
+    outcomes: list[RuleOutcome] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     plugin_problems: list[Any] = field(default_factory=list)
     suppressed: list[Finding] = field(default_factory=list)
     unused_ignores: list[str] = field(default_factory=list)
 
     @property
+    def verdict(self) -> Any:
+        """The model's :class:`~cnncheck.verdict.Verdict`: clean, findings, incomplete or crashed."""
+        from cnncheck.verdict import verdict
+
+        return verdict(self.outcomes, self.findings)
+
+    @property
     def ok(self) -> bool:
-        """True when no rule found anything, no rule crashed and no plugin misbehaved."""
-        return not self.findings and not self.crashes and not self.plugin_problems
+        """True when every rule checked the whole model and found nothing, and no plugin misbehaved."""
+        from cnncheck.verdict import Verdict
+
+        return self.verdict is Verdict.CLEAN and not self.plugin_problems
+
+    @property
+    def crashes(self) -> list[RuleCrash]:
+        return [RuleCrash(o.rule, o.reason) for o in self.outcomes if o.status is RuleStatus.CRASHED]
+
+    @property
+    def not_checked(self) -> list[RuleOutcome]:
+        return [o for o in self.outcomes if o.status is RuleStatus.NOT_CHECKED]
+
+    def status(self, rule_id: str) -> RuleOutcome:
+        """The outcome of one rule (``KeyError`` for a rule that was not selected)."""
+        for outcome in self.outcomes:
+            if outcome.rule == rule_id:
+                return outcome
+        raise KeyError(f"rule {rule_id!r} was not run on {self.model_name}; rules run: {', '.join(self.rules_run)}")
 
     @property
     def errors(self) -> list[Finding]:
@@ -106,10 +151,19 @@ class Report:
         parts = [head + ":"]
         if self.findings:
             parts += [render_findings(self.findings), ""]
-        parts.extend(f"internal error in rule {c.rule}: {c.error}" for c in self.crashes)
+        parts.extend(f"not checked: {o.rule}: {o.reason}" for o in self.not_checked)
+        if self.crashes:
+            from cnncheck.verdict import CRASH_ADVICE
+
+            parts.extend(f"internal error in rule {c.rule}: {c.error}" for c in self.crashes)
+            parts.append(f"({CRASH_ADVICE})")
         parts.extend(str(p) for p in self.plugin_problems)
         parts.extend(tail)
         counts = f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)"
+        if self.not_checked:
+            counts += f", {len(self.not_checked)} rule(s) not checked"
+        if self.crashes:
+            counts += f", {len(self.crashes)} rule(s) crashed"
         parts.append(counts)
         return "\n".join(parts).rstrip()
 

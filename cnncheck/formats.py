@@ -28,15 +28,19 @@ within the same id. Top-level object:
     ``rules_run`` (ids), ``findings`` (see below), ``error`` (null, or why the model could not be
     checked), ``error_kind`` (null or one of ``import``, ``build``, ``forward``, ``timeout``,
     ``memory``, ``crash``, ``exit``), ``location`` (null or the student's ``file:line`` for an
-    error), ``notes`` (list of strings), ``seconds`` (float, time spent on this model).
+    error), ``notes`` (list of strings), ``seconds`` (float, time spent on this model), ``outcomes``
+    (one per rule run: ``rule``, ``status`` (``passed``, ``findings``, ``not-checked`` or ``crashed``)
+    and ``reason`` (why it was not checked, the crash's error, or ``""``)).
 
     Each finding: ``rule`` (id), ``module`` (qualified layer name from ``named_modules()``; ``""``
     for the model itself), ``severity`` (``"error"`` or ``"warning"``), ``message`` (what is wrong),
     ``expected``, ``found``, ``fix`` (strings, possibly empty), ``location`` (``"file:line"`` where
     the layer was built, or null), ``details`` (list of extra lines).
 ``summary``
-    ``models`` (how many), ``clean`` (checked, nothing found), ``with_findings`` (checked, at least
-    one finding), ``errors`` (could not be checked); ``clean + with_findings + errors == models``.
+    ``models`` (how many), ``clean`` (every rule checked it and found nothing), ``with_findings`` (at
+    least one finding), ``incomplete`` (no finding, but some rule could not check it), ``crashed`` (a
+    rule crashed: cnncheck's error), ``errors`` (could not be checked at all); the five add up to
+    ``models``.
     ``findings_per_rule`` maps every rule id in ``rules`` (and any other id that has findings) to its
     number of findings over all models.
 """
@@ -55,8 +59,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from cnncheck import __version__
-from cnncheck.findings import Finding, Severity, docs_url, render_findings
+from cnncheck.findings import Finding, RuleOutcome, RuleStatus, Severity, docs_url, render_findings
 from cnncheck.results import ModelResult
+from cnncheck.verdict import CRASH_ADVICE
 
 if TYPE_CHECKING:
     from cnncheck.rules import Rule
@@ -65,6 +70,8 @@ JSON_SCHEMA_ID = "cnncheck-report/1"
 SARIF_SCHEMA_URI = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 SARIF_VERSION = "2.1.0"
 ERROR_ID = "cnncheck-error"  # JUnit test name and SARIF notification id for a model that could not be checked
+NOT_CHECKED_ID = "cnncheck-not-checked"  # SARIF notification id for a rule that could not check a model
+CRASH_ID = "cnncheck-internal-error"  # SARIF notification id for a rule that crashed
 SRCROOT = "SRCROOT"  # SARIF uriBaseId of the `root` folder
 
 class Formatter(Protocol):
@@ -94,10 +101,20 @@ def _plural(n: int, word: str) -> str:
 
 
 def _status(result: ModelResult) -> str:
-    """``"error"``, ``"findings"`` or ``"clean"``."""
-    if result.error is not None:
-        return "error"
-    return "findings" if result.findings else "clean"
+    """The model's verdict: ``"error"``, ``"crashed"``, ``"findings"``, ``"incomplete"`` or ``"clean"``."""
+    return str(result.verdict)
+
+
+def _unfinished(result: ModelResult) -> list[RuleOutcome]:
+    """The rules that were not checked or crashed, with their reasons."""
+    states = [result.state(rule_id) for rule_id in result.rules_run]
+    return [o for o in states if o.status in (RuleStatus.NOT_CHECKED, RuleStatus.CRASHED)]
+
+
+def _unfinished_line(outcome: RuleOutcome) -> str:
+    if outcome.status is RuleStatus.CRASHED:
+        return f"internal error in rule {outcome.rule}: {outcome.reason} ({CRASH_ADVICE})"
+    return f"not checked: {outcome.rule}: {outcome.reason}"
 
 
 def _rule_ids(results: Sequence[ModelResult], rules: Sequence[Rule] | None) -> list[str]:
@@ -135,6 +152,8 @@ def _summary(results: Sequence[ModelResult], rule_ids: Sequence[str]) -> dict[st
         "models": len(results),
         "clean": statuses["clean"],
         "with_findings": statuses["findings"],
+        "incomplete": statuses["incomplete"],
+        "crashed": statuses["crashed"],
         "errors": statuses["error"],
         "findings_per_rule": {rule_id: per_rule[rule_id] for rule_id in rule_ids},
     }
@@ -143,8 +162,10 @@ def _summary(results: Sequence[ModelResult], rule_ids: Sequence[str]) -> dict[st
 def _totals_sentence(results: Sequence[ModelResult]) -> str:
     s = _summary(results, [])
     errors, warnings = _counts([f for r in results for f in r.findings])
-    return (f"{_plural(s['models'], 'model')}: {s['clean']} clean, {s['with_findings']} with findings, "
-            f"{s['errors']} could not be checked; {_plural(errors + warnings, 'finding')} "
+    unfinished = "".join(f", {s[key]} {words}" for key, words in (("incomplete", "not fully checked"),
+                                                                  ("crashed", "where a rule crashed")) if s[key])
+    return (f"{_plural(s['models'], 'model')}: {s['clean']} clean, {s['with_findings']} with findings"
+            f"{unfinished}, {s['errors']} could not be checked; {_plural(errors + warnings, 'finding')} "
             f"({_plural(errors, 'error')}, {_plural(warnings, 'warning')})")
 
 
@@ -160,12 +181,16 @@ def render_text_result(result: ModelResult) -> str:
             lines.append(f"  at:       {result.location}")
         return "\n".join([*lines, *result.notes])
     head = f"cnncheck: {result.name} on input {_shape(result.input_shape)} ({result.device})"
-    if not result.findings:
+    unfinished = [_unfinished_line(o) for o in _unfinished(result)]
+    if not result.findings and not unfinished:
         body = [f"{head}: no findings ({_plural(len(result.rules_run), 'rule')})", *result.notes]
     else:
         errors, warnings = _counts(result.findings)
-        body = [head + ":", render_findings(result.findings), *result.notes,
-                f"{errors} error(s), {warnings} warning(s)"]
+        found = [render_findings(result.findings)] if result.findings else []
+        counts = f"{errors} error(s), {warnings} warning(s)"
+        if unfinished:
+            counts += f", {_plural(len(unfinished), 'rule')} not checked or crashed"
+        body = [head + ":", *found, *unfinished, *result.notes, counts]
     return "\n".join([result.id, *body]).rstrip()
 
 
@@ -177,7 +202,8 @@ def render_text_summary(results: Sequence[ModelResult]) -> str:
         errors, warnings = _counts(r.findings)
         result = f"error ({r.error_kind})" if r.error is not None and r.error_kind else _status(r)
         per_rule = Counter(f.rule for f in r.findings)
-        found = ", ".join(f"{rule_id} ({n})" for rule_id, n in per_rule.items()) or "-"
+        marks = [f"{o.rule} ({o.status})" for o in _unfinished(r) if o.rule not in per_rule]
+        found = ", ".join([*(f"{rule_id} ({n})" for rule_id, n in per_rule.items()), *marks]) or "-"
         rows.append((r.id, result, str(errors), str(warnings), found))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join([*(row[i].ljust(widths[i]) for i in range(4)), row[4]]).rstrip() for row in rows]
@@ -242,11 +268,17 @@ def _verdict(result: ModelResult) -> str:
     if result.error is not None:
         kind = f" ({result.error_kind})" if result.error_kind else ""
         return f"**Verdict: could not be checked{kind}.** Nothing was checked; fix this first."
+    unfinished = _unfinished(result)
+    crashed = sum(o.status is RuleStatus.CRASHED for o in unfinished)
+    rest = (f" {_plural(len(unfinished) - crashed, 'rule')} could not be checked"
+            f"{f' and {crashed} crashed' if crashed else ''}: see below." if unfinished else "")
     if not result.findings:
+        if unfinished:
+            return f"**Verdict: not fully checked.**{rest}"
         return f"**Verdict: no problems found** ({_plural(len(result.rules_run), 'rule')} checked)."
     errors, warnings = _counts(result.findings)
     return (f"**Verdict: {_plural(len(result.findings), 'problem')} found:** "
-            f"{_plural(errors, 'error')}, {_plural(warnings, 'warning')}.")
+            f"{_plural(errors, 'error')}, {_plural(warnings, 'warning')}.{rest}")
 
 
 def _source_line(location: str | None) -> str | None:
@@ -302,6 +334,10 @@ def render_markdown(result: ModelResult) -> str:
         lines += ["## Problems", ""]
         for number, finding in enumerate(result.findings, 1):
             lines += _markdown_finding(number, finding)
+    unfinished = _unfinished(result) if result.error is None else []
+    if unfinished:
+        lines += ["## Not checked", "", *(f"- {_code(o.rule)}: {_md(_unfinished_line(o).split(': ', 2)[-1])}"
+                                          for o in unfinished), ""]
     if result.notes:
         lines += ["## Notes", "", *(f"- {_md(note)}" for note in result.notes), ""]
     return "\n".join(lines).rstrip() + "\n"
@@ -313,12 +349,15 @@ def _summary_cell(result: ModelResult, rule_id: str) -> str:
     n = sum(f.rule == rule_id for f in result.findings)
     if n:
         return f"✗ {n}"
-    return "✓" if rule_id in result.rules_run else "–"
+    if rule_id not in result.rules_run:
+        return "–"
+    return {RuleStatus.NOT_CHECKED: "not checked", RuleStatus.CRASHED: "crashed"}.get(result.state(rule_id).status, "✓")
 
 
 def render_markdown_summary(results: Sequence[ModelResult], *, rules: Sequence[Rule] | None = None) -> str:
     """A table, submissions down and rules across (``✗ 2``: two findings, ``✓``: passed, ``–``: not
-    run, ``error``: could not be checked), then a totals line."""
+    selected, ``not checked`` / ``crashed``: see the model's report, ``error``: could not be checked),
+    then a totals line."""
     ids = _rule_ids(results, rules)
     lines = ["# cnncheck summary", "",
              "| submission | " + " | ".join(_code(i) for i in ids) + " |",
@@ -348,13 +387,23 @@ def _xml(text: str) -> str:
 
 
 def _junit_case(suite: ET.Element, result: ModelResult, rule_id: str) -> str:
-    """One ``<testcase>`` for one rule on one model; returns ``"failure"`` or ``"pass"``."""
+    """One ``<testcase>`` for one rule on one model; returns ``"failure"``, ``"skipped"``, ``"error"``
+    (the rule crashed) or ``"pass"``."""
     case = ET.SubElement(suite, "testcase", classname=_xml(result.id), name=_xml(rule_id), file=_xml(result.file))
     findings = [f for f in result.findings if f.rule == rule_id]
     props = ET.SubElement(case, "properties")
     ET.SubElement(props, "property", name="rule", value=_xml(rule_id))
     for module in dict.fromkeys(_layer(f) for f in findings):
         ET.SubElement(props, "property", name="module", value=_xml(module))
+    state = result.state(rule_id)
+    if state.status is RuleStatus.CRASHED:
+        crash = ET.SubElement(case, "error", message=_xml(f"internal error in rule {rule_id}: {state.reason}"),
+                              type="cnncheck-internal-error")
+        crash.text = _xml(f"{state.reason}\n\n{CRASH_ADVICE}")
+        return "error"
+    if not findings and state.status is RuleStatus.NOT_CHECKED:
+        ET.SubElement(case, "skipped", message=_xml(f"not checked: {state.reason}"))
+        return "skipped"
     if not findings:
         return "pass"
     severity = "error" if any(f.severity is Severity.ERROR for f in findings) else "warning"
@@ -385,20 +434,21 @@ def _junit_suite(parent: ET.Element, result: ModelResult, rules: Sequence[Rule])
             counts[_junit_case(suite, result, rule_id)] += 1
     tests = sum(counts.values())
     suite.attrib.update(tests=str(tests), failures=str(counts["failure"]), errors=str(counts["error"]),
-                        skipped="0")
+                        skipped=str(counts["skipped"]))
     return counts
 
 
 def render_junit(results: Sequence[ModelResult], *, rules: Sequence[Rule]) -> str:
     """JUnit XML: a ``<testsuite>`` per model, a ``<testcase classname=MODEL_ID name=RULE_ID>`` per rule
-    run on it (with a ``<failure>`` holding the rendered findings when the rule found something), and
-    one ``<testcase name="cnncheck-error">`` with an ``<error>`` for a model that could not be checked."""
+    run on it (with a ``<failure>`` holding the rendered findings when the rule found something, a
+    ``<skipped>`` with the reason when it could not be checked, an ``<error>`` when it crashed), and one
+    ``<testcase name="cnncheck-error">`` with an ``<error>`` for a model that could not be checked."""
     root = ET.Element("testsuites", name="cnncheck")
     total: Counter[str] = Counter()
     for result in results:
         total += _junit_suite(root, result, rules)
     root.attrib.update(tests=str(sum(total.values())), failures=str(total["failure"]), errors=str(total["error"]),
-                       time=f"{sum(r.seconds for r in results):.3f}")
+                       skipped=str(total["skipped"]), time=f"{sum(r.seconds for r in results):.3f}")
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
@@ -503,6 +553,20 @@ def _sarif_notification(result: ModelResult, root: str | os.PathLike[str] | None
     return note
 
 
+def _sarif_rule_notification(result: ModelResult, outcome: RuleOutcome, index: dict[str, int]) -> dict[str, Any]:
+    """A rule that was not checked (a warning) or crashed (an error: the execution did not succeed)."""
+    crashed = outcome.status is RuleStatus.CRASHED
+    note: dict[str, Any] = {
+        "level": "error" if crashed else "warning",
+        "message": {"text": f"{result.id}: {_unfinished_line(outcome)}"},
+        "descriptor": {"id": CRASH_ID if crashed else NOT_CHECKED_ID, "index": 2 if crashed else 1},
+        "properties": {"model": result.id, "rule": outcome.rule, "status": str(outcome.status)},
+    }
+    if outcome.rule in index:
+        note["associatedRule"] = {"id": outcome.rule, "index": index[outcome.rule]}
+    return note
+
+
 def render_sarif(results: Sequence[ModelResult], *, rules: Sequence[Rule],
                  root: str | os.PathLike[str] | None = None) -> str:
     """SARIF 2.1.0: one run whose driver lists the rules, one result per finding, and one tool
@@ -510,7 +574,9 @@ def render_sarif(results: Sequence[ModelResult], *, rules: Sequence[Rule],
     there is any). File URIs are relative to ``root`` (uriBaseId ``SRCROOT``) when possible."""
     index = {rule.id: i for i, rule in enumerate(rules)}
     notifications = [_sarif_notification(r, root) for r in results if r.error is not None]
-    invocation: dict[str, Any] = {"executionSuccessful": not notifications}
+    notifications += [_sarif_rule_notification(r, o, index) for r in results if r.error is None
+                      for o in _unfinished(r)]
+    invocation: dict[str, Any] = {"executionSuccessful": not any(n["level"] == "error" for n in notifications)}
     if notifications:
         invocation["toolExecutionNotifications"] = notifications
     driver = {
@@ -521,6 +587,13 @@ def render_sarif(results: Sequence[ModelResult], *, rules: Sequence[Rule],
         "notifications": [{"id": ERROR_ID,
                            "shortDescription": {"text": "A model could not be checked: it did not import, "
                                                         "build or run on its example input."},
+                           "defaultConfiguration": {"level": "error"}},
+                          {"id": NOT_CHECKED_ID,
+                           "shortDescription": {"text": "A rule could not check a model: a pass it needs failed, "
+                                                        "or it saw only part of forward."},
+                           "defaultConfiguration": {"level": "warning"}},
+                          {"id": CRASH_ID,
+                           "shortDescription": {"text": "A rule crashed: an error in cnncheck or a plugin."},
                            "defaultConfiguration": {"level": "error"}}],
     }
     run: dict[str, Any] = {

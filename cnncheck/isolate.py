@@ -257,9 +257,9 @@ def _check_one(job: Job, candidate: Any) -> ModelResult:
                              ignore=[*job.ignore, *model_ignores])
         result.device, result.rules_run = report.device, report.rules_run
         result.findings = list(report.findings)
+        result.outcomes = list(report.outcomes)
         result.notes += [f"unused ignore {p!r}: it matches no finding; remove it" for p in report.unused_ignores]
         result.notes += [str(p) for p in report.plugin_problems]
-        result.notes += [f"internal error in rule {c.rule}: {c.error}" for c in report.crashes]
         result.notes += report.notes
     except SystemExit as exc:
         result.error, result.error_kind = f"the model called sys.exit({exc.code!r})", "exit"

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cnncheck.findings import Finding, Severity
+from cnncheck.findings import Finding, RuleOutcome, RuleStatus, Severity
+from cnncheck.verdict import Verdict, rule_state, verdict
 
 
 @dataclass
@@ -28,10 +29,21 @@ class ModelResult:
     location: str | None = None  # the student's file:line for an error, when known
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    outcomes: list[RuleOutcome] = field(default_factory=list)  # one per rule run: passed, findings, ...
+
+    @property
+    def verdict(self) -> Verdict:
+        return verdict(self.outcomes, self.findings, error=self.error is not None)
 
     @property
     def ok(self) -> bool:
-        return self.error is None and not self.findings
+        return self.verdict is Verdict.CLEAN
+
+    def state(self, rule_id: str) -> RuleOutcome:
+        """A rule's outcome on this model, as it stands after baselines (``reason`` says why it is not a
+        plain pass or findings); a rule without a recorded outcome (an older report) is taken to have passed."""
+        outcome = next((o for o in self.outcomes if o.rule == rule_id), RuleOutcome(rule_id, RuleStatus.PASSED))
+        return RuleOutcome(rule_id, rule_state(outcome, self.findings), outcome.reason)
 
     @property
     def errors(self) -> list[Finding]:
@@ -42,6 +54,7 @@ class ModelResult:
         data["findings"] = [dict(asdict(f), severity=str(f.severity)) for f in self.findings]
         data["input_shape"] = list(self.input_shape) if self.input_shape else None
         data["rules_run"] = list(self.rules_run)
+        data["outcomes"] = [{"rule": o.rule, "status": str(o.status), "reason": o.reason} for o in self.outcomes]
         return data
 
     @classmethod
@@ -51,5 +64,7 @@ class ModelResult:
             for f in data.get("findings", [])
         ]
         shape = data.get("input_shape")
+        outcomes = [RuleOutcome(o["rule"], RuleStatus(o["status"]), o.get("reason", ""))
+                    for o in data.get("outcomes", [])]
         return cls(**{**data, "findings": findings, "input_shape": tuple(shape) if shape else None,
-                      "rules_run": tuple(data.get("rules_run", ()))})
+                      "rules_run": tuple(data.get("rules_run", ())), "outcomes": outcomes})

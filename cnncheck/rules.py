@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -9,11 +10,49 @@ from typing import TYPE_CHECKING, Protocol
 from cnncheck.findings import Finding, Severity
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from cnncheck.context import CheckContext
+
+
+class Pass(str, enum.Enum):
+    """A run of the model that rules look at. The engine computes each once, on first need; a rule that
+    needs one that failed is reported as not checked, with the reason."""
+
+    TRAIN = "train"  # the traced forward in train mode, to its end
+    GRADIENTS = "gradients"  # gradients from the train forward's output back to its layers
+    EVAL = "eval"  # the forward after model.eval()
+    ONE_SAMPLE = "one-sample"  # the eval forward of the first sample alone
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class CheckFunction(Protocol):
     def __call__(self, ctx: CheckContext, rule: Rule) -> Iterable[Finding]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """How to run the rest of forward as if a diagnosed defect were fixed: ``module`` gets its first
+    input cut or zero-padded along ``dim`` to ``size`` (a Linear's ``in_features``)."""
+
+    module: nn.Module
+    dim: int
+    size: int
+    what: str  # "as if fc1 received 36 features"
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    """Why the train forward raised, as a finding, and the repair that lets the other rules go on."""
+
+    finding: Finding
+    repair: Repair | None = None
+
+
+class DiagnoseFunction(Protocol):
+    def __call__(self, ctx: CheckContext, rule: Rule) -> Diagnosis | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +71,12 @@ class Rule:
     flagged_example: str = ""
     clean_example: str = ""
     limits: str = ""
+    needs: frozenset[Pass] = frozenset({Pass.TRAIN})
+    """The passes the check reads; when one fails the rule is not checked, and the report says why."""
+    diagnose: DiagnoseFunction | None = None
+    """For a rule that explains a forward that raises (a Linear of the wrong size): asked whenever the
+    train forward fails, whether or not the rule is selected, so the selection never decides whether a
+    model can be checked."""
 
     def finding(
         self,

@@ -86,7 +86,7 @@ def test_json_has_the_documented_schema(results, rules) -> None:
     assert doc["cnncheck_version"] == cnncheck.__version__
     assert doc["rules"] == [{"id": r.id, "severity": str(r.severity), "summary": r.summary} for r in rules]
     assert doc["summary"] == {
-        "models": 4, "clean": 1, "with_findings": 2, "errors": 1,
+        "models": 4, "clean": 1, "with_findings": 2, "incomplete": 0, "crashed": 0, "errors": 1,
         "findings_per_rule": {r.id: 2 if r.id == "redundant-bias-before-bn" else 0 for r in rules},
     }
     model_keys = list(results[0].to_dict())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from torch import nn
 
 import cnncheck
 import models_conv as M
@@ -78,9 +79,29 @@ def test_seed_convnet_explains_576_vs_3136_and_the_stride():
     assert f.location.endswith(line_of(M.SeedConvNet, "nn.MaxPool2d(kernel_size=2, stride=5)"))
 
 
-def test_seed_convnet_forward_error_raised_when_rule_not_selected():
-    with pytest.raises(cnncheck.CheckError, match="SeedConvNet.forward raised"):
-        cnncheck.check_model(build(M.SeedConvNet), MNIST, checks=["conv-param-formula"])
+def test_the_selection_does_not_decide_whether_a_failing_forward_is_explained():
+    """The diagnosis runs whether or not feature-size-mismatch is selected: with only the conv rule the
+    model is still checked (past the repaired Linear), not refused, and the report says what happened."""
+    only_conv = cnncheck.check_model(build(M.SeedConvNet), MNIST, checks=["conv-param-formula"])
+    assert only_conv.findings == [] and only_conv.status("conv-param-formula").status is cnncheck.RuleStatus.PASSED
+    assert any("as if fc1 received 3136 features" in note for note in only_conv.notes), only_conv.notes
+    everything = cnncheck.check_model(build(M.SeedConvNet), MNIST)
+    assert [f.rule for f in everything.findings] == ["feature-size-mismatch"]
+    assert everything.status("conv-param-formula") == only_conv.status("conv-param-formula")
+
+
+def test_an_unexplained_forward_failure_raises_whatever_is_selected():
+    class Broken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+
+        def forward(self, x):
+            raise ValueError("student bug")
+
+    for checks in (None, ["conv-param-formula"], ["feature-size-mismatch"]):
+        with pytest.raises(cnncheck.CheckError, match="Broken.forward raised"):
+            cnncheck.check_model(Broken(), MNIST, checks=checks)
 
 
 def test_functional_pool_blamed_with_stride():

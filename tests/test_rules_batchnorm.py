@@ -77,12 +77,16 @@ def test_per_channel_flagged(factory, modules, severity, fragments):
     pytest.param(lambda: Residual(HandBN2d(16)), id="hand-written"),
 ])
 def test_num_features_mismatch_is_a_finding_not_an_exception(factory):
-    """forward raises on the mismatch; the rule alone must explain it instead of check_model raising."""
+    """forward raises on the mismatch; the rule explains it instead of check_model raising, selected or not.
+    Another rule saw only forward up to the BN: not checked, with the reason, never a pass."""
     report = run(factory(), checks=["bn-not-per-channel"])
     assert len(report.findings) == 1
     assert report.findings[0].rule == "bn-not-per-channel"
-    with pytest.raises(cnncheck.CheckError):
-        cnncheck.check_model(factory(), SHAPE, checks=["bn-train-behaviour"])
+    other = cnncheck.check_model(factory(), SHAPE, checks=["bn-train-behaviour"])
+    assert other.findings == [] and not other.ok
+    outcome = other.status("bn-train-behaviour")
+    assert outcome.status is cnncheck.RuleStatus.NOT_CHECKED
+    assert "where bn-not-per-channel explains why" in outcome.reason and "receives 8 channels" in outcome.reason
 
 
 PER_CHANNEL_CLEAN = [

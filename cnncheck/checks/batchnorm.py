@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
+from cnncheck.batch_axis import batch_fold
 from cnncheck.checks.batchnorm_semantics import (
     eval_problems,
     is_stock_batchnorm,
@@ -17,11 +19,19 @@ from cnncheck.checks.batchnorm_semantics import (
     train_problems,
 )
 from cnncheck.context import CheckContext
+from cnncheck.eval_mode import eval_leaks
 from cnncheck.findings import Finding, Severity
-from cnncheck.layers import LayerKind, affine_parameters, running_buffers, state_tensors, statistic
+from cnncheck.layers import (
+    LayerKind,
+    affine_parameters,
+    running_buffers,
+    short_repr,
+    state_tensors,
+    statistic,
+)
 from cnncheck.ops import LAYOUT_FUNCTIONS, batch_norm_arguments
 from cnncheck.recognize import batch_norm_call, uses_own_statistics
-from cnncheck.rules import Rule
+from cnncheck.rules import Diagnosis, Pass, Rule
 from cnncheck.trace import Node, Trace
 
 
@@ -51,16 +61,22 @@ def _is_per_channel(ctx: CheckContext, node: Node) -> bool:
 
 
 # -- bn-not-per-channel ------------------------------------------------------------------------------
+def diagnose_per_channel(ctx: CheckContext, rule: Rule) -> Diagnosis | None:
+    """A forward that raises in a BatchNorm built for another number of channels. Not repaired: cutting
+    its input to the channels it has statistics for would hand the layers after it a map they were not
+    built for, and flag them for a defect that is not theirs; the rules read forward up to it."""
+    failed = ctx.train_trace.failed
+    if failed is None or failed.module is None or ctx.modules.get(failed.module) is None or not failed.inputs:
+        return None
+    info = ctx.modules[failed.module]
+    if info.kind is not LayerKind.BATCH_NORM:
+        return None
+    finding = _num_features(ctx, rule, failed.module, info.name, failed.inputs[0], sized_by_buffers=True)
+    return Diagnosis(finding) if finding is not None else None
+
+
 def check_per_channel(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
     trace = ctx.train_trace
-    failed = trace.failed
-    if failed is not None and failed.module is not None and ctx.modules.get(failed.module) is not None:
-        info = ctx.modules[failed.module]
-        if info.kind is LayerKind.BATCH_NORM and failed.inputs:
-            finding = _num_features(ctx, rule, failed.module, info.name, failed.inputs[0], sized_by_buffers=True)
-            if finding is not None:
-                ctx.forward_error_explained = True
-                yield finding
     for node in trace.module_nodes(LayerKind.BATCH_NORM):
         module, x = node.module, node.probe_input
         if module is None or x is None or x.dim() < 2:
@@ -308,6 +324,10 @@ def check_eval(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         if not _per_channel_shapes(module, x) or not _is_per_channel(ctx, _train_call(ctx, node) or node):
             explained = True  # bn-not-per-channel's finding; its eval behaviour follows from it
             continue
+        if is_stock_batchnorm(module) and _untracked(module):
+            explained = True
+            yield _untracked_stock_finding(ctx, rule, node.name, module)
+            continue
         call = verified_call(node) or batch_norm_call(node)
         problems = _eval_call_problems(module, call) if call is not None and not is_stock_batchnorm(module) \
             else eval_problems(module, x)
@@ -320,6 +340,47 @@ def check_eval(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
     finding = _batch_dependence(ctx, rule)
     if finding is not None:
         yield finding
+
+
+def _untracked(module: nn.Module) -> bool:
+    """Whether torch's own BatchNorm has no running statistics, so that its eval-mode forward falls back
+    to the batch's: built with ``track_running_stats=False``, or its buffers set to None."""
+    return getattr(module, "running_mean", None) is None and getattr(module, "running_var", None) is None
+
+
+def _untracked_stock_finding(ctx: CheckContext, rule: Rule, name: str, module: nn.Module) -> Finding:
+    """torch's BatchNorm without running statistics is correct code used by choice or by mistake: the
+    fix is its configuration (or a layer ignore when batch statistics at inference are intended), not
+    the hand-written layer's forward."""
+    kind = type(module).__name__
+    built = short_repr(module)
+    if getattr(module, "track_running_stats", True) is False:
+        why = "track_running_stats=False"
+        keep = (f"keep the default track_running_stats=True: {built.replace(', track_running_stats=False', '')} "
+                f"instead of {built}")
+    else:
+        why = "its running_mean and running_var are None"
+        keep = ("keep its running buffers: the default track_running_stats=True, without setting running_mean "
+                "and running_var to None")
+    # a layer ignore names the layer; the model itself is ignored by the rule's id
+    ignore = f'"{rule.id}:{_glob_literal(name)}"' if name else f'"{rule.id}"'
+    scope = "this layer" if name else "the rule for this model"
+    return rule.finding(
+        name,
+        f"{kind} in eval mode normalises with the statistics of whatever batch it is given ({why}): a "
+        f"sample's output depends on the rest of its batch",
+        expected=f"in eval mode, normalisation with running_mean and running_var, the estimates {kind} keeps "
+        f"with track_running_stats=True",
+        found=f"batch statistics in eval mode because {why}",
+        fix=f"{keep}, so that eval mode uses the running estimates; or, if batch statistics at inference are "
+        f"intended, ignore {scope}: cnncheck.check_model(model, example_input, ignore=[{ignore}])",
+        location=ctx.location_of(module),
+    )
+
+
+def _glob_literal(name: str) -> str:
+    """``name`` as a layer-ignore glob that matches only itself (a ModuleDict key may hold ``*?[``)."""
+    return re.sub(r"([*?[])", r"[\1]", name)
 
 
 def _eval_call_problems(module: nn.Module, call: Node) -> list[str]:
@@ -342,23 +403,15 @@ def _train_call(ctx: CheckContext, node: Node) -> Node | None:
 
 def _mode_leaks(trace: Trace) -> bool:
     """Train-mode layers or random ops in the eval pass: mode-not-propagated explains those."""
-    from cnncheck.checks.mode import eval_leaks
-
     return bool(eval_leaks(trace))
 
 
 def _batch_dependence(ctx: CheckContext, rule: Rule) -> Finding | None:
     single = ctx.eval_output_of_first_sample()
     if isinstance(single, Exception):
-        from cnncheck.checks.feature_size import batch_fold
-
         if batch_fold(ctx) is not None:
             return None  # a reshape folds samples together: feature-size-mismatch explains it
-        return rule.finding(
-            "", f"in eval mode {ctx.model_name} cannot run a single sample: {single}",
-            expected="eval-mode output for one sample independent of the rest of the batch",
-            found=f"{type(single).__name__} on a batch of one",
-        )
+        ctx.require(Pass.ONE_SAMPLE)  # not checked, and why: a batch size written into forward, say
     diff = _first_sample_differs(ctx.eval_trace.output, single, ctx.batch_size)
     if diff is None or not _depends_in_float64(ctx):
         return None
@@ -426,6 +479,7 @@ PER_CHANNEL = Rule(
     "`dim=(0, 2, 3)` with gamma/beta of shape `(C,)` in a hand-written layer.",
     severity=Severity.ERROR,
     check=check_per_channel,
+    diagnose=diagnose_per_channel,
     flagged_example="""
 mean = x.mean(dim=0, keepdim=True)            # per pixel: statistics of shape (1, C, H, W)
 var = x.var(dim=0, unbiased=False, keepdim=True)
@@ -494,6 +548,7 @@ EVAL_BEHAVIOUR = Rule(
     "do not update buffers when not training.",
     severity=Severity.ERROR,
     check=check_eval,
+    needs=frozenset({Pass.TRAIN, Pass.EVAL}),
     flagged_example="""
 def forward(self, x):               # ignores self.training
     mean = x.mean(dim=(0, 2, 3), keepdim=True)

@@ -9,15 +9,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_flatten
 
+from cnncheck.batch_axis import batch_fold
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
 from cnncheck.formulas import output_size, output_size_text
 from cnncheck.frames import function_name
 from cnncheck.layers import LayerKind, as_tuple, short_repr
 from cnncheck.ops import RESHAPES
-from cnncheck.rules import Rule
+from cnncheck.rules import Diagnosis, Repair, Rule
 from cnncheck.trace import Node, Source
 
 
@@ -52,16 +52,26 @@ class Geometry:
 
 
 def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
-    trace = ctx.train_trace
-    if trace.failed is not None:
-        finding = _explain_failure(ctx, rule)
-        if finding is not None:
-            ctx.forward_error_explained = True
-            yield finding
-        return
     finding = _folded_batch(ctx, rule)
     if finding is not None:
         yield finding
+
+
+def diagnose(ctx: CheckContext, rule: Rule) -> Diagnosis | None:
+    """A forward that raises at a Linear (or a reshape for one) of the wrong size; a Linear module is
+    repaired by handing it the features it expects, so the rules check the layers after it too."""
+    failed = ctx.train_trace.failed
+    finding = _explain_failure(ctx, rule) if failed is not None else None
+    if finding is None:
+        return None
+    module = failed.module if failed.func is None else None  # type: ignore[union-attr]
+    expected = getattr(module, "in_features", None)
+    if module is None or ctx.modules[module].kind is not LayerKind.LINEAR or not isinstance(expected, int) \
+            or not failed.inputs or failed.inputs[0].dim() < 2:  # type: ignore[union-attr]
+        return Diagnosis(finding)
+    name = ctx.modules[module].name
+    return Diagnosis(finding, Repair(module, -1, expected, f"as if {name} received {expected} features (its "
+                                                          f"input cut or zero-padded to that size)"))
 
 
 def _explain_failure(ctx: CheckContext, rule: Rule) -> Finding | None:
@@ -289,30 +299,6 @@ def _one(values: tuple[int, ...]) -> int | tuple[int, ...]:
     return values[0] if len(set(values)) == 1 else values
 
 
-def batch_fold(ctx: CheckContext) -> Node | None:
-    """The reshape that folds samples together, when the model's output lost its batch size."""
-    batch = ctx.batch_size
-    trace = ctx.train_trace
-    outputs = [t for t in tree_flatten(trace.output)[0] if isinstance(t, torch.Tensor) and t.dim()]
-    if not outputs or any(t.shape[0] == batch for t in outputs):
-        return None  # the batch comes out intact (it may be regrouped on the way, e.g. into patches)
-    for node in trace.nodes:
-        if node.module is not None or node.func_name not in RESHAPES or not node.inputs or not node.outputs:
-            continue
-        before, after = node.inputs[0], node.outputs[0]
-        if before.dim() and before.shape[0] == batch and after.dim() and after.shape[0] != batch \
-                and not _merges_leading_dims(before.shape, after.shape):
-            return node
-    return None
-
-
-def _merges_leading_dims(before: torch.Size, after: torch.Size) -> bool:
-    """(N, H, W, C) -> (N*H*W, C): rows of whole elements, samples kept apart (per-pixel logits for a
-    cross-entropy), unlike (N, 512) -> (2N, 256), which cuts each sample in two."""
-    return any(tuple(before[k:]) == tuple(after[1:]) and math.prod(before[:k]) == after[0]
-               for k in range(2, len(before)))
-
-
 def _folded_batch(ctx: CheckContext, rule: Rule) -> Finding | None:
     node = batch_fold(ctx)
     if node is None:
@@ -354,6 +340,7 @@ RULE = Rule(
     "with `x.flatten(1)` so the batch dimension is never touched.",
     severity=Severity.ERROR,
     check=check,
+    diagnose=diagnose,
     flagged_example="""
 self.layer1 = nn.Sequential(nn.Conv2d(1, 32, 5, 1, 2), nn.ReLU(), nn.MaxPool2d(kernel_size=2, stride=5))
 self.layer2 = nn.Sequential(nn.Conv2d(32, 64, 5, 1, 2), nn.ReLU(), nn.MaxPool2d(2, 2))

@@ -3,84 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-import torch
 from torch import nn
-from torch.nn.modules.dropout import _DropoutNd
 
 from cnncheck.checks.batchnorm_semantics import follows_grad_mode
 from cnncheck.context import CheckContext
+from cnncheck.eval_mode import MODAL_KINDS, TRAINING_ARGUMENT, Leak, eval_leaks, functional_training
 from cnncheck.findings import Finding, Severity
 from cnncheck.layers import LayerKind, from_torch
 from cnncheck.locate import call_in_function
-from cnncheck.ops import RANDOM_FUNCTIONS
-from cnncheck.preserve import guarding_writes
-from cnncheck.probes import mismatch
 from cnncheck.recognize import batch_norm_call
-from cnncheck.rules import Rule
-from cnncheck.trace import Node, Trace
-
-_MODAL = (LayerKind.BATCH_NORM, LayerKind.DROPOUT)
-# functional op -> (position of its ``training`` argument, its default)
-_TRAINING_ARGUMENT = {
-    "batch_norm": (5, False),
-    "instance_norm": (5, True),
-    "dropout": (2, True),
-    "dropout1d": (2, True),
-    "dropout2d": (2, True),
-    "dropout3d": (2, True),
-    "alpha_dropout": (2, False),
-    "feature_alpha_dropout": (2, False),
-}
-
-
-@dataclass(frozen=True)
-class Leak:
-    node: Node
-    reason: str  # "module", "functional" or "random"
-
-
-def eval_leaks(trace: Trace) -> list[Leak]:
-    """What still behaves as in training during the eval pass."""
-    leaks = []
-    for node in trace.nodes:
-        if node.module is not None:
-            if node.kind in _MODAL and node.training:
-                leaks.append(Leak(node, "module"))
-            elif node.kind is LayerKind.DROPOUT and _drops_in_eval(node):
-                leaks.append(Leak(node, "dropout-ignores-mode"))
-        elif _functional_training(node):
-            leaks.append(Leak(node, "functional"))
-        elif node.func_name in RANDOM_FUNCTIONS:
-            leaks.append(Leak(node, "random"))
-    return leaks
-
-
-def _drops_in_eval(node: Node) -> bool:
-    """A hand-written dropout in eval mode must be the identity; torch's own dropout is. One that calls
-    torch's dropout is judged by the training argument of that call; one written out is run on an
-    input without zeros (a dead ReLU before it would hide the mask)."""
-    if isinstance(node.module, _DropoutNd) or node.probe_input is None:
-        return False
-    calls = [n for n in node.inner if n.module is None and n.func_name in _TRAINING_ARGUMENT]
-    if calls:
-        return any(_functional_training(call) for call in calls)
-    telling = node.probe_input.abs() + 1
-    with torch.no_grad(), guarding_writes():
-        out = node.module(telling.clone())  # type: ignore[misc]
-    return isinstance(out, torch.Tensor) and mismatch(out, telling) is not None
-
-
-def _functional_training(node: Node) -> bool:
-    spec = _TRAINING_ARGUMENT.get(node.func_name)
-    if spec is None:
-        return False
-    position, default = spec
-    value = node.kwargs.get("training", node.args[position] if len(node.args) > position else default)
-    if node.func_name == "instance_norm":
-        return False  # instance norm uses instance statistics in both modes by design
-    return bool(value)
+from cnncheck.rules import Pass, Rule
+from cnncheck.trace import Node
 
 
 def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
@@ -91,7 +25,7 @@ def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         if key not in reported:
             reported.add(key)
             yield finding
-    for node in ctx.train_trace.module_nodes(*_MODAL):
+    for node in ctx.train_trace.module_nodes(*MODAL_KINDS):
         if node.training is False and node.name not in reported and not _frozen_on_purpose(ctx, node):
             reported.add(node.name)
             yield _train_finding(ctx, rule, node)
@@ -152,10 +86,10 @@ def _fixed_training(ctx: CheckContext, rule: Rule, node: Node, value: bool, effe
 def _dropout_never_on(node: Node) -> bool:
     """A functional dropout with a drop rate that is off even in train mode. (A batch_norm call with
     training=False in train mode is a frozen BatchNorm by design, FrozenBatchNorm2d for one.)"""
-    if node.module is not None or not node.func_name.endswith("dropout") or node.func_name not in _TRAINING_ARGUMENT:
+    if node.module is not None or not node.func_name.endswith("dropout") or node.func_name not in TRAINING_ARGUMENT:
         return False
     rate = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
-    return isinstance(rate, (int, float)) and rate > 0 and not _functional_training(node)
+    return isinstance(rate, (int, float)) and rate > 0 and not functional_training(node)
 
 
 def _frozen_on_purpose(ctx: CheckContext, node: Node) -> bool:
@@ -334,6 +268,7 @@ RULE = Rule(
     "pass `training=self.training` to functional BN and dropout calls.",
     severity=Severity.ERROR,
     check=check,
+    needs=frozenset({Pass.TRAIN, Pass.EVAL}),
     flagged_example="""
 self.bns = [nn.BatchNorm2d(c) for c in channels]      # a plain list: not registered
 ...

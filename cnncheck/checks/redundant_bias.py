@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+from torch.nn.modules.padding import _CircularPadNd, _ConstantPadNd, _ReflectionPadNd, _ReplicationPadNd
 from torch.nn.modules.pooling import _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, _AvgPoolNd, _MaxPoolNd
 
 from cnncheck.checks.batchnorm_semantics import cancels_channel_constant, is_stock_batchnorm
@@ -14,10 +15,13 @@ from cnncheck.findings import Finding, Severity
 from cnncheck.layers import LayerKind, affine_parameters, from_torch, layer_label
 from cnncheck.ops import argument, batch_norm_arguments
 from cnncheck.recognize import batch_norm_call, conv_calls, layer_bias
-from cnncheck.rules import Rule
+from cnncheck.rules import Pass, Rule
 from cnncheck.trace import Node, Trace
 
 # Ops that carry a per-channel constant through as a constant (so a mean subtraction still removes it).
+# pixel_unshuffle spreads each channel over r*r channels, each of them still constant; pixel_shuffle is
+# not here: it packs r*r conv channels, with r*r different biases, into one output channel, so a norm
+# over that channel removes only their mean.
 _PASS_FUNCTIONS = frozenset(
     {
         "add", "add_", "__add__", "__iadd__", "__radd__", "sub", "sub_", "__sub__", "__isub__", "__rsub__",
@@ -26,7 +30,7 @@ _PASS_FUNCTIONS = frozenset(
         "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
         "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
         "adaptive_max_pool3d", "max_pool2d_with_indices", "identity", "interpolate", "upsample",
-        "upsample_nearest2d", "upsample_bilinear2d", "transpose", "permute", "movedim", "pixel_shuffle",
+        "upsample_nearest2d", "upsample_bilinear2d", "transpose", "permute", "movedim", "pixel_unshuffle",
         "channel_shuffle", "roll", "flip",
     }
 )
@@ -35,12 +39,22 @@ _SCALING_FUNCTIONS = frozenset({"mul", "mul_", "__mul__", "__imul__", "__rmul__"
 _PASS_MODULES: tuple[type, ...] = (
     _MaxPoolNd, _AvgPoolNd, _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, nn.Identity, nn.Flatten, nn.Unflatten,
 )
+# torch's own layers whose forward is one functional op, with the pad mode it passes: such a layer
+# carries a constant exactly when that op does, so the layer and its functional form get one verdict.
+_LAYER_OPS: tuple[tuple[type, str, str | None], ...] = (
+    (nn.Upsample, "interpolate", None),  # and its subclasses UpsamplingNearest2d, UpsamplingBilinear2d
+    (nn.PixelShuffle, "pixel_shuffle", None),
+    (nn.PixelUnshuffle, "pixel_unshuffle", None),
+    (nn.ChannelShuffle, "channel_shuffle", None),
+    (_ReflectionPadNd, "pad", "reflect"),
+    (_ReplicationPadNd, "pad", "replicate"),
+    (_CircularPadNd, "pad", "circular"),
+    (_ConstantPadNd, "pad", "constant"),  # and ZeroPad1d/2d/3d
+)
 
 
 def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
     trace = ctx.train_trace
-    if trace.error is not None:
-        return  # forward stopped: no gradient can confirm a verdict (feature-size-mismatch explains it)
     verdicts: dict[int, list[tuple[Node, list[Node] | None]]] = {}
     candidates: list[tuple[Node, list[Node]]] = []
     for node in trace.nodes:
@@ -53,7 +67,7 @@ def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
             candidates.append((node, sinks))
     confirmed = _confirmed(ctx, candidates)
     if ctx.backward_error is not None:
-        return  # no gradient to confirm a verdict with; the report says why
+        ctx.require(Pass.GRADIENTS)  # no gradient to confirm a verdict with: not checked, and why
     for calls in verdicts.values():
         calls[:] = [(node, sinks if id(node) in confirmed else None) for node, sinks in calls]
     for calls in verdicts.values():
@@ -217,11 +231,12 @@ def _passes_constant(node: Node) -> bool:
     if node.module is not None:
         if node.inner:  # a layer of the student's own code (a pool written with F.max_pool2d): its ops decide
             return all(_passes_constant(n) for n in node.inner)
-        return isinstance(node.module, _PASS_MODULES)
+        op = _layer_op(node.module)
+        return _op_passes_constant(*op) if op is not None else isinstance(node.module, _PASS_MODULES)
+    if node.func_name == "pad":
+        return _op_passes_constant("pad", argument(node, "mode", 2, "constant"))
     if node.func_name in _PASS_FUNCTIONS:
-        return True
-    if node.func_name == "pad":  # replicated, reflected or circular borders copy the constant; zeros do not
-        return node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant") != "constant"
+        return _op_passes_constant(node.func_name, None)
     if node.func_name in _SPATIAL_REDUCTIONS:  # a mean or max over positions, not over channels
         dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
         dims = (dims,) if isinstance(dims, int) else dims
@@ -229,6 +244,21 @@ def _passes_constant(node: Node) -> bool:
         return isinstance(dims, (tuple, list)) and rank > 1 and all(d % rank != 1 for d in dims)
     return node.func_name in _SCALING_FUNCTIONS and all(
         _same_everywhere(t, src, node.inputs[0]) for t, src in zip(node.inputs[1:], node.sources[1:]))
+
+
+def _layer_op(module: nn.Module) -> tuple[str, str | None] | None:
+    """The functional op (and pad mode) that one of torch's own layers runs in its forward, if it runs
+    one of ``_LAYER_OPS``. Only asked of a layer with no traced inner ops, that is, one running torch's
+    forward: a subclass with a forward of its own is judged by the ops it ran."""
+    return next(((name, mode) for klass, name, mode in _LAYER_OPS if isinstance(module, klass)), None)
+
+
+def _op_passes_constant(name: str, mode: str | None) -> bool:
+    """Whether the functional op ``name`` carries a per-channel constant through as one; ``mode`` is
+    the mode of a ``pad``, ignored for any other op."""
+    if name == "pad":  # replicated, reflected or circular borders copy the constant; zeros do not
+        return mode != "constant"
+    return name in _PASS_FUNCTIONS
 
 
 def _same_everywhere(factor: torch.Tensor, source: object, x: torch.Tensor) -> bool:
@@ -276,6 +306,7 @@ RULE = Rule(
     "by `nn.BatchNorm2d(128)`.",
     severity=Severity.WARNING,
     check=check,
+    needs=frozenset({Pass.TRAIN, Pass.GRADIENTS}),
     flagged_example="""
 nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU())
 """,
