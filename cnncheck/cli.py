@@ -176,6 +176,7 @@ def _check(args: argparse.Namespace) -> int:
     from cnncheck.isolate import Job
     from cnncheck.plugins import all_rules
     from cnncheck.rules import select_rules
+    from cnncheck.verdict import exit_code
 
     try:
         rules = select_rules(all_rules(problems=[]), args.select, args.ignore)
@@ -215,7 +216,7 @@ def _check(args: argparse.Namespace) -> int:
             (folder / (_slug(result.id) + ".md")).write_text(render_markdown(result), encoding="utf-8")
     if args.baseline_write:
         return 0 if results and all(r.error is None for r in results) else 1
-    return 0 if results and all(r.ok for r in results) else 1
+    return exit_code(r.verdict for r in results)
 
 
 def _apply_baseline(baseline: Baseline, results: list) -> None:

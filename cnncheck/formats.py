@@ -30,7 +30,8 @@ within the same id. Top-level object:
     ``memory``, ``crash``, ``exit``), ``location`` (null or the student's ``file:line`` for an
     error), ``notes`` (list of strings), ``seconds`` (float, time spent on this model), ``outcomes``
     (one per rule run: ``rule``, ``status`` (``passed``, ``findings``, ``not-checked`` or ``crashed``)
-    and ``reason`` (why it was not checked, the crash's error, or ``""``)).
+    and ``reason`` (why it was not checked, the crash's error, or ``""``)), ``shape_note`` (why this
+    input shape, when it was inferred rather than declared, else ``""``).
 
     Each finding: ``rule`` (id), ``module`` (qualified layer name from ``named_modules()``; ``""``
     for the model itself), ``severity`` (``"error"`` or ``"warning"``), ``message`` (what is wrong),

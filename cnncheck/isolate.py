@@ -236,46 +236,9 @@ def _label(candidate: Any) -> str:
 
 
 def _check_one(job: Job, candidate: Any) -> ModelResult:
-    from cnncheck.api import CheckError, check_model
-    from cnncheck.discover import infer_input_shape
+    from cnncheck.candidate import check_candidate
 
-    start = time.perf_counter()
-    result = ModelResult(candidate.id, job.file, candidate.name)
-    try:
-        model = candidate.build()
-        shape = job.input_shape or candidate.spec.input_shape
-        if shape is None:
-            inferred = infer_input_shape(model)
-            if inferred is None:
-                raise CheckError(f"no input shape for {candidate.name}: pass --input-shape or declare one with "
-                                 f"@cnncheck.model(input_shape=...)")
-            shape, note = inferred
-            result.notes.append(note)
-        result.input_shape = tuple(shape)
-        model_ignores = [p if ":" in p else f"{p}:*" for p in candidate.spec.ignore]
-        report = check_model(model, shape, device=job.device, checks=job.select,
-                             ignore=[*job.ignore, *model_ignores])
-        result.device, result.rules_run = report.device, report.rules_run
-        result.findings = list(report.findings)
-        result.outcomes = list(report.outcomes)
-        result.notes += [f"unused ignore {p!r}: it matches no finding; remove it" for p in report.unused_ignores]
-        result.notes += [str(p) for p in report.plugin_problems]
-        result.notes += report.notes
-    except SystemExit as exc:
-        result.error, result.error_kind = f"the model called sys.exit({exc.code!r})", "exit"
-    except CheckError as exc:
-        result.error, result.error_kind = str(exc), "forward"
-        result.location = traceback_location(exc.__cause__)
-    except MemoryError as exc:
-        result.error, result.error_kind = f"out of memory: {exc}", "memory"
-    except Exception as exc:
-        memory = "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower()
-        result.error_kind = "memory" if memory else "build"
-        result.error = (f"out of memory (the --max-memory limit): {str(exc).splitlines()[0]}" if memory
-                        else f"{type(exc).__name__}: {exc}")
-        result.location = traceback_location(exc)
-    result.seconds = time.perf_counter() - start
-    return result
+    return check_candidate(candidate, shape=job.input_shape, device=job.device, select=job.select, ignore=job.ignore)
 
 
 def _apply_plugins(job: Job) -> None:

@@ -9,11 +9,10 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
 
-from cnncheck.frames import traceback_location
 from cnncheck.pytest_plugin import OPTIONS, Options
 
 BASELINE = pytest.StashKey[Any]()
@@ -135,7 +134,6 @@ class ModelCollector(pytest.Collector):
         self.variants = {c.variant: c for c in variants}
         self.spec = variants[0].spec
         self.shape = shape
-        self.shape_note = ""
         self.results: dict[tuple[str | None, str], Any] = {}
         self.error_reported_by: dict[tuple[str | None, str], str] = {}
 
@@ -169,32 +167,11 @@ class ModelCollector(pytest.Collector):
         return self.results[key]
 
     def _check(self, candidate: Any, device: str) -> Any:
-        from cnncheck.api import CheckError, check_model
-        from cnncheck.discover import infer_input_shape
+        from cnncheck.candidate import check_candidate
 
         options = self.config.stash[OPTIONS]
-        label = self.name + (f"[{candidate.variant}]" if candidate.variant else "")
-        try:
-            model = candidate.build()
-        except Exception as exc:  # the student's constructor raised
-            return ModelError(f"cannot build {label}: {type(exc).__name__}: {exc}", traceback_location(exc))
-        shape = self.shape
-        if shape is None:
-            inferred = infer_input_shape(model)
-            if inferred is None:
-                return ModelError(f"no input shape for {label} and no conv to infer one from; declare it "
-                                  f"with @cnncheck.model(input_shape=...) or the cnncheck_input_shape ini key")
-            shape, self.shape_note = inferred
-        try:
-            # the model's own ignores suppress findings rather than skip the rule, so that an ignore
-            # that no longer matches anything is noticed
-            model_ignores = [p if ":" in p else f"{p}:*" for p in self.spec.ignore]
-            return check_model(model, shape, device=device, checks=options.select,
-                               ignore=[*options.ignore, *model_ignores])
-        except CheckError as exc:
-            return ModelError(str(exc), traceback_location(exc.__cause__))
-        except Exception as exc:  # anything else from student code outside forward
-            return ModelError(f"{type(exc).__name__}: {exc}", traceback_location(exc))
+        return check_candidate(candidate, shape=self.shape, device=device, select=options.select,
+                               ignore=options.ignore)
 
 
 def cuda_available() -> bool:
@@ -203,19 +180,16 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-class ModelError(NamedTuple):
-    """Why a model could not be checked, and the student's line where it is known."""
-
-    message: str
-    location: str | None = None
-
-
 class RuleFindings(Exception):
     """Raised by a failing rule item; rendered by ``repr_failure`` as the findings, no traceback."""
 
 
 class ModelUnusable(Exception):
     pass
+
+
+class RuleCrashed(Exception):
+    """cnncheck's own error (or a plugin rule's) in one rule: a failure, worded as ours, not the student's."""
 
 
 class RuleItem(pytest.Item):
@@ -230,21 +204,19 @@ class RuleItem(pytest.Item):
     def runtest(self) -> None:
         collector: ModelCollector = self.parent  # type: ignore[assignment]
         result = collector.result(self.variant, self.device)
-        if isinstance(result, ModelError):
+        if result.error is not None:
             first = collector.error_reported_by.setdefault((self.variant, self.device), self.nodeid)
             if first != self.nodeid:
                 pytest.skip(f"{collector.name} could not be checked; the reason is reported by {first}")
-            raise ModelUnusable(result.message + (f"\n  at: {result.location}" if result.location else ""))
-        findings = result.by_rule(self.rule_id)
+            raise ModelUnusable(result.error + (f"\n  at: {result.location}" if result.location else ""))
+        findings = [f for f in result.findings if f.rule == self.rule_id]
         model = collector.nodeid + (f"[{self.variant}]" if self.variant else "")
         keys = [(model, f.rule, f.module) for f in findings]
         self.user_properties.append(("cnncheck_modules", ",".join(f.module or "<model>" for f in findings)))
         self.user_properties.append(("cnncheck_findings", str(len(findings))))
         self.user_properties.append(("cnncheck_keys", json.dumps(keys)))
         self.user_properties.append(("cnncheck_checked", json.dumps([model, self.rule_id])))
-        notes = [f"{model}: unused ignore {p!r}: it matches no finding; remove it" for p in result.unused_ignores]
-        notes += [f"{model}: {problem}" for problem in result.plugin_problems]
-        notes += [f"{model}: {note}" for note in result.notes]
+        notes = [f"{model}: {note}" for note in result.notes if note != result.shape_note]
         if notes:
             self.user_properties.append(("cnncheck_notes", json.dumps(notes)))
         options = self.config.stash[OPTIONS]
@@ -253,18 +225,30 @@ class RuleItem(pytest.Item):
         findings = [f for f in findings if f not in known]
         if known:
             self.user_properties.append(("cnncheck_baselined", str(len(known))))
-        failing = [f for f in findings if options.fail_on == "warning" or str(f.severity) == "error"]
-        note = f"({collector.shape_note})\n" if collector.shape_note else ""
-        if failing:
-            first = failing[0]
+        from cnncheck.findings import RuleStatus
+        from cnncheck.verdict import CRASH_ADVICE, failing, rule_state
+
+        outcome = next(o for o in result.outcomes if o.rule == self.rule_id)
+        state = rule_state(outcome, findings, options.fail_on)
+        self.user_properties.append(("cnncheck_status", str(state)))
+        note = f"({result.shape_note})\n" if result.shape_note else ""
+        if state is RuleStatus.CRASHED:
+            raise RuleCrashed(f"cnncheck internal error in rule {self.rule_id} on {model}: {outcome.reason}\n"
+                              f"{CRASH_ADVICE}")
+        failing_findings = failing(findings, options.fail_on)
+        if failing_findings:
+            first = failing_findings[0]
             headline = f"{first.rule}: {first.module or '<model>'}: {first.message}"
-            more = f" (and {len(failing) - 1} more)" if len(failing) > 1 else ""
-            raise RuleFindings(f"{headline}{more}\n{note}\n{_render(findings)}")
+            more = f" (and {len(failing_findings) - 1} more)" if len(failing_findings) > 1 else ""
+            partial = f"\nnot all of the model was checked: {outcome.reason}" if outcome.reason else ""
+            raise RuleFindings(f"{headline}{more}\n{note}\n{_render(findings)}{partial}")
         if findings:
             self.user_properties.append(("cnncheck_passing_warnings", _render(findings)))
+        if state is RuleStatus.NOT_CHECKED:
+            pytest.skip(f"not checked: {outcome.reason}")
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
-        if isinstance(excinfo.value, (RuleFindings, ModelUnusable)):
+        if isinstance(excinfo.value, (RuleFindings, ModelUnusable, RuleCrashed)):
             return str(excinfo.value)
         return super().repr_failure(excinfo)  # type: ignore[arg-type]
 
@@ -381,12 +365,10 @@ class Checker:
     def assert_ok(self, model: Any, example_input: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
         from cnncheck.api import CheckFailed
-        from cnncheck.findings import Severity
+        from cnncheck.verdict import Verdict, verdict
 
         report = self.check(model, example_input, **kwargs)
-        failing = [f for f in report.findings
-                   if self.options.fail_on == "warning" or f.severity is Severity.ERROR]
-        if failing or report.crashes:
+        if verdict(report.outcomes, report.findings, fail_on=self.options.fail_on) is not Verdict.CLEAN:
             raise CheckFailed(report)
         return report
 

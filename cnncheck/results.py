@@ -30,6 +30,7 @@ class ModelResult:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     outcomes: list[RuleOutcome] = field(default_factory=list)  # one per rule run: passed, findings, ...
+    shape_note: str = ""  # why this input shape, when it was inferred rather than declared
 
     @property
     def verdict(self) -> Verdict:

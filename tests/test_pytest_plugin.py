@@ -103,11 +103,13 @@ def test_seed_convnet_found_by_path_with_an_inferred_shape(pytester: pytest.Pyte
     (pytester.path / "submissions" / "seed.py").write_text(seed_source(5))
     (pytester.path / "submissions" / "fixed.py").write_text(seed_source(2))
     result = pytester.runpytest("--cnncheck", "submissions/")
+    # the other rules of the seed pass because they checked all of forward: past fc1, repaired, not before it
     result.assert_outcomes(passed=2 * RULES - 1, failed=1)
     result.stdout.fnmatch_lines([
         "*_ ConvNet::feature-size-mismatch[[]cpu[]] _*",
         "*input shape 4x1x28x28 inferred: the first conv takes 1 channel(s)*",
         "*fc1 expects 3136 = 64*7*7 input features but gets 576 = 64*3*3*stride=5*",
+        "*the other rules checked the rest of forward as if fc1 received 3136 features*",
     ])
 
 

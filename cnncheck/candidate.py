@@ -1,0 +1,77 @@
+"""Checking one discovered model: build it, find its input shape, check it, and say why when it cannot be.
+
+The one path from a :class:`~cnncheck.discover.Candidate` to a :class:`~cnncheck.results.ModelResult`,
+shared by the ``cnncheck check`` worker process and the ``pytest --cnncheck`` items, so that both give
+a model the same verdict.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from cnncheck.frames import traceback_location
+from cnncheck.results import ModelResult
+
+
+def check_candidate(candidate: Any, *, shape: tuple[int, ...] | None, device: str | None,
+                    select: Sequence[str] | None, ignore: Sequence[str]) -> ModelResult:
+    """The result of checking one candidate; student code that raises, even ``sys.exit``, becomes the
+    result's ``error`` (with ``error_kind`` and the student's line), never an exception."""
+    from cnncheck.api import CheckError, check_model
+    from cnncheck.discover import infer_input_shape
+
+    start = time.perf_counter()
+    result = ModelResult(candidate.id, str(candidate.file), candidate.name)
+    label = candidate.name + (f"[{candidate.variant}]" if candidate.variant else "")
+    try:
+        try:
+            model = candidate.build()
+        except Exception as exc:  # the student's constructor raised
+            result.error_kind, result.error = _failure(exc, f"cannot build {label}: ")
+            result.location = traceback_location(exc)
+            return result
+        shape = shape or candidate.spec.input_shape
+        if shape is None:
+            inferred = infer_input_shape(model)
+            if inferred is None:
+                result.error_kind = "build"
+                result.error = (f"no input shape for {label} and no conv to infer one from; declare it with "
+                                f"@cnncheck.model(input_shape=...), --input-shape or the cnncheck_input_shape "
+                                f"ini key")
+                return result
+            shape, result.shape_note = inferred
+            result.notes.append(result.shape_note)
+        result.input_shape = tuple(shape)
+        # the model's own ignores suppress findings rather than skip the rule, so that an ignore that
+        # no longer matches anything is noticed
+        model_ignores = [p if ":" in p else f"{p}:*" for p in candidate.spec.ignore]
+        report = check_model(model, shape, device=device, checks=select, ignore=[*ignore, *model_ignores])
+        result.device, result.rules_run = report.device, report.rules_run
+        result.findings = list(report.findings)
+        result.outcomes = list(report.outcomes)
+        result.notes += [f"unused ignore {p!r}: it matches no finding; remove it" for p in report.unused_ignores]
+        result.notes += [str(p) for p in report.plugin_problems]
+        result.notes += report.notes
+    except SystemExit as exc:
+        result.error, result.error_kind = f"the model called sys.exit({exc.code!r})", "exit"
+    except CheckError as exc:
+        result.error, result.error_kind = str(exc), "forward"
+        result.location = traceback_location(exc.__cause__)
+    except MemoryError as exc:
+        result.error, result.error_kind = f"out of memory: {exc}", "memory"
+    except Exception as exc:  # anything else from student code outside forward
+        result.error_kind, result.error = _failure(exc)
+        result.location = traceback_location(exc)
+    finally:
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+def _failure(exc: Exception, prefix: str = "") -> tuple[str, str]:
+    """(error_kind, message) for an exception from student code: torch's allocator failing under the
+    memory limit is ``memory``, anything else ``build``."""
+    if "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower():
+        return "memory", f"out of memory (the --max-memory limit): {str(exc).splitlines()[0]}"
+    return "build", f"{prefix}{type(exc).__name__}: {exc}"

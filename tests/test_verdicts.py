@@ -1,0 +1,256 @@
+"""A pass means checked: every rule's state (passed, findings, not checked, crashed) is the same in the
+report, the pytest items, every CLI format and the exit code."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import cnncheck
+from cnncheck import cli
+from cnncheck.findings import RuleStatus
+from cnncheck.formats import FORMATS
+from cnncheck.verdict import Verdict
+
+pytest_plugins = ["pytester"]
+
+CRASHING_PLUGIN = """
+import cnncheck
+from cnncheck.findings import Severity
+from cnncheck.rules import Rule
+
+
+def explode(ctx, rule):
+    raise RuntimeError("boom in the rule")
+
+
+@cnncheck.hookimpl
+def cnncheck_register_rules():
+    return [Rule(id="explodes", summary="always crashes", why="a test", fix="none", severity=Severity.ERROR,
+                 check=explode)]
+"""
+
+CLEAN_MODEL = """
+import torch
+from torch import nn
+import cnncheck
+
+
+@cnncheck.model(input_shape=(2, 3, 8, 8))
+class Clean(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)).mean(dim=(2, 3))
+"""
+
+EVAL_CRASH_MODEL = """
+import torch
+from torch import nn
+import cnncheck
+
+
+@cnncheck.model(input_shape=(2, 3, 8, 8))
+class CrashesAtInference(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        if not self.training:
+            raise ValueError("inference is not implemented")
+        return self.bn(self.conv(x)).mean(dim=(2, 3))
+"""
+
+
+class MismatchThenDefects(nn.Module):
+    """fc1 is built for the wrong size; after it, a Linear -> BatchNorm1d bias and an F.dropout that
+    ignores eval mode. Both were missed while the other rules saw only forward up to fc1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc1 = nn.Linear(100, 32)  # the map is 4x6x6 = 144
+        self.bn1 = nn.BatchNorm1d(32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(x))).flatten(1)
+        x = torch.relu(self.bn1(self.fc1(x)))
+        return self.fc2(F.dropout(x, 0.3))
+
+
+def test_rules_check_past_a_repaired_linear_mismatch() -> None:
+    report = cnncheck.check_model(MismatchThenDefects(), (4, 1, 8, 8))
+    found = {(f.rule, f.module) for f in report.findings}
+    assert found == {("feature-size-mismatch", "fc1"), ("redundant-bias-before-bn", "fc1"),
+                     ("mode-not-propagated", "")}, report
+    assert any("as if fc1 received 100 features" in note for note in report.notes), report.notes
+    assert report.status("conv-param-formula").status is RuleStatus.PASSED
+
+
+class FlattensTheBatch(nn.Module):
+    """A Linear fed the whole batch as one vector: explained, but not repairable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc = nn.Linear(144, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).flatten())
+
+
+def test_rules_that_saw_part_of_forward_are_not_checked_with_the_reason() -> None:
+    report = cnncheck.check_model(FlattensTheBatch(), (4, 1, 8, 8))
+    assert [f.rule for f in report.findings] == ["feature-size-mismatch"]
+    assert report.status("feature-size-mismatch").status is RuleStatus.FINDINGS
+    partial = report.status("conv-param-formula")
+    assert partial.status is RuleStatus.NOT_CHECKED
+    assert "forward stops at fc" in partial.reason and "feature-size-mismatch explains why" in partial.reason
+    assert report.status("redundant-bias-before-bn").status is RuleStatus.NOT_CHECKED
+    assert report.verdict is Verdict.FINDINGS and not report.ok
+    assert "not checked: conv-param-formula: forward stops at fc" in str(report)
+
+
+class CrashesAtInference(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            raise ValueError("inference is not implemented")
+        return self.bn(self.conv(x)).mean(dim=(2, 3))
+
+
+def test_an_eval_only_crash_is_not_a_pass() -> None:
+    report = cnncheck.check_model(CrashesAtInference(), (2, 3, 8, 8))
+    outcome = report.status("bn-eval-behaviour")
+    assert outcome.status is RuleStatus.NOT_CHECKED
+    assert "forward raises in eval mode: ValueError: inference is not implemented" in outcome.reason
+    assert report.status("conv-param-formula").status is RuleStatus.PASSED  # the train pass is whole
+    assert report.verdict is Verdict.INCOMPLETE and not report.ok
+    with pytest.raises(cnncheck.CheckFailed, match="not checked: bn-eval-behaviour"):
+        cnncheck.assert_cnn_correct(CrashesAtInference(), (2, 3, 8, 8))
+
+
+def test_a_crashing_plugin_rule_fails_the_report_and_the_assertion() -> None:
+    def explode(ctx, rule):
+        raise RuntimeError("boom in the rule")
+
+    class Broken:
+        @cnncheck.hookimpl
+        def cnncheck_register_rules(self):
+            return [cnncheck.Rule(id="explodes", summary="", why="", fix="", severity=cnncheck.Severity.ERROR,
+                                  check=explode)]
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4))
+    report = cnncheck.check_model(model, (2, 3, 8, 8), plugins=[Broken()])
+    assert report.status("explodes").status is RuleStatus.CRASHED
+    assert "RuntimeError: boom in the rule" in report.status("explodes").reason
+    assert report.verdict is Verdict.CRASHED and not report.ok
+    assert "please report it" in str(report)
+    with pytest.raises(cnncheck.CheckFailed, match="internal error in rule explodes"):
+        cnncheck.assert_cnn_correct(model, (2, 3, 8, 8), plugins=[Broken()])
+
+
+# -- the command: every format and the exit code -------------------------------------------------------
+def _run_cli(tmp_path, monkeypatch, source: str, fmt: str, *extra: str) -> tuple[int, str]:
+    (tmp_path / "crashing_rule.py").write_text(CRASHING_PLUGIN)
+    (tmp_path / "model.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / f"report.{fmt}"
+    code = cli.main(["check", str(tmp_path / "model.py"), "--format", fmt, "--output", str(out), *extra])
+    return code, out.read_text(encoding="utf-8")
+
+
+def test_a_crashed_rule_in_every_format_and_the_exit_code(tmp_path, monkeypatch) -> None:
+    results = {}
+    for fmt in FORMATS:
+        results[fmt] = _run_cli(tmp_path, monkeypatch, CLEAN_MODEL, fmt, "--plugin", "crashing_rule")
+    assert {code for code, _ in results.values()} == {3}
+    assert "internal error in rule explodes: RuntimeError: boom in the rule" in results["text"][1]
+    assert "please report it" in results["text"][1]
+    model = json.loads(results["json"][1])["models"][0]
+    assert {"rule": "explodes", "status": "crashed", "reason": "RuntimeError: boom in the rule"} in model["outcomes"]
+    assert json.loads(results["json"][1])["summary"]["crashed"] == 1
+    assert "crashed" in results["markdown"][1] and "## Not checked" in results["markdown"][1]
+    case = next(c for c in ET.fromstring(results["junit"][1]).iter("testcase") if c.get("name") == "explodes")
+    assert case.find("error") is not None and case.find("error").get("type") == "cnncheck-internal-error"
+    invocation = json.loads(results["sarif"][1])["runs"][0]["invocations"][0]
+    assert invocation["executionSuccessful"] is False
+    assert any(n["descriptor"]["id"] == "cnncheck-internal-error" and n["associatedRule"]["id"] == "explodes"
+               for n in invocation["toolExecutionNotifications"])
+
+
+def test_a_rule_not_checked_in_every_format_and_the_exit_code(tmp_path, monkeypatch) -> None:
+    results = {fmt: _run_cli(tmp_path, monkeypatch, EVAL_CRASH_MODEL, fmt) for fmt in FORMATS}
+    assert {code for code, _ in results.values()} == {1}
+    assert "not checked: bn-eval-behaviour: forward raises in eval mode" in results["text"][1]
+    assert "incomplete" in results["text"][1]
+    model = json.loads(results["json"][1])["models"][0]
+    states = {o["rule"]: o["status"] for o in model["outcomes"]}
+    assert states["bn-eval-behaviour"] == "not-checked" and states["conv-param-formula"] == "passed"
+    assert json.loads(results["json"][1])["summary"]["incomplete"] == 1
+    assert "**Verdict: not fully checked.**" in results["markdown"][1]
+    cases = {c.get("name"): c for c in ET.fromstring(results["junit"][1]).iter("testcase")}
+    assert cases["bn-eval-behaviour"].find("skipped") is not None
+    assert cases["conv-param-formula"].find("skipped") is None
+    invocation = json.loads(results["sarif"][1])["runs"][0]["invocations"][0]
+    assert invocation["executionSuccessful"] is True  # the tool ran; a rule could not check the model
+    assert any(n["descriptor"]["id"] == "cnncheck-not-checked" and n["level"] == "warning"
+               for n in invocation["toolExecutionNotifications"])
+
+
+def test_a_clean_model_exits_zero(tmp_path, monkeypatch) -> None:
+    code, text = _run_cli(tmp_path, monkeypatch, CLEAN_MODEL, "text")
+    assert code == 0 and "no findings" in text
+
+
+# -- pytest ----------------------------------------------------------------------------------------------
+def test_pytest_items_show_not_checked_as_skipped_and_a_crash_as_cnncheck_s_failure(pytester) -> None:
+    pytester.makepyfile(crashing_rule=CRASHING_PLUGIN, eval_crash=EVAL_CRASH_MODEL)
+    pytester.syspathinsert()
+    result = pytester.runpytest("--cnncheck", "--cnncheck-plugin", "crashing_rule", "-rs", "-p", "no:randomly")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed") == 1 and outcomes.get("skipped") >= 2, outcomes
+    text = result.stdout.str()
+    assert "cnncheck internal error in rule explodes" in text and "please report it" in text
+    assert "not checked: forward raises in eval mode: ValueError: inference is not implemented" in text
+    assert "Traceback" not in text
+
+
+def test_the_fixture_assertion_follows_the_verdict(pytester) -> None:
+    pytester.makepyfile(test_fixture=textwrap.dedent("""
+        import pytest
+        from torch import nn
+
+        class CrashesAtInference(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 4, 3, bias=False)
+
+            def forward(self, x):
+                if not self.training:
+                    raise ValueError("inference is not implemented")
+                return self.conv(x)
+
+        def test_assert_ok(cnncheck):
+            cnncheck.assert_ok(CrashesAtInference(), (2, 3, 8, 8))
+    """))
+    result = pytester.runpytest("-p", "no:randomly")
+    result.assert_outcomes(failed=1)
+    assert "not checked: mode-not-propagated" in result.stdout.str()
