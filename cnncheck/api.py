@@ -6,6 +6,7 @@ import contextlib
 import copy
 import fnmatch
 import os
+import sys
 import types
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -65,18 +66,22 @@ def check_model(
     or, as ``"rule-id:module-glob"``, suppresses one rule's findings on matching layers (a deliberate
     design); such a layer ignore that suppresses nothing is listed in ``Report.unused_ignores``.
     ``plugins`` are registered for this call only. The model is left exactly as it was.
+
+    A ``torch.compile``'d model is checked through the module it wraps (its Python forward, never the
+    compiled graph); a TorchScript model (``torch.jit.script``/``trace``) raises :class:`CheckError`.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"cnncheck.check_model expects a torch.nn.Module, got {type(model).__name__}: "
             f"{_short_repr(model)}. Pass the model instance, e.g. check_model(ConvNet(), (4, 1, 28, 28))."
         )
+    model, notes = _uncompiled(model)
     with registered(plugins):
-        return _check(model, example_input, device, checks, list(ignore))
+        return _check(model, example_input, device, checks, list(ignore), notes)
 
 
 def _check(model: nn.Module, example_input: Any, device: str | torch.device | None,
-           checks: Iterable[str] | None, ignore: list[str]) -> Report:
+           checks: Iterable[str] | None, ignore: list[str], notes: Sequence[str] = ()) -> Report:
     name = type(model).__name__
     _refuse_unready(model, name)
     pm = plugin_manager()
@@ -112,7 +117,7 @@ def _check(model: nn.Module, example_input: Any, device: str | torch.device | No
             findings=results.findings,
             outcomes=results.outcomes,
         )
-        report.notes.extend(ctx.notes)
+        report.notes.extend([*notes, *ctx.notes])
     _apply_layer_ignores(report, layer_ignores)
     for _ in call_each(pm, "cnncheck_report", problems, report=report, model=model):
         pass
@@ -182,7 +187,98 @@ def _short_repr(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _uncompiled(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """The module ``torch.compile`` wraps, and a note saying so; ``model`` itself when it is not compiled.
+
+    The wrapper's forward would compile the model (slow) and run a graph cnncheck cannot trace; the
+    wrapped module holds the very same parameters, so checking it checks the user's model.
+    """
+    wrapper = _compiled_wrapper_class()
+    if wrapper is None or not isinstance(model, wrapper):
+        return model, []
+    original = model._orig_mod
+    note = (f"checked the module that torch.compile wraps (_orig_mod, {type(original).__name__}): "
+            f"cnncheck runs its Python forward, not the compiled graph")
+    return original, [note]
+
+
+def _compiled_wrapper_class() -> type[nn.Module] | None:
+    """torch.compile's wrapper class, or None while nothing has imported torch._dynamo.
+
+    No model can be compiled before torch._dynamo is imported (even unpickling one imports it), and
+    importing it here would cost every check most of a second.
+    """
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return getattr(eval_frame, "OptimizedModule", None)
+
+
+def _refuse_compiled_code(model: nn.Module) -> None:
+    """Refuse TorchScript and compiled submodules before anything touches the model.
+
+    cnncheck sees forward through module hooks and a TorchFunctionMode. TorchScript runs neither (its
+    forward is compiled code, and ScriptModules refuse hooks), so a check would stop half way and leave
+    running statistics and ``training`` flags changed. A compiled submodule would compile inside the check.
+    """
+    if isinstance(model, torch.jit.ScriptModule):
+        name, made_by = _scripted_origin(model)
+        raise CheckError(
+            f"cannot check {name}: it is a TorchScript module ({made_by} returned it), and a TorchScript "
+            f"module cannot be checked because its forward is compiled TorchScript code that cnncheck "
+            f"cannot trace. Check the Python model before torch.jit.script/trace instead: pass the {name} "
+            f"itself, e.g. cnncheck.check_model(MyNet(), shape), and script or trace it after the check."
+        )
+    name = type(model).__name__
+    scripted, compiled = _compiled_submodules(model)
+    if scripted:
+        described = [f"'{path}' ({inner} from {made_by})" for path, (inner, made_by) in scripted.items()]
+        raise CheckError(
+            f"cannot check {name}: its {_submodules(described, 'a TorchScript module', 'TorchScript modules')}"
+            f", and a TorchScript module cannot be checked because its forward is compiled TorchScript code "
+            f"that cnncheck cannot trace (the rules would not see the layers inside it). Check the Python "
+            f"model before torch.jit.script/trace instead: build {name} with the plain Python layers there, "
+            f"e.g. cnncheck.check_model(MyNet(), shape), and script or trace them after the check."
+        )
+    if compiled:
+        described = [f"'{path}' (wrapping a {inner})" for path, inner in compiled.items()]
+        where = _submodules(described, "compiled with torch.compile", "compiled with torch.compile")
+        raise CheckError(
+            f"cannot check {name}: its {where}, and cnncheck runs forward in Python, so the check would "
+            f"compile it. Check the model before compiling that part: build {name} with the plain Python "
+            f"layers there, or compile the whole model instead (cnncheck then checks the module "
+            f"torch.compile wraps)."
+        )
+
+
+def _compiled_submodules(model: nn.Module) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+    """The outermost TorchScript submodules (path: (class, made by)) and compiled ones (path: class)."""
+    wrapper = _compiled_wrapper_class()
+    scripted: dict[str, tuple[str, str]] = {}
+    compiled: dict[str, str] = {}
+    for path, module in model.named_modules():
+        if any(path.startswith(outer + ".") for outer in [*scripted, *compiled]):
+            continue  # the layers inside one are reported with it
+        if isinstance(module, torch.jit.ScriptModule):
+            scripted[path] = _scripted_origin(module)
+        elif wrapper is not None and isinstance(module, wrapper):
+            compiled[path] = type(_uncompiled(module)[0]).__name__
+    return scripted, compiled
+
+
+def _scripted_origin(module: torch.jit.ScriptModule) -> tuple[str, str]:
+    """The Python class a TorchScript module was made from, and which torch.jit call made it."""
+    made_by = "torch.jit.trace" if isinstance(module, torch.jit.TracedModule) else "torch.jit.script"
+    return getattr(module, "original_name", type(module).__name__), made_by
+
+
+def _submodules(described: list[str], one: str, many: str) -> str:
+    """``submodule 'a' (...) is <one>`` or ``submodules 'a' (...) and 'b' (...) are <many>``."""
+    if len(described) == 1:
+        return f"submodule {described[0]} is {one}"
+    return f"submodules {', '.join(described[:-1])} and {described[-1]} are {many}"
+
+
 def _refuse_unready(model: nn.Module, name: str) -> None:
+    _refuse_compiled_code(model)
     tensors = [*model.parameters(), *model.buffers()]
     lazy = [n for n, m in model.named_modules() if isinstance(m, nn.modules.lazy.LazyModuleMixin)]
     if lazy or any(isinstance(t, (UninitializedParameter, UninitializedBuffer)) for t in tensors):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cnncheck.baseline import Baseline
@@ -79,17 +79,28 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.plugin or args.disable_plugin:
-        from cnncheck import plugins
+    undo: list[Any] = []
+    try:
+        if args.plugin or args.disable_plugin:
+            from cnncheck import plugins
 
-        try:
-            for module in args.plugin:
-                plugins.register(module)
-            for name in args.disable_plugin:
-                plugins.block(name)
-        except (ImportError, ValueError) as exc:
-            print(f"cnncheck: {exc}", file=sys.stderr)
-            return 2
+            try:
+                for module in args.plugin:
+                    name = plugins.register(module)
+                    undo.append(lambda name=name: plugins.unregister(name))
+                for name in args.disable_plugin:
+                    removed = plugins.block(name)
+                    undo.append(lambda name=name, removed=removed: plugins.unblock(name, removed))
+            except (ImportError, ValueError) as exc:
+                print(f"cnncheck: {exc}", file=sys.stderr)
+                return 2
+        return _command(args)
+    finally:  # main() called in a process that goes on (a test, a notebook) leaves its plugins as they were
+        for step in reversed(undo):
+            step()
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
         if args.command == "rules":
             return _write_docs(args.write_docs) if args.write_docs else _rules(args.id)

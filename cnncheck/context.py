@@ -44,8 +44,15 @@ class CheckContext:
     notes: list[str] = field(default_factory=list)  # for the report: what could not be checked, and why
     backward_error: str | None = None
     diagnoses: list[Diagnosis] = field(default_factory=list)  # why the train forward raised, in order
+    read: set[Pass] = field(default_factory=set)  # the passes the running rule read beyond its needs
     _repair_hooks: list[Any] = field(default_factory=list)
     _cache: dict[Any, Any] = field(default_factory=dict)
+    given_non_finite: str | None = field(init=False, default=None)
+    """The parameters, buffers or example input that hold NaN or Inf as given, before any pass (the train
+    forward updates running statistics, and a NaN input would make them NaN too)."""
+
+    def __post_init__(self) -> None:
+        self.given_non_finite = self._non_finite_tensors() or self._non_finite_inputs()
 
     # -- facts -----------------------------------------------------------------------------------
     @property
@@ -146,6 +153,7 @@ class CheckContext:
 
     def eval_output_of_first_sample(self) -> Any:
         """The eval-mode output for the first sample alone (to test batch independence)."""
+        self.read.add(Pass.ONE_SAMPLE)  # compared with the eval output: partial_reason says when it cannot be
         if "single" not in self._cache:
             args, kwargs = first_sample((self.inputs, self.kwargs), self.batch_size)
             self.model.eval()
@@ -195,14 +203,29 @@ class CheckContext:
             raise NotChecked(failure.split("; the rules saw")[0] + ", so no backward pass can run")
         outputs = _leaves(self.train_trace.output)
         if not outputs:
-            raise NotChecked(f"{self.model_name}.forward returns {type(self.train_trace.output).__name__}, not "
-                             "a tensor: no training step can take gradients of it")
+            raise NotChecked(f"{self.model_name}.forward returns {_describe(self.train_trace.output)}, not a "
+                             "tensor: no training step can take gradients of it")
         if not any(t.requires_grad for t in outputs):
-            raise NotChecked(f"the output of {self.model_name}.forward carries no gradient (forward runs under "
-                             "torch.no_grad() or torch.inference_mode(), or detaches its result), so no layer "
-                             "before it would ever train")
+            raise NotChecked(f"the output of {self.model_name}.forward carries no gradient "
+                             f"({self._why_no_gradient(outputs)}), so no layer before it would ever train")
         if self.backward_error is not None:
             raise NotChecked(f"the backward pass fails: {self.backward_error}")
+
+    def _why_no_gradient(self, outputs: list[torch.Tensor]) -> str:
+        """What cut the gradient off, as far as the tensors tell: the student must know where to look."""
+        if any(t.is_inference() for t in outputs):
+            return "forward runs under torch.inference_mode()"
+        trainable = any(p.requires_grad for p in self.model.parameters())
+        float_input = any(t.is_floating_point() for t in _leaves((self.inputs, self.kwargs)))
+        if not trainable and not float_input:
+            return f"no parameter of {self.model_name} requires grad, and its input is a {self.example.dtype} tensor"
+        return "forward runs under torch.no_grad(), or detaches its result"
+
+    def require_finite(self, needs: frozenset[Pass]) -> None:
+        """Raise :class:`NotChecked` when a value the probes would compare holds NaN or Inf."""
+        found = self.non_finite(needs)
+        if found is not None:
+            raise NotChecked(f"{found}: numeric probes cannot compare outputs computed from NaN or Inf")
 
     def partial_reason(self, needs: frozenset[Pass]) -> str | None:
         """Why the rules saw only part of the passes in ``needs``, if they did."""
@@ -216,7 +239,97 @@ class CheckContext:
         if Pass.EVAL in needs and self.train_trace.error is None and self.eval_trace.error is not None:
             reasons.append(f"forward raises in eval mode: {_error_text(self.eval_trace.error)}; the rules saw only "
                            f"the part of the eval forward before it")
+        if Pass.ONE_SAMPLE in needs:
+            reasons.append(self._unbatched_output())
         return "; ".join(r for r in reasons if r) or None
+
+    def _unbatched_output(self) -> str | None:
+        """Why one sample's eval output alone cannot be compared with its row of the batch's output: forward
+        returns no tensor whose first dim is the batch (None, a string, a scalar loss)."""
+        if self.batch_size < 2:
+            return None  # a batch of one: the comparison was never made
+        output = (self.eval_trace if "eval" in self._cache else self.train_trace).output
+        if any(t.dim() and t.shape[0] == self.batch_size for t in _leaves(output)):
+            return None
+        return (f"{self.model_name}.forward returns {_describe(output)}, with no batch of {self.batch_size} "
+                f"samples first, so cnncheck cannot compare one sample's eval output with its output in the batch")
+
+    # -- values the numeric probes compare ---------------------------------------------------------
+    def non_finite(self, needs: frozenset[Pass]) -> str | None:
+        """What holds NaN or Inf among the values that the numeric probes compare: the parameters and
+        buffers, the example input, else (made by forward from finite values) a probed layer's input or the
+        model's output, in the train pass and, for rules in ``needs`` of it, the eval pass. NaN compares
+        equal to NaN in :func:`cnncheck.probes.mismatch` and never above a tolerance, so a probe on such
+        values passes or fails by accident. The first time it is found, a note for the report."""
+        found = self.given_non_finite or self.memo("non-finite", self._non_finite_forward)
+        if found is None and Pass.EVAL in needs and self.eval_trace.error is None:
+            found = self.memo("non-finite-eval", self._non_finite_eval_output)
+        if found is not None:
+            note = (f"{found}: cnncheck's numeric probes cannot compare outputs computed from NaN or Inf, so the "
+                    f"rules that rest on them are not checked; find where the values come from (a training run "
+                    f"that diverged, an init or a forward that divides by zero or takes the log of a negative "
+                    f"number) and check again")
+            if note not in self.notes:
+                self.notes.append(note)
+        return found
+
+    def _non_finite_tensors(self) -> str | None:
+        """The first parameters and buffers that hold NaN or Inf, named as in ``named_parameters()``."""
+        found: list[str] = []
+        seen: set[int] = set()
+        for module, info in self.modules.items():
+            for kind in ("_parameters", "_buffers"):
+                for name, t in vars(module).get(kind, {}).items():
+                    if t is None or id(t) in seen:
+                        continue
+                    seen.add(id(t))
+                    count = _non_finite_count(t)
+                    if count is not None:
+                        found.append(f"{info.name + '.' if info.name else ''}{name} holds {count}")
+        if len(found) > 3:
+            found[3:] = [f"{len(found) - 3} more tensors too"]
+        return ", ".join(found) or None
+
+    def _non_finite_inputs(self) -> str | None:
+        named = [(f"argument {i + 1} of forward", a) for i, a in enumerate(self.inputs)]
+        named += [(f"keyword argument {k!r} of forward", a) for k, a in self.kwargs.items()]
+        one = len(_leaves((self.inputs, self.kwargs))) == 1
+        for label, arg in named:
+            count = next((c for t in _leaves(arg) if (c := _non_finite_count(t)) is not None), None)
+            if count is not None:
+                return f"{'the example input' if one else 'the example input, ' + label + ','} holds {count}"
+        return None
+
+    def _non_finite_forward(self) -> str | None:
+        """A value forward made from finite ones: the input of a layer that a probe re-runs (it reads that
+        input), or the output (compared sample by sample); then the op that first made one."""
+        trace = self.train_trace
+        for node in trace.nodes:
+            x = node.probe_input if node.module is not None and node.kind in _PROBED else None
+            count = _non_finite_count(x) if x is not None else None
+            if count is not None:
+                return f"the input of {self._label(node)} holds {count}{self._first_made(trace.nodes)}"
+        count = next((c for t in _leaves(trace.output) if (c := _non_finite_count(t)) is not None), None)
+        if count is not None:
+            return f"the output of {self.model_name}.forward holds {count}{self._first_made(trace.nodes)}"
+        return None
+
+    def _non_finite_eval_output(self) -> str | None:
+        count = next((c for t in _leaves(self.eval_trace.output) if (c := _non_finite_count(t)) is not None), None)
+        return f"in eval mode the output of {self.model_name}.forward holds {count}" if count is not None else None
+
+    def _first_made(self, nodes: list[Node]) -> str:
+        """', first made by log at net.py:12': the first op (inside a layer if it is one) whose output is
+        not finite, so the student knows which line to read."""
+        for node in nodes:
+            if any(_non_finite_count(t) is not None for t in node.outputs):
+                return self._first_made(node.inner) or f", first made by {self._label(node)}"
+        return ""
+
+    def _label(self, node: Node) -> str:
+        if node.module is not None:
+            return f"{self.name_of(node.module) or self.model_name} ({type(node.module).__name__})"
+        return f"{node.func_name} at {node.location}" if node.location else node.func_name
 
     # -- checking past a diagnosed failure -------------------------------------------------------
     def explained_failure(self, diagnosis: Diagnosis) -> None:
@@ -257,6 +370,30 @@ def first_sample(obj: Any, batch: int) -> Any:
 def _leaves(obj: Any) -> list[torch.Tensor]:
     leaves, _ = tree_flatten(obj)
     return [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+
+
+def _describe(value: Any) -> str:
+    """What forward returned, as a student would write it: None, a str ('done'), a tensor of shape ()."""
+    if value is None:
+        return "None"
+    if isinstance(value, str):
+        return f"a str ({value[:40]!r})"
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def _non_finite_count(t: torch.Tensor) -> str | None:
+    """'3 NaN', '2 Inf' or '3 NaN and 2 Inf' for a tensor that holds such values, else None."""
+    if t.is_meta or t.layout is not torch.strided or not (t.is_floating_point() or t.is_complex()) or not t.numel():
+        return None
+    with torch.no_grad():
+        if bool(torch.isfinite(t.sum())):  # a NaN or Inf anywhere makes the sum one; the sum allocates nothing
+            return None
+        nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+    if not nan and not inf:
+        return None  # finite values whose sum overflows
+    return " and ".join(part for part in (f"{nan} NaN" if nan else "", f"{inf} Inf" if inf else "") if part)
 
 
 def _requires_grad(value: Any) -> Any:

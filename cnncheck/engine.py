@@ -4,7 +4,9 @@ A rule's status says what it did: it ``passed`` only when it read every pass it 
 end, and it found nothing. A pass that failed makes the rules that need it ``not checked``, with the
 reason; an exception in a rule makes it ``crashed``. When the train forward raises, every rule that can
 diagnose a failure is asked, selected or not; a diagnosis with a repair (the Linear of the wrong size)
-lets the other rules check the rest of forward as if it were fixed, and the report says so.
+lets the other rules check the rest of forward as if it were fixed, and the report says so. A NaN or Inf
+where the probes compare values (a weight, the input, a layer's input in forward) makes the rules that
+compare values ``not checked``; the structural rules check on.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from cnncheck.rules import Diagnosis, Pass, Rule
 
 MAX_REPAIRS = 4
 """A forward with more wrong sizes than this is checked up to the last repaired one."""
-
 
 @dataclass
 class RuleResults:
@@ -33,6 +34,7 @@ def run_rules(ctx: CheckContext, selected: list[Rule], registered: list[Rule]) -
     """Every selected rule's findings and status. ``registered`` are all the rules, asked to diagnose a
     forward that raises. Raises :class:`UnexplainedFailure` when the train forward raises and none can."""
     diagnoses, crashed = diagnose(ctx, registered)
+    ctx.non_finite(frozenset())  # a NaN weight or input is a note about the whole model, whichever rules run
     results = RuleResults()
     for rule in selected:
         found = [d.finding for d in diagnoses if d.finding.rule == rule.id]
@@ -48,19 +50,28 @@ def run_rules(ctx: CheckContext, selected: list[Rule], registered: list[Rule]) -
 
 def _run(ctx: CheckContext, rule: Rule, found: list[Finding]) -> RuleOutcome:
     """Run one rule, appending its findings to ``found`` as they come (a crash keeps the earlier ones)."""
+    ctx.read.clear()
     try:
         for need in [p for p in Pass if p in rule.needs]:  # the train pass first: the others build on it
             ctx.require(need)
+        _require_finite(ctx, rule)
         for finding in rule.check(ctx, rule):
             found.append(finding)
     except NotChecked as exc:
         return RuleOutcome(rule.id, RuleStatus.FINDINGS if found else RuleStatus.NOT_CHECKED, str(exc))
     except Exception as exc:  # one broken rule must not take the others down
         return RuleOutcome(rule.id, RuleStatus.CRASHED, f"{type(exc).__name__}: {exc}")
-    partial = ctx.partial_reason(rule.needs)
+    partial = ctx.partial_reason(rule.needs | ctx.read)
     if found:
         return RuleOutcome(rule.id, RuleStatus.FINDINGS, partial or "")
     return RuleOutcome(rule.id, RuleStatus.NOT_CHECKED, partial) if partial else RuleOutcome(rule.id, RuleStatus.PASSED)
+
+
+def _require_finite(ctx: CheckContext, rule: Rule) -> None:
+    """A rule that compares values is not run on NaN or Inf: its probes would pass or fail by accident,
+    and a finding made of NaN sends the student after a bug that is not there."""
+    if rule.compares_values:
+        ctx.require_finite(rule.needs)
 
 
 def diagnose(ctx: CheckContext, rules: list[Rule]) -> tuple[list[Diagnosis], dict[str, str]]:

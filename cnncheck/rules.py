@@ -73,6 +73,10 @@ class Rule:
     limits: str = ""
     needs: frozenset[Pass] = frozenset({Pass.TRAIN})
     """The passes the check reads; when one fails the rule is not checked, and the report says why."""
+    compares_values: bool = True
+    """Whether the verdict rests on values a probe compares (outputs, gradients): such a rule is not
+    checked when a weight, the input or a layer's input holds NaN or Inf. A rule that reads only shapes,
+    counts and the dataflow sets False (a plugin's rule is taken to compare values)."""
     diagnose: DiagnoseFunction | None = None
     """For a rule that explains a forward that raises (a Linear of the wrong size): asked whenever the
     train forward fails, whether or not the rule is selected, so the selection never decides whether a

@@ -388,7 +388,7 @@ class _Tracer(TorchFunctionMode):
             frame = _Frame(module, info, recording, inputs, sources, module.training)
             if recording and info is not None:
                 if own_code and inputs:
-                    frame.input_version = inputs[0]._version
+                    frame.input_version = _version(inputs[0])
                     if info.kind in self.save_inputs and not isinstance(module, _TORCH_LAYERS):
                         frame.saved_input = inputs[0].detach().clone()  # before forward can change it in place
                 if own_code:
@@ -438,7 +438,7 @@ class _Tracer(TorchFunctionMode):
             )
             node.saved_input = frame.saved_input
             if (node.saved_input is None and frame.first_inner is not None and info.kind in self.save_inputs
-                    and frame.inputs and frame.inputs[0]._version == frame.input_version and not verified_by_op(node)):
+                    and frame.inputs and _version(frame.inputs[0]) == frame.input_version and not verified_by_op(node)):
                 node.saved_input = frame.inputs[0].detach().clone()  # intact so far; the probes need it later
             self.nodes.append(node)
             self.produced(node)
@@ -480,6 +480,12 @@ class _Tracer(TorchFunctionMode):
                 and x.dim() >= 2 and x.shape[1] == outer.shape[1] == mean.numel()):
             frame.batch_norm = node
 
+
+
+def _version(t: torch.Tensor) -> int:
+    """How often ``t`` was changed in place; an inference tensor (``torch.inference_mode()`` in forward)
+    counts none, and cannot be changed in place outside that mode anyway."""
+    return -2 if t.is_inference() else t._version
 
 
 def _join(prefix: str, name: str) -> str:

@@ -91,8 +91,8 @@ generator does not steer around any of them (fix the engine, not the generator).
 from __future__ import annotations
 
 import random
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch

@@ -4,13 +4,12 @@ attributes included."""
 
 from __future__ import annotations
 
+import corpus_layers as L
 import pytest
 import timm.layers
 import torch
-from torch import nn
-
-import corpus_layers as L
 from checking import check_unmodified, rule_pairs
+from torch import nn
 
 SHAPE = (4, 3, 16, 16)
 BN_TRAIN, MODE, CONV, POOL_PARAMS, BIAS = (

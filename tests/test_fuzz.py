@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import fuzz_models as fm
 import pytest
 import torch
 from hypothesis import HealthCheck, Phase, event, given, note, settings
 from hypothesis import strategies as st
 
 import cnncheck
-import fuzz_models as fm
 
 pytest_plugins = ["pytester"]
 

@@ -4,13 +4,13 @@ of it (see the comments in tests/fuzz_models.py that point here) so that it can 
 
 from __future__ import annotations
 
+import models_bn as MB
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import cnncheck
-import models_bn as MB
 
 
 def pairs(model: nn.Module, example_input) -> set[tuple[str, str]]:

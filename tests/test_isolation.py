@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
-
-import json
 
 from cnncheck.cli import main
 from cnncheck.isolate import parse_size

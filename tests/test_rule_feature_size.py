@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 
+import models_conv as M
 import pytest
+from models_conv import build, check_unmodified, line_of, rule_pairs
 from torch import nn
 
 import cnncheck
-import models_conv as M
-from models_conv import build, check_unmodified, line_of, rule_pairs
 
 SHAPE = (4, 3, 16, 16)
 MNIST = (4, 1, 28, 28)

@@ -3,20 +3,38 @@
 from __future__ import annotations
 
 import functools
-
 import os
-
-import pytest
-from torch import nn
 
 import checking
 import models_bn
+import pytest
 from models_bn import (
-    C, SHAPE, BNList, FrozenByEvalNoSuper, FunctionalBN2d, FunctionalDropoutNet, HandDropout,
-    HardcodedBNBlock, ModeAwareBNBlock, ModeAwareDropoutNet, ModeAwareHandDropout, ModuleDictDropout,
-    PlainDictDropout, PlainListBN, Plain, RandomMaskNet, ReluInPlainList, ResidualBlockNoSuper,
-    SequentialResidual, TrainNoSuper, TrainWithSuper, WithBlock, WithDropout, marker_line,
+    SHAPE,
+    BNList,
+    C,
+    FrozenByEvalNoSuper,
+    FunctionalBN2d,
+    FunctionalDropoutNet,
+    HandDropout,
+    HardcodedBNBlock,
+    ModeAwareBNBlock,
+    ModeAwareDropoutNet,
+    ModeAwareHandDropout,
+    ModuleDictDropout,
+    Plain,
+    PlainDictDropout,
+    PlainListBN,
+    RandomMaskNet,
+    ReluInPlainList,
+    ResidualBlockNoSuper,
+    SequentialResidual,
+    TrainNoSuper,
+    TrainWithSuper,
+    WithBlock,
+    WithDropout,
+    marker_line,
 )
+from torch import nn
 
 RULE = "mode-not-propagated"
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import models_conv as M
 import pytest
 import torch
+from models_conv import build, check_unmodified, line_of, rule_pairs
 
 import cnncheck
-import models_conv as M
-from models_conv import build, check_unmodified, line_of, rule_pairs
 
 SHAPE = (4, 3, 16, 16)
 RULE = "redundant-bias-before-bn"

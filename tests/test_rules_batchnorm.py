@@ -4,20 +4,45 @@ from __future__ import annotations
 
 import functools
 
+import checking
 import pytest
 import torch
+from models_bn import (
+    SHAPE,
+    BatchCentering,
+    BiasedRunningVarBN2d,
+    BNList,
+    C,
+    CumulativeIgnoredBN2d,
+    EvalUpdatesBN2d,
+    FlattenBN1d,
+    FunctionalBN2d,
+    HandBN2d,
+    IgnoresTrainingBN2d,
+    InstanceNormNet,
+    KerasBN2d,
+    KerasEpsilonBN2d,
+    KerasMixupBN2d,
+    LoggingBatchNorm2d,
+    NoBuffersBN2d,
+    NoCounterBN2d,
+    PerPixelBN2d,
+    PixelAffineBN2d,
+    Plain,
+    PooledBN1d,
+    Residual,
+    RunningStatsInTrainBN2d,
+    StaleStatsBN2d,
+    Standardize,
+    UnbiasedNormBN2d,
+    WholeTensorBN2d,
+    flatten_bn1d_sequential,
+    pretrained_frozen_bn,
+)
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-import checking
 import cnncheck
-from models_bn import (
-    C, SHAPE, BatchCentering, BiasedRunningVarBN2d, BNList, CumulativeIgnoredBN2d, EvalUpdatesBN2d,
-    FlattenBN1d, FunctionalBN2d, HandBN2d, IgnoresTrainingBN2d, InstanceNormNet, KerasBN2d,
-    KerasEpsilonBN2d, KerasMixupBN2d, LoggingBatchNorm2d, NoBuffersBN2d, NoCounterBN2d, PerPixelBN2d,
-    PixelAffineBN2d, Plain, PooledBN1d, Residual, RunningStatsInTrainBN2d, StaleStatsBN2d, Standardize,
-    UnbiasedNormBN2d, WholeTensorBN2d, flatten_bn1d_sequential, pretrained_frozen_bn,
-)
 
 BN_RULES = ("bn-not-per-channel", "bn-train-behaviour", "bn-eval-behaviour")
 

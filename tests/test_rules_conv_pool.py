@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 
+import models_conv as M
 import pytest
 import torch
+from models_conv import build, check_unmodified, line_of, rule_pairs
 from torch import nn
 
 import cnncheck
-import models_conv as M
-from models_conv import build, check_unmodified, line_of, rule_pairs
 
 SHAPE = (4, 3, 16, 16)
 CONV = "conv-param-formula"

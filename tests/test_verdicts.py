@@ -254,3 +254,27 @@ def test_the_fixture_assertion_follows_the_verdict(pytester) -> None:
     result = pytester.runpytest("-p", "no:randomly")
     result.assert_outcomes(failed=1)
     assert "not checked: mode-not-propagated" in result.stdout.str()
+
+
+class HardCodedBatch(nn.Module):
+    """x.view(4, -1): right for the batch of 4 it is checked with, wrong for any other batch size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc = nn.Linear(144, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).view(4, -1))
+
+
+def test_a_hard_coded_batch_size_is_not_blamed_on_batchnorm() -> None:
+    """Was a bn-eval-behaviour error on a model without any BatchNorm; now the rule that needs a batch of
+    one says it could not run one, and why, at the student's line."""
+    report = cnncheck.check_model(HardCodedBatch(), (4, 1, 8, 8))
+    assert report.findings == []
+    outcome = report.status("bn-eval-behaviour")
+    assert outcome.status is RuleStatus.NOT_CHECKED
+    assert "forward raises on a batch of one sample in eval mode" in outcome.reason
+    assert "x.view(x.size(0), -1)" in outcome.reason and "test_verdicts.py:" in outcome.reason
+    assert report.verdict is Verdict.INCOMPLETE

@@ -12,7 +12,6 @@ import warnings
 
 import pytest
 import torch
-
 from checking import check_unmodified
 from zoo_models import CONFIRMED, FAST_SAMPLE, ZOO, build, zoo_input_shape
 

@@ -15,9 +15,10 @@ from cnncheck.findings import Finding, Severity
 from cnncheck.formulas import conv_param_formula, expected_conv_weight_shape
 from cnncheck.layers import LayerKind, as_tuple, conv_weight, from_torch, is_transposed
 from cnncheck.ops import argument
+from cnncheck.preserve import guarding_writes
 from cnncheck.probes import mismatch
 from cnncheck.recognize import Origin, conv_calls, origin, own_tensor_names
-from cnncheck.rules import Rule
+from cnncheck.rules import Pass, Rule
 from cnncheck.trace import Node
 
 
@@ -158,7 +159,8 @@ def _numeric_mismatch(ctx: CheckContext, module: nn.Module, weight: torch.Tensor
     if node is None or node.probe_input is None or not node.outputs or len(node.inputs) != 1:
         return None  # re-called with fewer inputs than forward was given, it would not be the same call
     x = node.probe_input
-    with torch.no_grad():
+    ctx.require_finite(frozenset({Pass.TRAIN}))  # a NaN weight would compare as anything
+    with torch.no_grad(), guarding_writes():
         found = module(x.clone())  # the layer may change its input in place
     if not isinstance(found, torch.Tensor):
         return None
@@ -276,6 +278,7 @@ RULE = Rule(
     ),
     severity=Severity.ERROR,
     check=check,
+    compares_values=False,  # except for a convolution by hand: see _numeric_mismatch
     flagged_example="""
 class MyConv(nn.Module):
     def __init__(self, c_in, c_out, k):

@@ -340,6 +340,7 @@ RULE = Rule(
     "with `x.flatten(1)` so the batch dimension is never touched.",
     severity=Severity.ERROR,
     check=check,
+    compares_values=False,
     diagnose=diagnose,
     flagged_example="""
 self.layer1 = nn.Sequential(nn.Conv2d(1, 32, 5, 1, 2), nn.ReLU(), nn.MaxPool2d(kernel_size=2, stride=5))

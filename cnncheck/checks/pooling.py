@@ -186,6 +186,7 @@ HAS_PARAMETERS = Rule(
     "strided `nn.Conv2d` and call it that.",
     severity=Severity.ERROR,
     check=check_parameters,
+    compares_values=False,
     flagged_example="""
 class MyPool(nn.Module):
     def __init__(self):
