@@ -85,12 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from cnncheck import plugins
 
             try:
-                for module in args.plugin:
-                    name = plugins.register(module)
-                    undo.append(lambda name=name: plugins.unregister(name))
-                for name in args.disable_plugin:
-                    removed = plugins.block(name)
-                    undo.append(lambda name=name, removed=removed: plugins.unblock(name, removed))
+                plugins.load_and_block(args.plugin, args.disable_plugin, undo)
             except (ImportError, ValueError) as exc:
                 print(f"cnncheck: {exc}", file=sys.stderr)
                 return 2

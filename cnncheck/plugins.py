@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,6 +101,18 @@ def unblock(name: str, plugin: Any = None) -> None:
 def plugin_names() -> list[str]:
     pm = plugin_manager()
     return [name for name, plugin in pm.list_name_plugin() if plugin is not None]
+
+
+def load_and_block(load: Iterable[str], disable: Iterable[str], undo: list[Callable[[], None]]) -> None:
+    """Register the plugin modules ``load`` and block the plugins named in ``disable`` (``--plugin`` and
+    ``--disable-plugin`` of the command and of pytest), appending to ``undo`` the steps that put the
+    registry back as it was. Raises ImportError or ValueError for a module or name that is wrong."""
+    for module in load:
+        name = register(module)
+        undo.append(lambda name=name: unregister(name))
+    for name in disable:
+        removed = block(name)
+        undo.append(lambda name=name, removed=removed: unblock(name, removed))
 
 
 @contextlib.contextmanager

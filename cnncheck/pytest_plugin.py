@@ -145,14 +145,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def _load_plugins(config: pytest.Config, options: Options) -> None:
     from cnncheck import plugins
 
-    undo = config.stash[UNDO]
     try:
-        for module in options.plugins:
-            name = plugins.register(module)
-            undo.append(lambda name=name: plugins.unregister(name))
-        for name in options.disabled:
-            removed = plugins.block(name)
-            undo.append(lambda name=name, removed=removed: plugins.unblock(name, removed))
+        plugins.load_and_block(options.plugins, options.disabled, config.stash[UNDO])
     except (ImportError, ValueError) as exc:
         raise pytest.UsageError(f"cnncheck: {exc}") from None
 
