@@ -320,8 +320,8 @@ def _example_inputs(example: Any, device: torch.device, dtype: torch.dtype,
         generator = torch.Generator().manual_seed(0)
         return (torch.randn(shape, generator=generator, dtype=dtype).to(device),), {}
     if isinstance(example, torch.Tensor):
-        return (example.to(device),), {}
-    moved = tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, example)
+        return (_private(example, device),), {}
+    moved = tree_map(lambda t: _private(t, device) if isinstance(t, torch.Tensor) else t, example)
     has_tensor = any(isinstance(leaf, torch.Tensor) for leaf in tree_flatten(example)[0])
     if isinstance(example, (tuple, list)) and example and has_tensor:
         return tuple(moved), {}
@@ -331,6 +331,11 @@ def _example_inputs(example: Any, device: torch.device, dtype: torch.dtype,
         f"example_input for {name} must be a shape like (4, 1, 28, 28), a tensor, a tuple of "
         f"tensors or a dict of them; got {type(example).__name__}: {_short_repr(example)}"
     )
+
+
+def _private(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The check's own copy of a tensor the caller gave: forward may change its input in place."""
+    return t.detach().to(device, copy=True)
 
 
 def _assert(model: nn.Module, example_input: Any, checks: Sequence[str] | None, **options: Any) -> Report:

@@ -278,3 +278,28 @@ def test_a_hard_coded_batch_size_is_not_blamed_on_batchnorm() -> None:
     assert "forward raises on a batch of one sample in eval mode" in outcome.reason
     assert "x.view(x.size(0), -1)" in outcome.reason and "test_verdicts.py:" in outcome.reason
     assert report.verdict is Verdict.INCOMPLETE
+
+
+class ReluInPlaceOnTheInput(nn.Module):
+    """x.relu_() on the batch itself: legal PyTorch, was 'could not be checked' (a leaf that requires grad)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.relu_()
+        return self.bn(self.conv(x)).mean(dim=(2, 3))
+
+
+def test_in_place_ops_on_the_input_are_checked_and_change_nothing() -> None:
+    model = ReluInPlaceOnTheInput()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    example = torch.randn(2, 3, 8, 8)
+    given = example.clone()
+    report = cnncheck.check_model(model, example)
+    assert [(f.rule, f.module) for f in report.findings] == [("redundant-bias-before-bn", "conv")]
+    assert all(o.status in (RuleStatus.PASSED, RuleStatus.FINDINGS) for o in report.outcomes), report.outcomes
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and model.training
+    assert torch.equal(example, given)  # the caller's tensor is not the one forward changed in place
