@@ -71,6 +71,11 @@ class CheckContext:
     def dtype(self) -> torch.dtype:
         return self.example.dtype if self.example.is_floating_point() else torch.float32
 
+    def fresh_inputs(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """A copy of the example inputs for one pass: forward may change its input in place (``x.mul_(2)``),
+        and the next pass must see what the first one saw."""
+        return tree_map(lambda a: a.clone() if isinstance(a, torch.Tensor) else a, (self.inputs, self.kwargs))
+
     def name_of(self, module: nn.Module) -> str:
         info = self.modules.get(module)
         return info.name if info is not None else type(module).__name__
@@ -140,11 +145,12 @@ class CheckContext:
         """The model after its own ``eval()``, traced without gradients."""
         if "eval" not in self._cache:
             with torch.no_grad(), same_randomness(self.example):  # see eval_output_of_first_sample
+                inputs, kwargs = self.fresh_inputs()
                 self._cache["eval"] = run_trace(
                     self.model,
-                    self.inputs,
+                    inputs,
                     self.modules,
-                    kwargs=self.kwargs,
+                    kwargs=kwargs,
                     save_inputs=_PROBED,
                     before=lambda: self.model.eval(),
                     only=frozenset({LayerKind.BATCH_NORM, LayerKind.DROPOUT}),
@@ -155,7 +161,7 @@ class CheckContext:
         """The eval-mode output for the first sample alone (to test batch independence)."""
         self.read.add(Pass.ONE_SAMPLE)  # compared with the eval output: partial_reason says when it cannot be
         if "single" not in self._cache:
-            args, kwargs = first_sample((self.inputs, self.kwargs), self.batch_size)
+            args, kwargs = first_sample(self.fresh_inputs(), self.batch_size)
             self.model.eval()
             try:
                 # the eval pass's random numbers: a layer that draws them per sample even in eval mode
@@ -400,7 +406,7 @@ def _requires_grad(value: Any) -> Any:
     """A float input as an interior node of the graph: gradients reach it, and forward may still change it
     in place (``x.relu_()`` is legal on a batch, not on a leaf that requires grad)."""
     if isinstance(value, torch.Tensor) and value.is_floating_point():
-        return value.detach().clone().requires_grad_(True).clone()
+        return value.detach().requires_grad_(True).clone()
     return value
 
 

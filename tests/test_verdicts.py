@@ -303,3 +303,23 @@ def test_in_place_ops_on_the_input_are_checked_and_change_nothing() -> None:
     assert all(o.status in (RuleStatus.PASSED, RuleStatus.FINDINGS) for o in report.outcomes), report.outcomes
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and model.training
     assert torch.equal(example, given)  # the caller's tensor is not the one forward changed in place
+
+
+class DoublesItsInput(nn.Module):
+    """x.mul_(2) on the batch: each pass must see the input the others saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.mul_(2)
+        return self.bn(self.conv(x)).mean(dim=(2, 3))
+
+
+def test_an_input_changed_in_place_by_one_pass_is_not_seen_by_the_next() -> None:
+    """Was a false bn-eval-behaviour error: the one-sample pass ran on the input the eval pass had doubled,
+    so the first sample's output 'depended on the batch'."""
+    report = cnncheck.check_model(DoublesItsInput(), (4, 3, 8, 8))
+    assert report.findings == [] and report.ok, report

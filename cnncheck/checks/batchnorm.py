@@ -453,11 +453,12 @@ def _depends_in_float64(ctx: CheckContext) -> bool:
 
     try:
         model = private_copy(ctx.model).double().eval()
-        args, kwargs = tree_map(wide, (ctx.inputs, ctx.kwargs))
         with torch.no_grad(), same_randomness(ctx.example):
+            args, kwargs = tree_map(wide, ctx.fresh_inputs())
             full = model(*args, **kwargs)
         with torch.no_grad(), same_randomness(ctx.example):
-            single = model(*first_sample(args, ctx.batch_size), **first_sample(kwargs, ctx.batch_size))
+            args, kwargs = first_sample(tree_map(wide, ctx.fresh_inputs()), ctx.batch_size)
+            single = model(*args, **kwargs)
     except Exception:  # noqa: BLE001 - the model does not run in float64: keep the float32 verdict
         return True
     return _first_sample_differs(full, single, ctx.batch_size) is not None
