@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from cnncheck.context import CheckContext
 from cnncheck.engine import UnexplainedFailure, run_rules
-from cnncheck.findings import Report, RuleOutcome, RuleStatus
+from cnncheck.findings import Report
 from cnncheck.plugins import (
     PluginProblem,
     all_rules,
@@ -135,16 +135,6 @@ def _apply_layer_ignores(report: Report, patterns: list[str]) -> None:
         (report.suppressed if hits else kept).append(finding)
     report.findings = kept
     report.unused_ignores = [p for p in patterns if p not in used]
-    left = {f.rule for f in kept}
-    report.outcomes = [_without_findings(o) if o.status is RuleStatus.FINDINGS and o.rule not in left else o
-                       for o in report.outcomes]
-
-
-def _without_findings(outcome: RuleOutcome) -> RuleOutcome:
-    """A rule whose every finding a layer ignore suppressed: a pass, unless it saw only part of forward."""
-    if outcome.reason:
-        return RuleOutcome(outcome.rule, RuleStatus.NOT_CHECKED, outcome.reason)
-    return RuleOutcome(outcome.rule, RuleStatus.PASSED)
 
 
 def _layer_ignore_matches(pattern: str, rule_id: str, module: str) -> bool:
@@ -260,7 +250,7 @@ def _compiled_submodules(model: nn.Module) -> tuple[dict[str, tuple[str, str]], 
         if isinstance(module, torch.jit.ScriptModule):
             scripted[path] = _scripted_origin(module)
         elif wrapper is not None and isinstance(module, wrapper):
-            compiled[path] = type(_uncompiled(module)[0]).__name__
+            compiled[path] = type(module._orig_mod).__name__
     return scripted, compiled
 
 

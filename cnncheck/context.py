@@ -191,6 +191,7 @@ class CheckContext:
                                  f"x.view(x.size(0), -1))?")
 
     def _train_failure(self) -> str | None:
+        """Why the train forward did not run to its end, if it did not."""
         trace = self.train_trace
         if trace.error is None:
             return None
@@ -198,15 +199,14 @@ class CheckContext:
         if last is not None and last.repair is None:
             finding = last.finding
             return (f"forward stops at {finding.module or self.model_name}, where {finding.rule} explains why "
-                    f"({finding.message}); the rules saw only the part of forward before it")
+                    f"({finding.message})")
         repaired = "; ".join(d.repair.what for d in self.diagnoses if d.repair is not None)
-        return (f"{'checked ' + repaired + ', but then ' if repaired else ''}forward raises "
-                f"{_error_text(trace.error)}; the rules saw only the part of forward before it")
+        return f"{'checked ' + repaired + ', but then ' if repaired else ''}forward raises {_error_text(trace.error)}"
 
     def _require_gradients(self) -> None:
         failure = self._train_failure()
         if failure is not None:
-            raise NotChecked(failure.split("; the rules saw")[0] + ", so no backward pass can run")
+            raise NotChecked(f"{failure}, so no backward pass can run")
         outputs = _leaves(self.train_trace.output)
         if not outputs:
             raise NotChecked(f"{self.model_name}.forward returns {_describe(self.train_trace.output)}, not a "
@@ -237,7 +237,8 @@ class CheckContext:
         """Why the rules saw only part of the passes in ``needs``, if they did."""
         if "train" not in self._cache:
             return None
-        reasons = [self._train_failure()]
+        failure = self._train_failure()
+        reasons = [f"{failure}; the rules saw only the part of forward before it" if failure else None]
         if self.train_trace.truncated:
             reasons.append(f"{self.model_name}.forward ran more ops than cnncheck records ({tracing.MAX_NODES:,} ops "
                            f"or {tracing.MAX_KEPT_BYTES >> 30} GiB of their outputs); the rules saw only the part "

@@ -20,6 +20,7 @@ from cnncheck.rules import Diagnosis, Pass, Rule
 MAX_REPAIRS = 4
 """A forward with more wrong sizes than this is checked up to the last repaired one."""
 
+
 @dataclass
 class RuleResults:
     findings: list[Finding] = field(default_factory=list)
@@ -54,24 +55,18 @@ def _run(ctx: CheckContext, rule: Rule, found: list[Finding]) -> RuleOutcome:
     try:
         for need in [p for p in Pass if p in rule.needs]:  # the train pass first: the others build on it
             ctx.require(need)
-        _require_finite(ctx, rule)
+        if rule.compares_values:  # its probes would pass or fail by accident on NaN or Inf
+            ctx.require_finite(rule.needs)
         for finding in rule.check(ctx, rule):
             found.append(finding)
     except NotChecked as exc:
         return RuleOutcome(rule.id, RuleStatus.FINDINGS if found else RuleStatus.NOT_CHECKED, str(exc))
     except Exception as exc:  # one broken rule must not take the others down
         return RuleOutcome(rule.id, RuleStatus.CRASHED, f"{type(exc).__name__}: {exc}")
-    partial = ctx.partial_reason(rule.needs | ctx.read)
+    partial = ctx.partial_reason(rule.needs | ctx.read) or ""
     if found:
-        return RuleOutcome(rule.id, RuleStatus.FINDINGS, partial or "")
-    return RuleOutcome(rule.id, RuleStatus.NOT_CHECKED, partial) if partial else RuleOutcome(rule.id, RuleStatus.PASSED)
-
-
-def _require_finite(ctx: CheckContext, rule: Rule) -> None:
-    """A rule that compares values is not run on NaN or Inf: its probes would pass or fail by accident,
-    and a finding made of NaN sends the student after a bug that is not there."""
-    if rule.compares_values:
-        ctx.require_finite(rule.needs)
+        return RuleOutcome(rule.id, RuleStatus.FINDINGS, partial)
+    return RuleOutcome(rule.id, RuleStatus.NOT_CHECKED if partial else RuleStatus.PASSED, partial)
 
 
 def diagnose(ctx: CheckContext, rules: list[Rule]) -> tuple[list[Diagnosis], dict[str, str]]:

@@ -121,13 +121,16 @@ class Report:
 
     @property
     def not_checked(self) -> list[RuleOutcome]:
-        return [o for o in self.outcomes if o.status is RuleStatus.NOT_CHECKED]
+        return [o for o in map(self.status, self.rules_run) if o.status is RuleStatus.NOT_CHECKED]
 
     def status(self, rule_id: str) -> RuleOutcome:
-        """The outcome of one rule (``KeyError`` for a rule that was not selected)."""
+        """The outcome of one rule as it stands after layer ignores (a rule whose findings were all
+        suppressed passed, unless it saw only part of forward); ``KeyError`` for a rule not selected."""
+        from cnncheck.verdict import rule_state
+
         for outcome in self.outcomes:
             if outcome.rule == rule_id:
-                return outcome
+                return RuleOutcome(rule_id, rule_state(outcome, self.findings), outcome.reason)
         raise KeyError(f"rule {rule_id!r} was not run on {self.model_name}; rules run: {', '.join(self.rules_run)}")
 
     @property

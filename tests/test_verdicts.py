@@ -124,16 +124,14 @@ def test_rules_that_saw_part_of_forward_are_not_checked_with_the_reason() -> Non
     assert "not checked: conv-param-formula: forward stops at fc" in str(report)
 
 
-class CrashesAtInference(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(4)
+def _defined_in(source: str, name: str) -> type[nn.Module]:
+    """A model class from one of the sources above, for the tests that check it in this process."""
+    namespace: dict[str, object] = {}
+    exec(compile(source, f"{name}.py", "exec"), namespace)
+    return namespace[name]  # type: ignore[return-value]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            raise ValueError("inference is not implemented")
-        return self.bn(self.conv(x)).mean(dim=(2, 3))
+
+CrashesAtInference = _defined_in(EVAL_CRASH_MODEL, "CrashesAtInference")
 
 
 def test_an_eval_only_crash_is_not_a_pass() -> None:
@@ -234,19 +232,7 @@ def test_pytest_items_show_not_checked_as_skipped_and_a_crash_as_cnncheck_s_fail
 
 
 def test_the_fixture_assertion_follows_the_verdict(pytester) -> None:
-    pytester.makepyfile(test_fixture=textwrap.dedent("""
-        import pytest
-        from torch import nn
-
-        class CrashesAtInference(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.conv = nn.Conv2d(3, 4, 3, bias=False)
-
-            def forward(self, x):
-                if not self.training:
-                    raise ValueError("inference is not implemented")
-                return self.conv(x)
+    pytester.makepyfile(test_fixture=EVAL_CRASH_MODEL + textwrap.dedent("""
 
         def test_assert_ok(cnncheck):
             cnncheck.assert_ok(CrashesAtInference(), (2, 3, 8, 8))

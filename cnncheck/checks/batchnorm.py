@@ -324,13 +324,13 @@ def check_eval(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         if not _per_channel_shapes(module, x) or not _is_per_channel(ctx, _train_call(ctx, node) or node):
             explained = True  # bn-not-per-channel's finding; its eval behaviour follows from it
             continue
-        if is_stock_batchnorm(module) and _untracked(module):
-            explained = True
-            yield _untracked_stock_finding(ctx, rule, node.name, module)
+        if is_stock_batchnorm(module):  # torch's own forward: only its configuration can be wrong
+            if _untracked(module):
+                explained = True
+                yield _untracked_stock_finding(ctx, rule, node.name, module)
             continue
         call = verified_call(node) or batch_norm_call(node)
-        problems = _eval_call_problems(module, call) if call is not None and not is_stock_batchnorm(module) \
-            else eval_problems(module, x)
+        problems = _eval_call_problems(module, call) if call is not None else eval_problems(module, x)
         for problem in problems:
             explained = True
             yield rule.finding(node.name, f"{type(module).__name__} in eval mode: {problem}",

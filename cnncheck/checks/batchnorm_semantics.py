@@ -354,16 +354,10 @@ def _update_problems(
 
 
 def eval_problems(module: nn.Module, x: torch.Tensor) -> list[str]:
-    """Problems of a norm layer in eval mode: batch statistics used, or buffers changed."""
+    """Problems of a hand-written norm layer in eval mode: batch statistics used, or buffers changed
+    (torch's own BatchNorm is judged by its configuration: see bn-eval-behaviour)."""
     channels = x.shape[1]
     layer = private_copy(module).eval()
-    if is_stock_batchnorm(layer):
-        if layer.running_mean is None:  # type: ignore[union-attr]
-            return [
-                "it was built with track_running_stats=False, so in eval mode it normalises with "
-                "the statistics of whatever batch it is given"
-            ]
-        return []
     stats = _telling_buffers(layer, channels, x)
     before = {n: b.detach().clone() for n, b in layer.named_buffers() if b is not None}
     gamma, beta = _affine(layer, channels)
