@@ -182,7 +182,7 @@ def _check(args: argparse.Namespace) -> int:
     from cnncheck.isolate import Job
     from cnncheck.plugins import all_rules
     from cnncheck.rules import select_rules
-    from cnncheck.verdict import exit_code
+    from cnncheck.verdict import Verdict, exit_code
 
     try:
         rules = select_rules(all_rules(problems=[]), args.select, args.ignore)
@@ -220,8 +220,8 @@ def _check(args: argparse.Namespace) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         for result in results:
             (folder / (_slug(result.id) + ".md")).write_text(render_markdown(result), encoding="utf-8")
-    if args.baseline_write:
-        return 0 if results and all(r.error is None for r in results) else 1
+    if args.baseline_write:  # the findings are recorded, not failures; what could not be checked still is
+        return exit_code(Verdict.CLEAN if r.verdict is Verdict.FINDINGS else r.verdict for r in results)
     return exit_code(r.verdict for r in results)
 
 

@@ -302,6 +302,7 @@ class Reporter:
         self.notes: dict[str, None] = {}
         self.checked: set[tuple[str, str]] = set()
         self.baselined = 0
+        self.unfinished: Counter[str] = Counter()  # rule items not checked or crashed, by state
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
@@ -317,6 +318,8 @@ class Reporter:
         if "cnncheck_checked" in props:
             self.checked.add(tuple(json.loads(str(props["cnncheck_checked"]))))  # type: ignore[arg-type]
         self.baselined += int(props.get("cnncheck_baselined", 0) or 0)
+        if props.get("cnncheck_status") in ("not-checked", "crashed"):
+            self.unfinished[str(props["cnncheck_status"])] += 1
         self.notes.update(dict.fromkeys(json.loads(str(props.get("cnncheck_notes", "[]")))))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -328,6 +331,10 @@ class Reporter:
         per_rule = ", ".join(f"{rule}: {n}" for rule, n in sorted(self.findings.items())) or "none"
         writer.write_sep("-", "cnncheck")
         writer.write_line(f"cnncheck: {len(self.models)} model(s) checked; findings per rule: {per_rule}")
+        if self.unfinished:
+            states = ", ".join(f"{n} {state}" for state, n in sorted(self.unfinished.items()))
+            writer.write_line(f"cnncheck: rule items that did not pass for lack of a verdict: {states} "
+                              f"(the reasons: pytest -rs, and the failures above)")
         for note in self.notes:
             writer.write_line(f"cnncheck: {note}")
         self._baseline_summary(writer)

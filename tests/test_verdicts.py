@@ -213,6 +213,14 @@ def test_a_rule_not_checked_in_every_format_and_the_exit_code(tmp_path, monkeypa
                for n in invocation["toolExecutionNotifications"])
 
 
+def test_writing_a_baseline_exits_zero_on_findings_but_not_on_a_crash(tmp_path, monkeypatch) -> None:
+    baseline = str(tmp_path / "baseline.json")
+    biased = CLEAN_MODEL.replace("bias=False", "bias=True")
+    assert _run_cli(tmp_path, monkeypatch, biased, "text", "--baseline-write", baseline)[0] == 0
+    crashed = _run_cli(tmp_path, monkeypatch, biased, "text", "--baseline-write", baseline, "--plugin", "crashing_rule")
+    assert crashed[0] == 3
+
+
 def test_a_clean_model_exits_zero(tmp_path, monkeypatch) -> None:
     code, text = _run_cli(tmp_path, monkeypatch, CLEAN_MODEL, "text")
     assert code == 0 and "no findings" in text
@@ -228,6 +236,7 @@ def test_pytest_items_show_not_checked_as_skipped_and_a_crash_as_cnncheck_s_fail
     text = result.stdout.str()
     assert "cnncheck internal error in rule explodes" in text and "please report it" in text
     assert "not checked: forward raises in eval mode: ValueError: inference is not implemented" in text
+    assert "cnncheck: rule items that did not pass for lack of a verdict: 1 crashed" in text
     assert "Traceback" not in text
 
 
