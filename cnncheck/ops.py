@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
+from torch.nn.modules.padding import _CircularPadNd, _ConstantPadNd, _ReflectionPadNd, _ReplicationPadNd
 
 from cnncheck.layers import LayerKind
 
@@ -101,3 +103,24 @@ def batch_norm_arguments(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any
     named.setdefault("eps", 1e-5)
     named.setdefault("training", False)
     return named
+
+
+# torch's own layers whose forward is one functional op, with the pad mode it passes: the tracer does
+# not look inside torch's layers, so a rule that judges ops gives such a layer its op's verdict.
+TORCH_LAYER_OPS: tuple[tuple[type, str, str | None], ...] = (
+    (nn.Upsample, "interpolate", None),  # and its subclasses UpsamplingNearest2d, UpsamplingBilinear2d
+    (nn.PixelShuffle, "pixel_shuffle", None),
+    (nn.PixelUnshuffle, "pixel_unshuffle", None),
+    (nn.ChannelShuffle, "channel_shuffle", None),
+    (_ReflectionPadNd, "pad", "reflect"),
+    (_ReplicationPadNd, "pad", "replicate"),
+    (_CircularPadNd, "pad", "circular"),
+    (_ConstantPadNd, "pad", "constant"),  # and ZeroPad1d/2d/3d
+)
+
+
+def torch_layer_op(module: nn.Module) -> tuple[str, str | None] | None:
+    """The functional op (and pad mode) that one of torch's own layers runs in its forward, if it runs
+    one of ``TORCH_LAYER_OPS``. Ask it only of a layer with no traced inner ops, that is, one running
+    torch's forward: a subclass with a forward of its own is judged by the ops it ran."""
+    return next(((name, mode) for klass, name, mode in TORCH_LAYER_OPS if isinstance(module, klass)), None)

@@ -6,14 +6,13 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.nn.modules.padding import _CircularPadNd, _ConstantPadNd, _ReflectionPadNd, _ReplicationPadNd
 from torch.nn.modules.pooling import _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, _AvgPoolNd, _MaxPoolNd
 
 from cnncheck.checks.batchnorm_semantics import cancels_channel_constant, is_stock_batchnorm
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
 from cnncheck.layers import LayerKind, affine_parameters, from_torch, layer_label
-from cnncheck.ops import argument, batch_norm_arguments
+from cnncheck.ops import argument, batch_norm_arguments, torch_layer_op
 from cnncheck.recognize import batch_norm_call, conv_calls, layer_bias
 from cnncheck.rules import Pass, Rule
 from cnncheck.trace import Node, Trace
@@ -39,18 +38,7 @@ _SCALING_FUNCTIONS = frozenset({"mul", "mul_", "__mul__", "__imul__", "__rmul__"
 _PASS_MODULES: tuple[type, ...] = (
     _MaxPoolNd, _AvgPoolNd, _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, nn.Identity, nn.Flatten, nn.Unflatten,
 )
-# torch's own layers whose forward is one functional op, with the pad mode it passes: such a layer
-# carries a constant exactly when that op does, so the layer and its functional form get one verdict.
-_LAYER_OPS: tuple[tuple[type, str, str | None], ...] = (
-    (nn.Upsample, "interpolate", None),  # and its subclasses UpsamplingNearest2d, UpsamplingBilinear2d
-    (nn.PixelShuffle, "pixel_shuffle", None),
-    (nn.PixelUnshuffle, "pixel_unshuffle", None),
-    (nn.ChannelShuffle, "channel_shuffle", None),
-    (_ReflectionPadNd, "pad", "reflect"),
-    (_ReplicationPadNd, "pad", "replicate"),
-    (_CircularPadNd, "pad", "circular"),
-    (_ConstantPadNd, "pad", "constant"),  # and ZeroPad1d/2d/3d
-)
+
 
 
 def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
@@ -231,7 +219,7 @@ def _passes_constant(node: Node) -> bool:
     if node.module is not None:
         if node.inner:  # a layer of the student's own code (a pool written with F.max_pool2d): its ops decide
             return all(_passes_constant(n) for n in node.inner)
-        op = _layer_op(node.module)
+        op = torch_layer_op(node.module)
         return _op_passes_constant(*op) if op is not None else isinstance(node.module, _PASS_MODULES)
     if node.func_name == "pad":
         return _op_passes_constant("pad", argument(node, "mode", 2, "constant"))
@@ -244,13 +232,6 @@ def _passes_constant(node: Node) -> bool:
         return isinstance(dims, (tuple, list)) and rank > 1 and all(d % rank != 1 for d in dims)
     return node.func_name in _SCALING_FUNCTIONS and all(
         _same_everywhere(t, src, node.inputs[0]) for t, src in zip(node.inputs[1:], node.sources[1:]))
-
-
-def _layer_op(module: nn.Module) -> tuple[str, str | None] | None:
-    """The functional op (and pad mode) that one of torch's own layers runs in its forward, if it runs
-    one of ``_LAYER_OPS``. Only asked of a layer with no traced inner ops, that is, one running torch's
-    forward: a subclass with a forward of its own is judged by the ops it ran."""
-    return next(((name, mode) for klass, name, mode in _LAYER_OPS if isinstance(module, klass)), None)
 
 
 def _op_passes_constant(name: str, mode: str | None) -> bool:
