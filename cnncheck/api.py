@@ -242,8 +242,11 @@ def _refuse_compiled_code(model: nn.Module) -> None:
 def _compiled_submodules(model: nn.Module) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
     """The outermost TorchScript submodules (path: (class, made by)) and compiled ones (path: class)."""
     wrapper = _compiled_wrapper_class()
+    kinds = (torch.jit.ScriptModule, wrapper) if wrapper is not None else torch.jit.ScriptModule
     scripted: dict[str, tuple[str, str]] = {}
     compiled: dict[str, str] = {}
+    if not any(isinstance(module, kinds) for module in model.modules()):
+        return scripted, compiled  # the common case, without building every module's name
     for path, module in model.named_modules():
         if any(path.startswith(outer + ".") for outer in [*scripted, *compiled]):
             continue  # the layers inside one are reported with it

@@ -48,11 +48,12 @@ class CheckContext:
     _repair_hooks: list[Any] = field(default_factory=list)
     _cache: dict[Any, Any] = field(default_factory=dict)
     given_non_finite: str | None = field(init=False, default=None)
-    """The parameters, buffers or example input that hold NaN or Inf as given, before any pass (the train
-    forward updates running statistics, and a NaN input would make them NaN too)."""
+    """The buffers or example input that hold NaN or Inf as given, before any pass (the train forward
+    updates running statistics, and a NaN input would make them NaN too). Parameters, which forward does
+    not change and which dominate the bytes, are searched only when the output is not finite."""
 
     def __post_init__(self) -> None:
-        self.given_non_finite = self._non_finite_tensors() or self._non_finite_inputs()
+        self.given_non_finite = self._non_finite_tensors("_buffers") or self._non_finite_inputs()
 
     # -- facts -----------------------------------------------------------------------------------
     @property
@@ -280,19 +281,21 @@ class CheckContext:
                 self.notes.append(note)
         return found
 
-    def _non_finite_tensors(self) -> str | None:
-        """The first parameters and buffers that hold NaN or Inf, named as in ``named_parameters()``."""
+    def _non_finite_tensors(self, kind: str) -> str | None:
+        """The first ``kind`` ("_parameters" or "_buffers") that hold NaN or Inf, named as in
+        ``named_parameters()``; one batched pass decides whether any does, before the names are looked for."""
+        if _all_finite([t for m in self.modules for t in getattr(m, kind).values()]):
+            return None
         found: list[str] = []
         seen: set[int] = set()
         for module, info in self.modules.items():
-            for kind in ("_parameters", "_buffers"):
-                for name, t in vars(module).get(kind, {}).items():
-                    if t is None or id(t) in seen:
-                        continue
-                    seen.add(id(t))
-                    count = _non_finite_count(t)
-                    if count is not None:
-                        found.append(f"{info.name + '.' if info.name else ''}{name} holds {count}")
+            for name, t in getattr(module, kind).items():
+                if t is None or id(t) in seen:
+                    continue
+                seen.add(id(t))
+                count = _non_finite_count(t)
+                if count is not None:
+                    found.append(f"{info.name + '.' if info.name else ''}{name} holds {count}")
         if len(found) > 3:
             found[3:] = [f"{len(found) - 3} more tensors too"]
         return ", ".join(found) or None
@@ -308,9 +311,17 @@ class CheckContext:
         return None
 
     def _non_finite_forward(self) -> str | None:
-        """A value forward made from finite ones: the input of a layer that a probe re-runs (it reads that
-        input), or the output (compared sample by sample); then the op that first made one."""
+        """A parameter that holds NaN or Inf, else a value forward made from finite ones: the input of a layer that a probe re-runs (it reads that
+        input), or the output (compared sample by sample); then the op that first made one. The layers'
+        inputs are searched only when the output is not finite: NaN and Inf pass through activations,
+        pools, norms and Linears to it, and scanning every activation would cost a check more than the
+        rare forward that cleans them up before returning (``nan_to_num``) is worth."""
         trace = self.train_trace
+        if trace.error is None and _all_finite(_leaves(trace.output)):
+            return None  # a NaN inside forward reaches the output (ReLU, pooling and norms keep it): done
+        given = self._non_finite_tensors("_parameters")
+        if given is not None:
+            return given
         for node in trace.nodes:
             x = node.probe_input if node.module is not None and node.kind in _PROBED else None
             count = _non_finite_count(x) if x is not None else None
@@ -390,9 +401,25 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+def _checkable(t: torch.Tensor | None) -> bool:
+    return (t is not None and not t.is_meta and t.layout is torch.strided and t.is_floating_point()
+            and t.numel() > 0)
+
+
+def _all_finite(tensors: list[torch.Tensor | None]) -> bool:
+    """Whether every float tensor is finite, in one fused norm per device and dtype rather than a check
+    per tensor (a timm model has hundreds). False also when a norm overflows: the caller then counts."""
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for t in tensors:
+        if _checkable(t):
+            groups.setdefault((t.device, t.dtype), []).append(t.detach())  # type: ignore[union-attr]
+    with torch.no_grad():
+        return all(bool(torch.isfinite(torch.stack(torch._foreach_norm(group, 1))).all()) for group in groups.values())
+
+
 def _non_finite_count(t: torch.Tensor) -> str | None:
     """'3 NaN', '2 Inf' or '3 NaN and 2 Inf' for a tensor that holds such values, else None."""
-    if t.is_meta or t.layout is not torch.strided or not (t.is_floating_point() or t.is_complex()) or not t.numel():
+    if not _checkable(t):
         return None
     with torch.no_grad():
         if bool(torch.isfinite(t.sum())):  # a NaN or Inf anywhere makes the sum one; the sum allocates nothing

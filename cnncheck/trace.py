@@ -484,8 +484,11 @@ class _Tracer(TorchFunctionMode):
 
 def _version(t: torch.Tensor) -> int:
     """How often ``t`` was changed in place; an inference tensor (``torch.inference_mode()`` in forward)
-    counts none, and cannot be changed in place outside that mode anyway."""
-    return -2 if t.is_inference() else t._version
+    has no counter, and cannot be changed in place outside that mode anyway."""
+    try:
+        return t._version
+    except RuntimeError:  # "Inference tensors do not track version counter"
+        return -2
 
 
 def _join(prefix: str, name: str) -> str:

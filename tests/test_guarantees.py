@@ -219,6 +219,10 @@ def test_a_check_pauses_the_garbage_collector_and_restores_it() -> None:
 
 
 # -- large parameters are copied on their first write (preserve.LAZY_BYTES): every way to write one --------
+@pytest.fixture
+def small_lazy_threshold(monkeypatch):
+    """1 MiB instead of 16: the weights of these models stay small, and above the threshold."""
+    monkeypatch.setattr(preserve, "LAZY_BYTES", 1 << 20)
 def _scale_in_place(w):
     with torch.no_grad():
         w.mul_(0.5)
@@ -311,7 +315,7 @@ class _WritingDropout(nn.Module):
 
 @pytest.mark.parametrize("write", WRITES, ids=lambda f: f.__name__.lstrip("_"))
 @pytest.mark.parametrize("where", ["always", "eval", "alone", "pool", "pool-probe", "dropout", "dropout-probe"])
-def test_a_large_parameter_that_forward_writes_is_restored(write, where) -> None:
+def test_a_large_parameter_that_forward_writes_is_restored(write, where, small_lazy_threshold) -> None:
     torch.manual_seed(0)
     if where in ("always", "eval", "alone"):
         model = _WritesItsWeight(write, where)
@@ -335,7 +339,7 @@ def test_a_large_parameter_that_forward_writes_is_restored(write, where) -> None
     assert big.untyped_storage().data_ptr() == storage
 
 
-def test_large_parameters_that_nothing_writes_are_not_copied(monkeypatch) -> None:
+def test_large_parameters_that_nothing_writes_are_not_copied(monkeypatch, small_lazy_threshold) -> None:
     """The point of copying on first write: vgg11_bn's 0.5 GB of weights are not cloned by a check."""
     cloned = []
     original = torch.Tensor.clone
