@@ -112,6 +112,12 @@ def _unfinished(result: ModelResult) -> list[RuleOutcome]:
     return [o for o in states if o.status in (RuleStatus.NOT_CHECKED, RuleStatus.CRASHED)]
 
 
+def _unfinished_reason(outcome: RuleOutcome) -> str:
+    if outcome.status is RuleStatus.CRASHED:
+        return f"crashed: {outcome.reason} ({CRASH_ADVICE})"
+    return outcome.reason
+
+
 def _unfinished_line(outcome: RuleOutcome) -> str:
     if outcome.status is RuleStatus.CRASHED:
         return f"internal error in rule {outcome.rule}: {outcome.reason} ({CRASH_ADVICE})"
@@ -337,8 +343,7 @@ def render_markdown(result: ModelResult) -> str:
             lines += _markdown_finding(number, finding)
     unfinished = _unfinished(result) if result.error is None else []
     if unfinished:
-        lines += ["## Not checked", "", *(f"- {_code(o.rule)}: {_md(_unfinished_line(o).split(': ', 2)[-1])}"
-                                          for o in unfinished), ""]
+        lines += ["## Not checked", "", *(f"- {_code(o.rule)}: {_md(_unfinished_reason(o))}" for o in unfinished), ""]
     if result.notes:
         lines += ["## Notes", "", *(f"- {_md(note)}" for note in result.notes), ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -228,7 +228,7 @@ class RuleItem(pytest.Item):
         from cnncheck.findings import RuleStatus
         from cnncheck.verdict import CRASH_ADVICE, failing, rule_state
 
-        outcome = next(o for o in result.outcomes if o.rule == self.rule_id)
+        outcome = result.outcome(self.rule_id)
         state = rule_state(outcome, findings, options.fail_on)
         self.user_properties.append(("cnncheck_status", str(state)))
         note = f"({result.shape_note})\n" if result.shape_note else ""

@@ -40,10 +40,20 @@ class ModelResult:
     def ok(self) -> bool:
         return self.verdict is Verdict.CLEAN
 
+    def outcome(self, rule_id: str) -> RuleOutcome:
+        """A rule's outcome as the check recorded it. A report from before outcomes were recorded has none:
+        its rules are taken to have passed; a rule missing from a report that has them was not run."""
+        recorded = next((o for o in self.outcomes if o.rule == rule_id), None)
+        if recorded is not None:
+            return recorded
+        if not self.outcomes:
+            return RuleOutcome(rule_id, RuleStatus.PASSED)
+        return RuleOutcome(rule_id, RuleStatus.NOT_CHECKED, "cnncheck did not run this rule on the model")
+
     def state(self, rule_id: str) -> RuleOutcome:
-        """A rule's outcome on this model, as it stands after baselines (``reason`` says why it is not a
-        plain pass or findings); a rule without a recorded outcome (an older report) is taken to have passed."""
-        outcome = next((o for o in self.outcomes if o.rule == rule_id), RuleOutcome(rule_id, RuleStatus.PASSED))
+        """A rule's outcome as it stands after baselines (``reason`` says why it is not a plain pass or
+        findings)."""
+        outcome = self.outcome(rule_id)
         return RuleOutcome(rule_id, rule_state(outcome, self.findings), outcome.reason)
 
     @property

@@ -186,6 +186,7 @@ def test_a_crashed_rule_in_every_format_and_the_exit_code(tmp_path, monkeypatch)
     assert {"rule": "explodes", "status": "crashed", "reason": "RuntimeError: boom in the rule"} in model["outcomes"]
     assert json.loads(results["json"][1])["summary"]["crashed"] == 1
     assert "crashed" in results["markdown"][1] and "## Not checked" in results["markdown"][1]
+    assert "`explodes`: crashed: RuntimeError: boom in the rule" in results["markdown"][1]
     case = next(c for c in ET.fromstring(results["junit"][1]).iter("testcase") if c.get("name") == "explodes")
     assert case.find("error") is not None and case.find("error").get("type") == "cnncheck-internal-error"
     invocation = json.loads(results["sarif"][1])["runs"][0]["invocations"][0]
