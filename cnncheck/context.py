@@ -20,6 +20,7 @@ from cnncheck.layers import LayerKind
 from cnncheck.locate import creation_site
 from cnncheck.preserve import guarding_writes
 from cnncheck.probes import same_randomness
+from cnncheck.repairs import Repairs
 from cnncheck.rules import Diagnosis, Pass, Repair
 from cnncheck.trace import ModuleInfo, Node, Trace, run_trace
 
@@ -45,7 +46,7 @@ class CheckContext:
     backward_error: str | None = None
     diagnoses: list[Diagnosis] = field(default_factory=list)  # why the train forward raised, in order
     read: set[Pass] = field(default_factory=set)  # the passes the running rule read beyond its needs
-    _repair_hooks: list[Any] = field(default_factory=list)
+    _repairs: Repairs = field(default_factory=Repairs)
     _cache: dict[Any, Any] = field(default_factory=dict)
     given_non_finite: str | None = field(init=False, default=None)
     """The buffers or example input that hold NaN or Inf as given, before any pass (the train forward
@@ -358,20 +359,14 @@ class CheckContext:
                               f"{diagnosis.repair.what}")
 
     def repair(self, repair: Repair) -> None:
-        """From now on, run every pass with ``repair.module``'s input fitted to the size it expects."""
-        def fit(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-            if not args or not isinstance(args[0], torch.Tensor) or args[0].dim() == 0:
-                return None
-            return (fitted(args[0], repair.dim, repair.size), *args[1:])
-
-        self._repair_hooks.append(repair.module.register_forward_pre_hook(fit))
+        """From now on, run every pass with the input of the call that ``repair`` names fitted to the size
+        it expects."""
+        self._repairs.add(repair)
         self._cache.clear()
         self.backward_error = None
 
     def remove_repairs(self) -> None:
-        for handle in self._repair_hooks:
-            handle.remove()
-        self._repair_hooks.clear()
+        self._repairs.remove()
 
     def memo(self, key: Any, compute: Any) -> Any:
         """Cache a probe result shared by several rules (e.g. one BatchNorm probe for three rules)."""
@@ -436,15 +431,6 @@ def _requires_grad(value: Any) -> Any:
     if isinstance(value, torch.Tensor) and value.is_floating_point():
         return value.detach().requires_grad_(True).clone()
     return value
-
-
-def fitted(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
-    """``x`` cut, or padded with zeros, to ``size`` along ``dim``."""
-    have = int(x.shape[dim])
-    if have >= size:
-        return x.narrow(dim, 0, size)
-    after = x.dim() - 1 - dim % x.dim()
-    return torch.nn.functional.pad(x, [0, 0] * after + [0, size - have])
 
 
 def _error_text(exc: BaseException) -> str:

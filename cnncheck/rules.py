@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 from cnncheck.findings import Finding, Severity
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from cnncheck.context import CheckContext
@@ -34,13 +35,18 @@ class CheckFunction(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Repair:
-    """How to run the rest of forward as if a diagnosed defect were fixed: ``module`` gets its first
-    input cut or zero-padded along ``dim`` to ``size`` (a Linear's ``in_features``)."""
+    """How to run the rest of forward as if a diagnosed defect were fixed: one call's input is cut or
+    zero-padded along ``dim`` to ``size`` (a Linear's ``in_features``). The call is ``module`` (its first
+    input); or, with ``module=None``, every ``F.linear`` whose weight is ``weight``, or the
+    ``x.view(-1, size)``/``reshape`` at the ``file:line`` ``reshape_at``, whose input is then fitted to
+    ``size`` features per sample."""
 
-    module: nn.Module
+    module: nn.Module | None
     dim: int
     size: int
     what: str  # "as if fc1 received 36 features"
+    weight: torch.Tensor | None = None
+    reshape_at: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,61 @@ def test_rules_check_past_a_repaired_linear_mismatch() -> None:
     assert report.status("conv-param-formula").status is RuleStatus.PASSED
 
 
+class FunctionalMismatchThenDefects(MismatchThenDefects):
+    """The same defects, with fc1 applied as F.linear on the model's own weight."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(x))).flatten(1)
+        x = torch.relu(self.bn1(F.linear(x, self.fc1.weight, self.fc1.bias)))
+        return self.fc2(F.dropout(x, 0.3))
+
+
+class ViewMismatchThenDefects(MismatchThenDefects):
+    """The same defects, with a hard-coded x.view(-1, 100) in front of fc1 (144 features do not fit:
+    4 samples x 144 is no multiple of 100, so the view raises)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(x)))
+        x = torch.relu(self.bn1(self.fc1(x.view(-1, 100))))
+        return self.fc2(F.dropout(x, 0.3))
+
+
+@pytest.mark.parametrize(("factory", "repaired"), [
+    (FunctionalMismatchThenDefects, "as if F.linear with fc1.weight received 100 features"),
+    (ViewMismatchThenDefects, "as if view(-1, 100) at "),
+], ids=["functional-linear", "view"])
+def test_rules_check_past_a_repaired_functional_mismatch(factory, repaired) -> None:
+    model = factory()
+    report = cnncheck.check_model(model, (4, 1, 8, 8))
+    with pytest.raises(RuntimeError):  # the repair is gone with the check
+        F.linear(torch.zeros(4, 144), model.fc1.weight)
+    with pytest.raises(RuntimeError):
+        model(torch.zeros(4, 1, 8, 8))
+    found = {(f.rule, f.module) for f in report.findings}
+    assert {"feature-size-mismatch", "redundant-bias-before-bn", "mode-not-propagated"} == {r for r, _ in found}, report
+    assert "32 bias parameters" in next(f.found for f in report.findings if f.rule == "redundant-bias-before-bn")
+    assert any(repaired in note for note in report.notes), report.notes
+    assert all(o.status in (RuleStatus.PASSED, RuleStatus.FINDINGS) for o in report.outcomes), report.outcomes
+    assert report.verdict is Verdict.FINDINGS
+
+
+class ComputedWeightMismatch(MismatchThenDefects):
+    """F.linear on a weight computed in forward: explained, but not repairable (no tensor to recognise
+    on the next pass), so the rules after it are not checked."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(x))).flatten(1)
+        return F.linear(x, self.fc1.weight * 2.0)
+
+
+def test_a_mismatch_on_a_computed_weight_is_explained_and_the_rest_not_checked() -> None:
+    report = cnncheck.check_model(ComputedWeightMismatch(), (4, 1, 8, 8))
+    assert [f.rule for f in report.findings] == ["feature-size-mismatch"], report
+    assert "expects 100 = 4*5*5 input features but gets 144" in report.findings[0].message
+    assert report.status("redundant-bias-before-bn").status is RuleStatus.NOT_CHECKED
+    assert not any("as if" in note for note in report.notes)
+
+
 class FlattensTheBatch(nn.Module):
     """A Linear fed the whole batch as one vector: explained, but not repairable."""
 

@@ -58,20 +58,52 @@ def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
 
 
 def diagnose(ctx: CheckContext, rule: Rule) -> Diagnosis | None:
-    """A forward that raises at a Linear (or a reshape for one) of the wrong size; a Linear module is
-    repaired by handing it the features it expects, so the rules check the layers after it too."""
+    """A forward that raises at a Linear (or a reshape for one) of the wrong size, repaired by handing it
+    the features it expects, so the rules check the layers after it too."""
     failed = ctx.train_trace.failed
     finding = _explain_failure(ctx, rule) if failed is not None else None
     if finding is None:
         return None
-    module = failed.module if failed.func is None else None  # type: ignore[union-attr]
-    expected = getattr(module, "in_features", None)
-    if module is None or ctx.modules[module].kind is not LayerKind.LINEAR or not isinstance(expected, int) \
-            or not failed.inputs or failed.inputs[0].dim() < 2:  # type: ignore[union-attr]
-        return Diagnosis(finding)
-    name = ctx.modules[module].name
-    return Diagnosis(finding, Repair(module, -1, expected, f"as if {name} received {expected} features (its "
-                                                          f"input cut or zero-padded to that size)"))
+    return Diagnosis(finding, _repair(ctx, failed))
+
+
+def _repair(ctx: CheckContext, failed: Any) -> Repair | None:
+    """The Linear module, the ``F.linear`` with the model's own weight, or the ``view(-1, K)`` line that
+    raised, fitted to its size; None for a batch flattened into one vector (no size would be right)."""
+    if not failed.inputs or failed.inputs[0].dim() < 2:
+        return None
+    module = failed.module if failed.func is None else None
+    if module is not None:
+        expected = getattr(module, "in_features", None)
+        if ctx.modules[module].kind is not LayerKind.LINEAR or not isinstance(expected, int):
+            return None
+        name = ctx.modules[module].name
+        return Repair(module, -1, expected, f"as if {name} received {expected} features (its input cut or "
+                                            f"zero-padded to that size)")
+    name = function_name(failed.func) if failed.func is not None else ""
+    if name == "linear" and len(failed.inputs) > 1 and failed.inputs[1].dim() == 2 \
+            and str(failed.sources[1]).startswith(("param:", "buffer:")):
+        weight = failed.inputs[1]
+        owner = str(failed.sources[1]).split(":", 1)[1]
+        expected = int(weight.shape[1])
+        return Repair(None, -1, expected, f"as if F.linear with {owner} received {expected} features (its "
+                                          f"input cut or zero-padded to that size)", weight=weight)
+    requested = _flat_request(failed) if name in ("view", "reshape") else None
+    if requested is not None and failed.location is not None:
+        return Repair(None, -1, requested, f"as if {name}(-1, {requested}) at {failed.location} received "
+                                           f"{requested} features per sample (cut or zero-padded)",
+                      reshape_at=failed.location)
+    return None
+
+
+def _flat_request(failed: Any) -> int | None:
+    """K of a ``view(-1, K)`` or ``reshape(-1, K)`` call, else None."""
+    requested = [a for a in failed.args[1:] if isinstance(a, int)] or [
+        a for arg in failed.args[1:2] if isinstance(arg, (tuple, list, torch.Size)) for a in arg
+    ]
+    if len(requested) == 2 and requested[0] == -1 and requested[1] > 0:
+        return int(requested[1])
+    return None
 
 
 def _explain_failure(ctx: CheckContext, rule: Rule) -> Finding | None:
@@ -96,17 +128,14 @@ def _explain_failure(ctx: CheckContext, rule: Rule) -> Finding | None:
         if weight.dim() == 2 and weight.shape[1] != x.shape[-1]:
             return _mismatch(ctx, rule, ctx.name_of(ctx.model) if failed.module is None else ctx.modules[failed.module].name,
                              None, int(weight.shape[1]), int(x.shape[-1]), source, failed.location)
-    if name in ("view", "reshape") and x.dim() >= 1:
-        requested = [a for a in failed.args[1:] if isinstance(a, int)] or [
-            a for arg in failed.args[1:2] if isinstance(arg, (tuple, list, torch.Size)) for a in arg
-        ]
-        if len(requested) == 2 and requested[0] == -1 and requested[1] > 0:
-            per_sample = x.numel() // max(int(x.shape[0]), 1)
-            linear = next((m for m, info in ctx.modules_of(LayerKind.LINEAR)
-                           if getattr(m, "in_features", None) == requested[1]), None)
-            target = ctx.modules[linear].name if linear is not None else (failed.module_stack[-1] if failed.module_stack else "")
-            return _mismatch(ctx, rule, target, linear, requested[1], per_sample, source, failed.location,
-                             via=f"{name}(-1, {requested[1]})")
+    requested = _flat_request(failed) if name in ("view", "reshape") and x.dim() >= 1 else None
+    if requested is not None:
+        per_sample = x.numel() // max(int(x.shape[0]), 1)
+        linear = next((m for m, info in ctx.modules_of(LayerKind.LINEAR)
+                       if getattr(m, "in_features", None) == requested), None)
+        target = ctx.modules[linear].name if linear is not None else (failed.module_stack[-1] if failed.module_stack else "")
+        return _mismatch(ctx, rule, target, linear, requested, per_sample, source, failed.location,
+                         via=f"{name}(-1, {requested})")
     return None
 
 
