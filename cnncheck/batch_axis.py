@@ -1,14 +1,17 @@
-"""Where forward loses the batch axis: a reshape that folds samples together. Read by
-feature-size-mismatch, which reports it, and by the BatchNorm rules, which leave it to that rule."""
+"""Where forward loses the batch axis: a reshape that folds samples together, or one that writes the
+batch size into forward. Read by feature-size-mismatch, which reports them, and by the BatchNorm rules,
+which leave them to that rule."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch.utils._pytree import tree_flatten
 
 from cnncheck.context import CheckContext
+from cnncheck.frames import function_name
 from cnncheck.ops import RESHAPES
 from cnncheck.trace import Node
 
@@ -35,3 +38,51 @@ def _merges_leading_dims(before: torch.Size, after: torch.Size) -> bool:
     cross-entropy), unlike (N, 512) -> (2N, 256), which cuts each sample in two."""
     return any(tuple(before[k:]) == tuple(after[1:]) and math.prod(before[:k]) == after[0]
                for k in range(2, len(before)))
+
+
+@dataclass(frozen=True)
+class HardCodedBatch:
+    """A reshape that makes ``rows`` rows whatever the batch: ``call`` at ``location`` in ``scope``, which
+    turned one sample of shape ``before`` into ``after`` (None when the reshape itself raised)."""
+
+    call: str  # "view(4, -1)"
+    rows: int
+    scope: str
+    location: str | None
+    before: tuple[int, ...]
+    after: tuple[int, ...] | None
+
+
+def hard_coded_batch(ctx: CheckContext) -> HardCodedBatch | None:
+    """The reshape that makes ``ctx.batch_size`` rows whatever the batch (``x.view(4, -1)``), found where
+    the forward of one sample alone raises."""
+    trace = ctx.first_sample_failure()
+    if trace is None:
+        return None
+    batch = ctx.batch_size
+    for node in trace.nodes:
+        if node.module is None and node.func_name in RESHAPES and node.inputs and node.outputs \
+                and node.inputs[0].dim() and node.inputs[0].shape[0] == 1 and node.outputs[0].dim() >= 2 \
+                and node.outputs[0].shape[0] == batch and _requested_rows(node.args) == batch:
+            return HardCodedBatch(f"{node.func_name}{_sizes(node.args)}", batch, node.scope, node.location,
+                                  tuple(node.inputs[0].shape), tuple(node.outputs[0].shape))
+    failed = trace.failed
+    if failed is not None and failed.func is not None and function_name(failed.func) in RESHAPES \
+            and failed.inputs and failed.inputs[0].dim() and failed.inputs[0].shape[0] == 1 \
+            and _requested_rows(failed.args) == batch:
+        return HardCodedBatch(f"{function_name(failed.func)}{_sizes(failed.args)}", batch,
+                              failed.module_stack[-1] if failed.module_stack else "", failed.location,
+                              tuple(failed.inputs[0].shape), None)
+    return None
+
+
+def _requested_rows(args: tuple[object, ...]) -> int | None:
+    """The first size a ``view``/``reshape`` call asks for: ``x.view(4, -1)`` or ``x.view((4, -1))``."""
+    sizes = args[1:2]
+    if sizes and isinstance(sizes[0], (tuple, list, torch.Size)):
+        sizes = tuple(sizes[0][:1])
+    return sizes[0] if sizes and isinstance(sizes[0], int) else None
+
+
+def _sizes(args: tuple[object, ...]) -> str:
+    return "(" + ", ".join(str(a) for a in args[1:] if isinstance(a, (int, tuple, list))) + ")"

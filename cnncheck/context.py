@@ -162,6 +162,9 @@ class CheckContext:
     def eval_output_of_first_sample(self) -> Any:
         """The eval-mode output for the first sample alone (to test batch independence)."""
         self.read.add(Pass.ONE_SAMPLE)  # compared with the eval output: partial_reason says when it cannot be
+        return self._first_sample_output()
+
+    def _first_sample_output(self) -> Any:
         if "single" not in self._cache:
             args, kwargs = first_sample(self.fresh_inputs(), self.batch_size)
             self.model.eval()
@@ -173,6 +176,20 @@ class CheckContext:
             except Exception as exc:  # a batch of one may fail where batch statistics are used
                 self._cache["single"] = exc
         return self._cache["single"]
+
+    def first_sample_failure(self) -> Trace | None:
+        """When the eval forward of the first sample alone raises: that pass again, traced, to find the
+        op that assumed the batch size. None when it runs (nothing is read for a verdict)."""
+        if self.batch_size < 2:
+            return None
+        if not isinstance(self._first_sample_output(), Exception):
+            return None
+        if "single-trace" not in self._cache:
+            args, kwargs = first_sample(self.fresh_inputs(), self.batch_size)
+            with torch.no_grad(), same_randomness(self.example):
+                self._cache["single-trace"] = run_trace(self.model, args, self.modules, kwargs=kwargs,
+                                                        before=lambda: self.model.eval())
+        return self._cache["single-trace"]
 
     # -- what each pass gives the rules ----------------------------------------------------------
     def require(self, need: Pass) -> None:
@@ -188,9 +205,7 @@ class CheckContext:
         elif need is Pass.ONE_SAMPLE:
             single = self.eval_output_of_first_sample()
             if isinstance(single, Exception):
-                raise NotChecked(f"forward raises on a batch of one sample in eval mode: {_error_text(single)}; "
-                                 f"does forward assume a batch size (x.view(4, -1) rather than "
-                                 f"x.view(x.size(0), -1))?")
+                raise NotChecked(f"forward raises on a batch of one sample in eval mode: {_error_text(single)}")
 
     def _train_failure(self) -> str | None:
         """Why the train forward did not run to its end, if it did not."""

@@ -1009,3 +1009,53 @@ def line_of(cls, snippet):
         if snippet in text:
             return f"models_conv.py:{start + offset}"
     raise AssertionError(f"{snippet!r} not in {cls.__name__}")
+
+
+class HardCodedBatchView(nn.Module):
+    """x.view(4, -1): right for the batch of 4 it is checked with, a (4, 72) matrix for one sample."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2)  # 7x7 for 16x16
+        self.fc = nn.Linear(8 * 7 * 7, 10)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.conv(x)).view(4, -1))
+
+
+class HardCodedBatchReshapeRaises(HardCodedBatchView):
+    """x.reshape(4, 392): one sample has 392 elements, not 4*392, so the reshape itself raises."""
+
+    def forward(self, x):
+        return self.fc(F.relu(self.conv(x)).reshape(4, 392))
+
+
+class _HardCodedHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8 * 7 * 7, 10)
+
+    def forward(self, x):
+        return self.fc(x.view((4, -1)))
+
+
+class HardCodedBatchInHead(nn.Module):
+    """The batch size written as a tuple, in a head module of the student's own."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2)
+        self.head = _HardCodedHead()
+
+    def forward(self, x):
+        return self.head(F.relu(self.conv(x)))
+
+
+class RefusesOneSample(HardCodedBatchView):
+    """Refuses a batch of one for its own reasons, and keeps the batch with x.size(0): nothing is
+    hard-coded."""
+
+    def forward(self, x):
+        if x.size(0) == 1:
+            raise ValueError("this model needs a batch of at least two samples")
+        return self.fc(F.relu(self.conv(x)).view(x.size(0), -1))

@@ -25,6 +25,9 @@ FLAGGED = [
     pytest.param(M.FunctionalLinearMismatch, SHAPE, {""}, id="functional-linear-wrong-weight"),
     pytest.param(M.ViewFoldsBatch, SHAPE, {""}, id="view-minus-1-folds-batch"),
     pytest.param(M.ViewDoesNotDivide, SHAPE, {"fc"}, id="view-minus-1-does-not-divide"),
+    pytest.param(M.HardCodedBatchView, SHAPE, {""}, id="view-4-minus-1-hard-codes-the-batch"),
+    pytest.param(M.HardCodedBatchReshapeRaises, SHAPE, {""}, id="reshape-4-392-raises-for-one-sample"),
+    pytest.param(M.HardCodedBatchInHead, SHAPE, {"head"}, id="view-tuple-4-minus-1-in-a-head"),
 ]
 
 
@@ -102,6 +105,31 @@ def test_an_unexplained_forward_failure_raises_whatever_is_selected():
     for checks in (None, ["conv-param-formula"], ["feature-size-mismatch"]):
         with pytest.raises(cnncheck.CheckError, match="Broken.forward raised"):
             cnncheck.check_model(Broken(), MNIST, checks=checks)
+
+
+@pytest.mark.parametrize("factory, call, after", [
+    (M.HardCodedBatchView, "view(4, -1)", "becomes (4, 98)"),
+    (M.HardCodedBatchReshapeRaises, "reshape(4, 392)", "cannot be reshaped, and forward raises"),
+    (M.HardCodedBatchInHead, "view((4, -1))", "becomes (4, 98)"),
+])
+def test_a_hard_coded_batch_size_is_named_at_its_line(factory, call, after):
+    f = _finding(factory, SHAPE)
+    assert f.message.startswith(f"{call} writes the batch size 4 into forward: one sample of shape (1, 8, 7, 7) {after}")
+    assert "works only for batches of 4" in f.message
+    assert f.fix == "take the batch size from the input: x.view(x.size(0), -1), or x.flatten(1)"
+    source_line = {"view(4, -1)": ".view(4, -1))", "reshape(4, 392)": ".reshape(4, 392))",
+                   "view((4, -1))": "x.view((4, -1))"}[call]
+    owner = M._HardCodedHead if factory is M.HardCodedBatchInHead else factory
+    assert f.location.endswith(line_of(owner, source_line))
+    full = check_unmodified(build(factory), SHAPE)
+    reason = full.status("bn-eval-behaviour").reason
+    assert f"{call} at " in reason and "(see feature-size-mismatch)" in reason, reason
+
+
+def test_a_model_that_refuses_one_sample_is_not_blamed_for_a_batch_size():
+    report = check_unmodified(build(M.RefusesOneSample), SHAPE)
+    assert report.findings == [] and report.verdict.value == "incomplete"
+    assert "needs a batch of at least two samples" in report.status("bn-eval-behaviour").reason
 
 
 def test_functional_pool_blamed_with_stride():

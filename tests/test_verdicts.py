@@ -320,15 +320,15 @@ class HardCodedBatch(nn.Module):
 
 
 def test_a_hard_coded_batch_size_is_not_blamed_on_batchnorm() -> None:
-    """Was a bn-eval-behaviour error on a model without any BatchNorm; now the rule that needs a batch of
-    one says it could not run one, and why, at the student's line."""
+    """Was a bn-eval-behaviour error on a model without any BatchNorm; now feature-size-mismatch names
+    the reshape, and the rule that needs a batch of one says why it could not run one."""
     report = cnncheck.check_model(HardCodedBatch(), (4, 1, 8, 8))
-    assert report.findings == []
+    assert [(f.rule, f.message.split(":")[0]) for f in report.findings] == [
+        ("feature-size-mismatch", "view(4, -1) writes the batch size 4 into forward")]
     outcome = report.status("bn-eval-behaviour")
     assert outcome.status is RuleStatus.NOT_CHECKED
-    assert "forward raises on a batch of one sample in eval mode" in outcome.reason
-    assert "x.view(x.size(0), -1)" in outcome.reason and "test_verdicts.py:" in outcome.reason
-    assert report.verdict is Verdict.INCOMPLETE
+    assert "view(4, -1) at " in outcome.reason and "test_verdicts.py:" in outcome.reason
+    assert report.verdict is Verdict.FINDINGS
 
 
 class ReluInPlaceOnTheInput(nn.Module):

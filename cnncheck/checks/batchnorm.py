@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnncheck.batch_axis import batch_fold
+from cnncheck.batch_axis import batch_fold, hard_coded_batch
 from cnncheck.checks.batchnorm_semantics import (
     eval_problems,
     is_stock_batchnorm,
@@ -18,7 +18,7 @@ from cnncheck.checks.batchnorm_semantics import (
     statistics_dims,
     train_problems,
 )
-from cnncheck.context import CheckContext
+from cnncheck.context import CheckContext, NotChecked
 from cnncheck.eval_mode import eval_leaks
 from cnncheck.findings import Finding, Severity
 from cnncheck.layers import (
@@ -411,7 +411,11 @@ def _batch_dependence(ctx: CheckContext, rule: Rule) -> Finding | None:
     if isinstance(single, Exception):
         if batch_fold(ctx) is not None:
             return None  # a reshape folds samples together: feature-size-mismatch explains it
-        ctx.require(Pass.ONE_SAMPLE)  # not checked, and why: a batch size written into forward, say
+        written = hard_coded_batch(ctx)
+        if written is not None:
+            raise NotChecked(f"{written.call} at {written.location} writes the batch size into forward (see "
+                             f"feature-size-mismatch), so one sample cannot be compared with its batch")
+        ctx.require(Pass.ONE_SAMPLE)  # not checked, and why: what a batch of one raised
     diff = _first_sample_differs(ctx.eval_trace.output, single, ctx.batch_size)
     if diff is None or not _depends_in_float64(ctx):
         return None

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnncheck.batch_axis import batch_fold
+from cnncheck.batch_axis import batch_fold, hard_coded_batch
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
 from cnncheck.formulas import output_size, output_size_text
@@ -52,9 +52,9 @@ class Geometry:
 
 
 def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
-    finding = _folded_batch(ctx, rule)
-    if finding is not None:
-        yield finding
+    for finding in (_folded_batch(ctx, rule), _hard_coded_batch(ctx, rule)):
+        if finding is not None:
+            yield finding
 
 
 def diagnose(ctx: CheckContext, rule: Rule) -> Diagnosis | None:
@@ -346,6 +346,22 @@ def _folded_batch(ctx: CheckContext, rule: Rule) -> Finding | None:
         fix="flatten with x.flatten(1) or x.view(x.size(0), -1), and size the next Linear to the "
         "features per sample",
         location=node.location,
+    )
+
+
+def _hard_coded_batch(ctx: CheckContext, rule: Rule) -> Finding | None:
+    found = hard_coded_batch(ctx)
+    if found is None:
+        return None
+    became = f"becomes {found.after}" if found.after is not None else "cannot be reshaped, and forward raises"
+    return rule.finding(
+        found.scope,
+        f"{found.call} writes the batch size {found.rows} into forward: one sample of shape {found.before} "
+        f"{became}, so the model works only for batches of {found.rows}",
+        expected="as many rows as the input has samples: 1 for a batch of 1",
+        found=f"{found.call}: {found.rows} rows whatever the batch size",
+        fix="take the batch size from the input: x.view(x.size(0), -1), or x.flatten(1)",
+        location=found.location,
     )
 
 
