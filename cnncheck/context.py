@@ -240,8 +240,9 @@ class CheckContext:
             return "forward runs under torch.inference_mode()"
         trainable = any(p.requires_grad for p in self.model.parameters())
         float_input = any(t.is_floating_point() for t in _leaves((self.inputs, self.kwargs)))
-        if not trainable and not float_input:
-            return f"no parameter of {self.model_name} requires grad, and its input is a {self.example.dtype} tensor"
+        if not trainable:
+            input_note = "" if float_input else f", and its input is a {self.example.dtype} tensor"
+            return f"no parameter of {self.model_name} requires grad{input_note}"
         return "forward runs under torch.no_grad(), or detaches its result"
 
     def require_finite(self, needs: frozenset[Pass]) -> None:
