@@ -21,6 +21,7 @@ from cnncheck.formats import FORMATS
 from cnncheck.plugins import all_rules
 
 pytest_plugins = ["pytester"]
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.:FutureWarning")  # the scripted and traced cases
 
 RULES = [rule.id for rule in all_rules(problems=[])]
 COMPARE_VALUES = [rule.id for rule in all_rules(problems=[]) if rule.compares_values]
@@ -263,6 +264,11 @@ CASES = {
         def scripted():
             return torch.jit.script(Net())
         """, prelude=CLEAN_NET, error="TorchScript"),
+    "traced": _case("error", "Net", """
+        @cnncheck.model(input_shape=(4, 3, 8, 8))
+        def traced():
+            return torch.jit.trace(Net(), torch.zeros(4, 3, 8, 8))
+        """, prelude=CLEAN_NET, error="TorchScript"),
 }
 
 
@@ -279,7 +285,6 @@ def _build(case: Case, folder):
 
 
 # -- the report ----------------------------------------------------------------------------------------
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 @pytest.mark.parametrize("name", CASES)
 def test_the_report(name: str, tmp_path) -> None:
     case = CASES[name]
