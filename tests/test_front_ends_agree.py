@@ -21,7 +21,8 @@ from cnncheck.formats import FORMATS
 from cnncheck.plugins import all_rules
 
 pytest_plugins = ["pytester"]
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.:FutureWarning")  # the scripted and traced cases
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.:FutureWarning"),  # the scripted and traced cases
+              pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")]
 
 RULES = [rule.id for rule in all_rules(problems=[])]
 COMPARE_VALUES = [rule.id for rule in all_rules(problems=[]) if rule.compares_values]
