@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from cnncheck.exits import CodeExited, contained_exits
 from cnncheck.frames import traceback_location
 from cnncheck.results import ModelResult
 
@@ -19,19 +20,31 @@ def check_candidate(candidate: Any, *, shape: tuple[int, ...] | None, device: st
                     select: Sequence[str] | None, ignore: Sequence[str]) -> ModelResult:
     """The result of checking one candidate; student code that raises, even ``sys.exit``, becomes the
     result's ``error`` (with ``error_kind`` and the student's line), never an exception."""
-    from cnncheck.api import CheckError, check_model
-    from cnncheck.discover import infer_input_shape
-
     start = time.perf_counter()
     result = ModelResult(candidate.id, str(candidate.file), candidate.name)
     label = candidate.name + (f"[{candidate.variant}]" if candidate.variant else "")
+    try:
+        with contained_exits(label):
+            _check_into(result, candidate, label, shape, device, select, ignore)
+    except CodeExited as exc:
+        result.error, result.error_kind = str(exc), "exit"
+    finally:
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+def _check_into(result: ModelResult, candidate: Any, label: str, shape: tuple[int, ...] | None,
+                device: str | None, select: Sequence[str] | None, ignore: Sequence[str]) -> None:
+    from cnncheck.api import CheckError, check_model
+    from cnncheck.discover import infer_input_shape
+
     try:
         try:
             model = candidate.build()
         except Exception as exc:  # the student's constructor raised
             result.error_kind, result.error = _failure(exc, f"cannot build {label}: ")
             result.location = traceback_location(exc)
-            return result
+            return
         shape = shape or candidate.spec.input_shape
         if shape is None:
             inferred = infer_input_shape(model)
@@ -40,7 +53,7 @@ def check_candidate(candidate: Any, *, shape: tuple[int, ...] | None, device: st
                 result.error = (f"no input shape for {label} and no conv to infer one from; declare it with "
                                 f"@cnncheck.model(input_shape=...), --input-shape or the cnncheck_input_shape "
                                 f"ini key")
-                return result
+                return
             shape, result.shape_note = inferred
             result.notes.append(result.shape_note)
         result.input_shape = tuple(shape)
@@ -54,8 +67,6 @@ def check_candidate(candidate: Any, *, shape: tuple[int, ...] | None, device: st
         result.notes += [f"unused ignore {p!r}: it matches no finding; remove it" for p in report.unused_ignores]
         result.notes += [str(p) for p in report.plugin_problems]
         result.notes += report.notes
-    except SystemExit as exc:
-        result.error, result.error_kind = f"the model called sys.exit({exc.code!r})", "exit"
     except CheckError as exc:
         result.error, result.error_kind = str(exc), "forward"
         result.location = traceback_location(exc.__cause__)
@@ -64,9 +75,6 @@ def check_candidate(candidate: Any, *, shape: tuple[int, ...] | None, device: st
     except Exception as exc:  # anything else from student code outside forward
         result.error_kind, result.error = _failure(exc)
         result.location = traceback_location(exc)
-    finally:
-        result.seconds = time.perf_counter() - start
-    return result
 
 
 def _failure(exc: Exception, prefix: str = "") -> tuple[str, str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cnncheck.declare import ModelSpec, spec_of
+from cnncheck.exits import contained_exits
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Candidate:
     build: Callable[[], Any]
     spec: ModelSpec
     variant: str | None = None
+    line: int = 0  # where the class or factory is defined, 0-based: the line of its items in pytest
 
     @property
     def id(self) -> str:
@@ -59,7 +61,8 @@ def load_file(path: Path) -> Any:
     sys.modules[name] = module
     sys.path.insert(0, str(path.parent.resolve()))
     try:
-        spec.loader.exec_module(module)
+        with contained_exits(f"{path.name}, while it is imported,"):
+            spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(path.parent.resolve()))
     return module
@@ -87,9 +90,9 @@ def candidates(module: Any, file: Path, include_all: bool = False) -> list[Candi
         if spec is not None and spec.variants:
             for variant, kwargs in spec.variants:
                 build = functools.partial(value, **kwargs)
-                found.append(Candidate(file, name, build, spec, variant))
+                found.append(Candidate(file, name, build, spec, variant, line_of(value)))
         elif spec is not None:
-            found.append(Candidate(file, name, value, spec))
+            found.append(Candidate(file, name, value, spec, line=line_of(value)))
     if found and not include_all:
         return found
     declared = {c.name for c in found}
@@ -102,8 +105,16 @@ def candidates(module: Any, file: Path, include_all: bool = False) -> list[Candi
             and value.__module__ == module.__name__
             and _builds_without_arguments(value)
         ):
-            found.append(Candidate(file, name, value, ModelSpec()))
+            found.append(Candidate(file, name, value, ModelSpec(), line=line_of(value)))
     return found
+
+
+def line_of(target: Any) -> int:
+    """The 0-based line where a class or function is defined, or 0 when its source cannot be read."""
+    try:
+        return inspect.getsourcelines(target)[1] - 1
+    except (OSError, TypeError):
+        return 0
 
 
 def _builds_without_arguments(cls: type) -> bool:

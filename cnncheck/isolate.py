@@ -204,6 +204,8 @@ def _worker(job: Job, conn: Any) -> None:
     import torch
 
     torch.set_num_threads(job.threads or 1)
+    from cnncheck.exits import CodeExited
+
     try:
         _apply_plugins(job)
         from cnncheck.discover import candidates, load_target
@@ -214,9 +216,9 @@ def _worker(job: Job, conn: Any) -> None:
             found = [c for c in found if job.only in (c.name, _label(c))]
             if not found:
                 raise LookupError(f"{job.file} defines no model named {job.only!r}")
-    except SystemExit as exc:
-        conn.send(("result", _error(job, f"{job.file}::<import>", "exit", f"importing the file called "
-                                    f"sys.exit({exc.code!r})", time.perf_counter() - start).to_dict()))
+    except CodeExited as exc:
+        conn.send(("result", _error(job, f"{job.file}::<import>", "exit", f"cannot import {path.name}: {exc}",
+                                    time.perf_counter() - start).to_dict()))
         conn.send(("done", None))
         return
     except BaseException as exc:  # the student's file does not import

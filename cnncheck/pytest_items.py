@@ -97,10 +97,14 @@ class ModelFile(pytest.File):
 
     def collect(self) -> Iterator[pytest.Collector | pytest.Item]:
         from cnncheck.discover import candidates, load_file
+        from cnncheck.exits import CodeExited
 
         options = self.config.stash[OPTIONS]
         try:
             module = load_file(self.path)
+        except CodeExited as exc:
+            yield BrokenModel.from_parent(self, name="import", error=f"cannot import {self.path.name}: {exc}")
+            return
         except Exception as exc:  # the student's file does not import: one error item, others go on
             yield BrokenModel.from_parent(self, name="import", error=f"cannot import {self.path.name}: "
                                           f"{type(exc).__name__}: {exc}")
@@ -133,6 +137,7 @@ class ModelCollector(pytest.Collector):
         super().__init__(**kwargs)
         self.variants = {c.variant: c for c in variants}
         self.spec = variants[0].spec
+        self.line = variants[0].line
         self.shape = shape
         self.results: dict[tuple[str | None, str], Any] = {}
         self.error_reported_by: dict[tuple[str | None, str], str] = {}
@@ -252,8 +257,9 @@ class RuleItem(pytest.Item):
             return str(excinfo.value)
         return super().repr_failure(excinfo)  # type: ignore[arg-type]
 
-    def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, _domain(self)
+    def reportinfo(self) -> tuple[Path, int, str]:
+        # pytest needs a line: a skip by marker (no CUDA) is reported at it
+        return self.path, self.parent.line, _domain(self)  # type: ignore[union-attr]
 
 
 class BrokenModel(pytest.Item):
@@ -270,8 +276,8 @@ class BrokenModel(pytest.Item):
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         return str(excinfo.value)
 
-    def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, _domain(self)
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, _domain(self)
 
 
 def _domain(item: pytest.Item) -> str:

@@ -1,0 +1,75 @@
+"""pytest itself survives what a student's file does: a CUDA device on a machine without one, and code
+that ends the process (sys.exit, os._exit, a KeyboardInterrupt it raises) at import or in forward. The
+file that does it fails with the reason; every other file is checked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_pytest_plugin import CLEAN, RULES
+
+pytest_plugins = ["pytester"]
+
+NET = """
+import os
+import sys
+import torch
+from torch import nn
+import cnncheck
+
+{at_import}
+
+@cnncheck.model(input_shape=(2, 3, 8, 8))
+class Quits(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, bias=False)
+
+    def forward(self, x):
+{in_forward}
+        return self.conv(x)
+"""
+
+ENDINGS = {
+    "sys.exit": ("sys.exit(3)", "calls sys.exit(3)"),
+    "os._exit": ("os._exit(7)", "calls os._exit(7)"),
+    "KeyboardInterrupt": ("raise KeyboardInterrupt", "raises KeyboardInterrupt itself"),
+    "SystemExit": ("raise SystemExit('bye')", "calls sys.exit('bye')"),
+}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the machine without CUDA")
+@pytest.mark.parametrize("device, ran", [("cuda", 0), ("all", RULES)])
+def test_cuda_items_are_skipped_without_cuda(pytester: pytest.Pytester, device: str, ran: int) -> None:
+    pytester.makepyfile(clean=CLEAN)
+    result = pytester.runpytest("--cnncheck", "--cnncheck-device", device, "-rs", "-p", "no:randomly")
+    assert "INTERNALERROR" not in result.stdout.str()
+    assert result.ret == 0
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("skipped") == RULES and outcomes.get("passed", 0) == ran, outcomes
+    result.stdout.fnmatch_lines(["SKIPPED [[]9[]] clean.py:5: CUDA is not available on this machine"])
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+@pytest.mark.parametrize("where", ["at-import", "in-forward"])
+@pytest.mark.parametrize("xdist", [False, True], ids=["serial", "xdist-loadfile"])
+def test_code_that_ends_the_process_fails_alone(pytester: pytest.Pytester, ending: str, where: str,
+                                                 xdist: bool) -> None:
+    if xdist:
+        pytest.importorskip("xdist")
+    code, said = ENDINGS[ending]
+    source = NET.format(at_import=code if where == "at-import" else "",
+                        in_forward=f"        {code}" if where == "in-forward" else "")
+    pytester.makepyfile(quits=source, clean=CLEAN)
+    args = ["--cnncheck", "-p", "no:randomly", "-p", "no:cacheprovider"]
+    result = pytester.runpytest_subprocess(*args, *(["-n", "2", "--dist", "loadfile"] if xdist else []))
+    text = result.stdout.str()
+    assert "INTERNALERROR" not in text and "no tests ran" not in text, text
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed") == RULES, outcomes  # the clean file, all checked
+    assert outcomes.get("failed") == 1, outcomes  # the file that ends the process: one failure that says so
+    assert said in text, text
+    if where == "at-import":
+        assert "quits.py, while it is imported, " + said in text
+    else:
+        assert "Quits " + said in text
