@@ -1,5 +1,10 @@
-"""Find the models to check in Python files: declared ones first, else every nn.Module subclass
-defined (not imported) in the file that builds with no arguments."""
+"""Find the models to check in Python files, the same way for ``cnncheck check`` and ``pytest --cnncheck``.
+
+A model is what the file declares with ``@cnncheck.model`` (or names in ``cnncheck_models``). A file that
+declares none has as models the ``nn.Module`` subclasses it defines (not imports) that build with no
+arguments, own parameters, and are not a part of another such class of the file: a ``Flatten`` helper, or
+the ``Block`` the real model is made of, is not a model. Test files (``test_*.py``, ``*_test.py``) have
+only their declared models; ``conftest.py`` has none."""
 
 from __future__ import annotations
 
@@ -30,16 +35,25 @@ class Candidate:
         return f"{self.file}::{self.name}" + (f"[{self.variant}]" if self.variant else "")
 
 
+TEST_FILE_PATTERNS = ("test_*.py", "*_test.py")
+
+
+def is_test_file(path: Path) -> bool:
+    """A test module: it may declare models, but its other classes are test helpers, not models."""
+    return any(path.match(pattern) for pattern in TEST_FILE_PATTERNS)
+
+
 def python_files(paths: list[str]) -> Iterator[Path]:
-    """The .py files under ``paths``, skipping tests, conftests, and sub-folders that are projects of
-    their own (they have a pyproject.toml or setup.py, and their own imports)."""
+    """The .py files under ``paths`` that can hold models, skipping conftests, test files that never
+    mention cnncheck (so cannot declare a model), and sub-folders that are projects of their own (they
+    have a pyproject.toml or setup.py, and their own imports)."""
     for raw in paths:
         path = Path(raw)
         if not path.is_dir():
             yield path
             continue
         for file in sorted(path.rglob("*.py")):
-            if file.name.startswith(("test_", "conftest")):
+            if file.name == "conftest.py" or (is_test_file(file) and not _mentions_cnncheck(file)):
                 continue
             inner = file.parent
             nested = False
@@ -50,6 +64,13 @@ def python_files(paths: list[str]) -> Iterator[Path]:
                 inner = inner.parent
             if not nested:
                 yield file
+
+
+def _mentions_cnncheck(file: Path) -> bool:
+    try:
+        return "cnncheck" in file.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return True  # let the import say what is wrong
 
 
 def load_file(path: Path) -> Any:
@@ -77,36 +98,70 @@ def load_target(target: str) -> tuple[Any, Path]:
     return module, Path(getattr(module, "__file__", target))
 
 
-def candidates(module: Any, file: Path, include_all: bool = False) -> list[Candidate]:
-    """The models of ``module``: its declared ones, else (or, with ``include_all``, also) every
-    nn.Module subclass it defines that builds with no arguments."""
+def candidates(module: Any, file: Path, include_all: bool = False, test_file: bool | None = None) -> list[Candidate]:
+    """The models of ``module`` (see the module's docstring); with ``include_all`` (a model asked for by
+    name), every class that builds with no arguments too, parts included. ``test_file`` overrides the
+    file-name patterns (pytest's ``python_files`` decides under pytest)."""
+    found = [c for name, value in vars(module).items() for c in declared(module, name, value, file)]
+    test_file = is_test_file(file) if test_file is None else test_file
+    if (found or test_file) and not include_all:
+        return found
+    names = {c.name for c in found}
+    classes = {name: value for name, value in vars(module).items()
+               if name not in names and _undeclared_model_class(module, value)}
+    if include_all:
+        return found + [Candidate(file, n, c, ModelSpec(), line=line_of(c)) for n, c in classes.items()]
+    return found + _whole_models(file, classes)
+
+
+def declared(module: Any, name: str, value: Any, file: Path) -> list[Candidate]:
+    """``value``'s candidates when ``module`` defines it and declares it a model: one per variant."""
+    spec = spec_of(value)
+    if spec is None or getattr(value, "__module__", None) != module.__name__:
+        return []
+    if not spec.variants:
+        return [Candidate(file, name, value, spec, line=line_of(value))]
+    return [Candidate(file, name, functools.partial(value, **kwargs), spec, variant, line_of(value))
+            for variant, kwargs in spec.variants]
+
+
+def _undeclared_model_class(module: Any, value: Any) -> bool:
     from torch import nn
 
-    found = []
-    for name, value in vars(module).items():
-        if getattr(value, "__module__", None) != module.__name__:
-            continue  # imported, not defined here
-        spec = spec_of(value)
-        if spec is not None and spec.variants:
-            for variant, kwargs in spec.variants:
-                build = functools.partial(value, **kwargs)
-                found.append(Candidate(file, name, build, spec, variant, line_of(value)))
-        elif spec is not None:
-            found.append(Candidate(file, name, value, spec, line=line_of(value)))
-    if found and not include_all:
-        return found
-    declared = {c.name for c in found}
-    for name, value in vars(module).items():
-        if name in declared:
+    return (inspect.isclass(value) and issubclass(value, nn.Module) and value.__module__ == module.__name__
+            and _builds_without_arguments(value))
+
+
+def _whole_models(file: Path, classes: dict[str, type]) -> list[Candidate]:
+    """The classes that own parameters and are no part of another: each is built once to see (seeded, the
+    global random state kept), and that instance is the one checked. A class that cannot be built stays:
+    its check says why."""
+    from cnncheck.preserve import preserved_global_state
+
+    built: dict[str, Any] = {}
+    for name, cls in classes.items():
+        try:
+            with preserved_global_state(), contained_exits(name):
+                built[name] = cls()
+        except Exception:
             continue
-        if (
-            inspect.isclass(value)
-            and issubclass(value, nn.Module)
-            and value.__module__ == module.__name__
-            and _builds_without_arguments(value)
-        ):
-            found.append(Candidate(file, name, value, ModelSpec(), line=line_of(value)))
-    return found
+    parts = {type(m) for instance in built.values() for m in instance.modules() if m is not instance}
+    return [
+        Candidate(file, name, _Prebuilt(cls, built[name]) if name in built else cls, ModelSpec(), line=line_of(cls))
+        for name, cls in classes.items()
+        if name not in built or (cls not in parts and any(True for _ in built[name].parameters()))
+    ]
+
+
+class _Prebuilt:
+    """Builds ``cls``, handing out the instance discovery already built the first time."""
+
+    def __init__(self, cls: type, instance: Any) -> None:
+        self.cls, self.instance = cls, instance
+
+    def __call__(self) -> Any:
+        instance, self.instance = self.instance, None
+        return instance if instance is not None else self.cls()
 
 
 def line_of(target: Any) -> int:

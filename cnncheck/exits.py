@@ -19,8 +19,9 @@ class CodeExited(Exception):
     """Student code called ``sys.exit``/``os._exit`` or raised ``KeyboardInterrupt`` itself."""
 
 
-class _OsExit(BaseException):
-    """``os._exit(code)`` refused: a BaseException, so that the student's ``except Exception`` lets it by."""
+class _OsExit(SystemExit):
+    """``os._exit(code)`` refused: no ``Exception``, so that the student's ``except Exception`` lets it by,
+    and a ``SystemExit``, which pytest's collection lets through to :func:`contained_exits` too."""
 
     def __init__(self, code: int) -> None:
         super().__init__(code)
@@ -50,10 +51,10 @@ def contained_exits(what: str) -> Iterator[None]:
     os._exit = posix._exit = refuse_exit  # type: ignore[assignment]
     try:
         yield
-    except SystemExit as exc:
-        raise CodeExited(f"{what} calls sys.exit({exc.code!r})") from None
     except _OsExit as exc:
         raise CodeExited(f"{what} calls os._exit({exc.code!r})") from None
+    except SystemExit as exc:
+        raise CodeExited(f"{what} calls sys.exit({exc.code!r})") from None
     except KeyboardInterrupt:
         if interrupted:
             raise

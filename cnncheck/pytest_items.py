@@ -41,7 +41,36 @@ class Collection:
         if file_path.suffix != ".py" or file_path.name in ("conftest.py", "setup.py", "__init__.py"):
             return None
         self.seen.add(file_path.resolve())
+        if self._imported_by_pytest(file_path, parent.session):
+            return None  # its models join the module pytest imports (pytest_make_collect_report): one import
         return ModelFile.from_parent(parent, path=file_path, entries=self._entries_for(file_path))
+
+    def _imported_by_pytest(self, file_path: Path, session: pytest.Session) -> bool:
+        """pytest's own python plugin collects a file given on the command line, or one that matches
+        ``python_files``."""
+        return session.isinitpath(file_path) or self._test_file(file_path)
+
+    def _test_file(self, file_path: Path) -> bool:
+        return any(file_path.match(pattern) for pattern in self.config.getini("python_files"))
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_make_collect_report(self, collector: pytest.Collector) -> Any:
+        """A module pytest imports: student code that ends the process fails this module alone, and the
+        module's models join its tests."""
+        if not isinstance(collector, pytest.Module) or collector.path.name in ("conftest.py", "__init__.py"):
+            return (yield)
+        from cnncheck.exits import CodeExited, contained_exits
+
+        try:
+            with contained_exits(f"{collector.path.name}, while it is imported,"):
+                report = yield
+        except CodeExited as exc:
+            return pytest.CollectReport(collector.nodeid, "failed", f"cannot import {collector.path.name}: {exc}", [])
+        if report.passed:
+            test_file = self._test_file(collector.path)
+            report.result.extend(model_nodes(collector, collector.obj, self._entries_for(collector.path),
+                                             discover=True, test_file=test_file))
+        return report
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config,
@@ -96,10 +125,9 @@ class ModelFile(pytest.File):
         self.only_entries = only_entries
 
     def collect(self) -> Iterator[pytest.Collector | pytest.Item]:
-        from cnncheck.discover import candidates, load_file
+        from cnncheck.discover import load_file
         from cnncheck.exits import CodeExited
 
-        options = self.config.stash[OPTIONS]
         try:
             module = load_file(self.path)
         except CodeExited as exc:
@@ -109,24 +137,33 @@ class ModelFile(pytest.File):
             yield BrokenModel.from_parent(self, name="import", error=f"cannot import {self.path.name}: "
                                           f"{type(exc).__name__}: {exc}")
             return
-        found: dict[str, list[Any]] = {}
-        for candidate in [] if self.only_entries else candidates(module, self.path):
-            found.setdefault(candidate.name, []).append(candidate)
-        shapes: dict[str, tuple[int, ...] | None] = {}
-        for entry in self.entries:
-            target = getattr(module, entry.attr, None)
-            if target is None:
-                yield BrokenModel.from_parent(self, name=entry.attr, error=f"{self.path.name} has no attribute "
-                                              f"{entry.attr!r} (from cnncheck_models)")
-                continue
-            from cnncheck.declare import ModelSpec, spec_of
-            from cnncheck.discover import Candidate
+        yield from model_nodes(self, module, self.entries, discover=not self.only_entries)
 
-            found[entry.attr] = [Candidate(self.path, entry.attr, target, spec_of(target) or ModelSpec())]
-            shapes[entry.attr] = entry.shape
-        for name, variants in found.items():
-            shape = shapes.get(name) or variants[0].spec.input_shape or options.default_shape
-            yield ModelCollector.from_parent(self, name=name, variants=variants, shape=shape)
+
+def model_nodes(parent: pytest.Collector, module: Any, entries: list[Any], *, discover: bool,
+                test_file: bool | None = None) -> Iterator[pytest.Collector | pytest.Item]:
+    """The collectors of the models of ``module`` (imported from ``parent.path``), discovered and named in
+    ``entries``, under ``parent``: a file of ours, or a module that pytest imported itself."""
+    from cnncheck.declare import ModelSpec, spec_of
+    from cnncheck.discover import Candidate, candidates
+
+    options = parent.config.stash[OPTIONS]
+    path = parent.path
+    found: dict[str, list[Any]] = {}
+    for candidate in candidates(module, path, test_file=test_file) if discover else []:
+        found.setdefault(candidate.name, []).append(candidate)
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    for entry in entries:
+        target = getattr(module, entry.attr, None)
+        if target is None:
+            yield BrokenModel.from_parent(parent, name=entry.attr, error=f"{path.name} has no attribute "
+                                          f"{entry.attr!r} (from cnncheck_models)")
+            continue
+        found[entry.attr] = [Candidate(path, entry.attr, target, spec_of(target) or ModelSpec())]
+        shapes[entry.attr] = entry.shape
+    for name, variants in found.items():
+        shape = shapes.get(name) or variants[0].spec.input_shape or options.default_shape
+        yield ModelCollector.from_parent(parent, name=name, variants=variants, shape=shape)
 
 
 class ModelCollector(pytest.Collector):

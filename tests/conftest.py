@@ -1,11 +1,21 @@
-"""Shared fixtures. torch is imported first: pytester's in-process runs restore sys.modules, and a C
-extension imported for the first time inside such a run fails to load a second time."""
+"""Shared fixtures. torch and every cnncheck module are imported first: pytester's in-process runs
+restore sys.modules, so a module imported for the first time inside such a run is imported again by
+the next test, and two copies of a class then disagree (``pytest.raises(cnncheck.CheckFailed)`` no longer
+catches the ``CheckFailed`` that ``cnncheck.api`` raises); a C extension cannot load twice at all."""
 
+import importlib
 import os
+import pkgutil
 import sys
 
 import pytest
 import torch  # (see the docstring)
+
+import cnncheck
+
+for _module in pkgutil.walk_packages(cnncheck.__path__, "cnncheck."):
+    if _module.name not in ("cnncheck.__main__", "cnncheck._warmup"):
+        importlib.import_module(_module.name)
 
 sys.path.insert(0, os.path.dirname(__file__))
 

@@ -1,0 +1,172 @@
+"""Which classes are models: one rule, in discover.py, for ``cnncheck check`` and ``pytest --cnncheck``.
+A helper (no parameters), a part of another model, and the classes of a test file are not models; a
+model declared in a test file is, and its file is imported once."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnncheck import cli
+from cnncheck.discover import candidates, load_file
+from cnncheck.plugins import all_rules
+
+pytest_plugins = ["pytester"]
+RULES = all_rules(problems=[])
+
+PARTS = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+
+    class Flatten(nn.Module):
+        def forward(self, x):
+            return x.flatten(1)
+
+
+    class Block(nn.Module):
+        def __init__(self, channels=4):
+            super().__init__()
+            self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+            self.bn = nn.BatchNorm2d(channels)
+
+        def forward(self, x):
+            return x + torch.relu(self.bn(self.conv(x)))
+
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 3, padding=1)
+            self.blocks = nn.Sequential(Block(), Block())
+            self.flatten = Flatten()
+            self.fc = nn.Linear(4 * 8 * 8, 10)
+
+        def forward(self, x):
+            return self.fc(self.flatten(self.blocks(self.stem(x))))
+
+
+    class Other(nn.Module):
+        \"\"\"A second, independent model of the same file.\"\"\"
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+
+        def forward(self, x):
+            return self.conv(x)
+""")
+
+COUNTS_IMPORTS = "\nimport pathlib\nwith open(pathlib.Path(__file__).with_suffix('.imports'), 'a') as log:\n    log.write('x')\n"
+
+DECLARED_IN_A_TEST_FILE = textwrap.dedent("""
+    import torch
+    from torch import nn
+    import cnncheck
+
+
+    class Helper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+
+        def forward(self, x):
+            return self.conv(x)
+
+
+    @cnncheck.model(input_shape=(2, 3, 8, 8))
+    class Declared(Helper):
+        pass
+
+
+    def test_something():
+        assert Helper()(torch.zeros(1, 3, 8, 8)).shape == (1, 2, 6, 6)
+""") + COUNTS_IMPORTS
+
+UNDECLARED_TEST_FILE = textwrap.dedent("""
+    from torch import nn
+    import cnncheck  # mentions cnncheck, declares nothing
+
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+
+        def forward(self, x):
+            return self.conv(x)
+
+
+    def test_tiny():
+        assert isinstance(Tiny(), nn.Module)
+""")
+
+
+def _names(path: Path) -> list[str]:
+    return [c.name for c in candidates(load_file(path), path)]
+
+
+def test_helpers_and_parts_are_not_models(tmp_path: Path) -> None:
+    (tmp_path / "model.py").write_text(PARTS)
+    assert _names(tmp_path / "model.py") == ["Net", "Other"]
+
+
+def test_a_part_asked_for_by_name_is_checked(tmp_path: Path) -> None:
+    (tmp_path / "model.py").write_text(PARTS)
+    out = tmp_path / "report.json"
+    code = cli.main(["check", f"{tmp_path / 'model.py'}::Block", "--input-shape", "2,4,8,8", "--format", "json",
+                     "--output", str(out)])
+    assert code == 0 and [m["name"] for m in json.loads(out.read_text())["models"]] == ["Block"]
+
+
+def test_discovery_keeps_the_random_state_and_checks_the_instance_it_built(tmp_path: Path) -> None:
+    (tmp_path / "model.py").write_text(PARTS)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    found = candidates(load_file(tmp_path / "model.py"), tmp_path / "model.py")
+    assert torch.equal(torch.get_rng_state(), before)
+    first, second = found[0].build(), found[0].build()
+    assert first is not second and type(first) is type(second)
+
+
+def test_a_class_that_cannot_be_built_stays_so_that_its_check_says_why(tmp_path: Path) -> None:
+    (tmp_path / "model.py").write_text(PARTS + textwrap.dedent("""
+
+        class Broken(nn.Module):
+            def __init__(self):
+                super().__init__()
+                raise RuntimeError("student bug in __init__")
+    """))
+    assert _names(tmp_path / "model.py") == ["Net", "Other", "Broken"]
+
+
+def _cli_models(tmp_path: Path, target: Path) -> list[str]:
+    out = tmp_path / "report.json"
+    cli.main(["check", str(target), "--format", "json", "--output", str(out)])
+    return sorted(m["name"] for m in json.loads(out.read_text())["models"])
+
+
+def test_the_command_and_pytest_find_the_same_models(tmp_path: Path, pytester: pytest.Pytester) -> None:
+    project = pytester.path
+    (project / "model.py").write_text(PARTS)
+    (project / "test_models.py").write_text(DECLARED_IN_A_TEST_FILE)
+    (project / "tiny_test.py").write_text(UNDECLARED_TEST_FILE)
+    (project / "conftest.py").write_text("import cnncheck\n")
+    assert _cli_models(tmp_path, project) == ["Declared", "Net", "Other"]
+    (project / "test_models.imports").unlink()
+
+    result = pytester.runpytest("--cnncheck", "-p", "no:randomly", "-p", "no:cacheprovider", "--co", "-q")
+    models = sorted({line.split("::")[1] for line in result.outlines if line.count("::") == 2})
+    assert models == ["Declared", "Net", "Other"], result.outlines
+    assert (project / "test_models.imports").read_text() == "x"  # pytest's own import; cnncheck made none
+
+
+def test_a_file_given_on_the_command_line_is_imported_once(pytester: pytest.Pytester) -> None:
+    (pytester.path / "model.py").write_text(PARTS + COUNTS_IMPORTS)
+    result = pytester.runpytest("--cnncheck", "model.py", "-p", "no:randomly", "-p", "no:cacheprovider")
+    assert sum(result.parseoutcomes().get(k, 0) for k in ("passed", "failed")) == 2 * len(RULES)  # Net, Other
+    assert (pytester.path / "model.imports").read_text() == "x"
