@@ -65,24 +65,43 @@ class Collection:
             with contained_exits(f"{collector.path.name}, while it is imported,"):
                 report = yield
         except CodeExited as exc:
-            return pytest.CollectReport(collector.nodeid, "failed", f"cannot import {collector.path.name}: {exc}", [])
+            return self._unimportable(collector, f"cannot import {collector.path.name}: {exc}", always_an_item=True)
+        test_file = self._test_file(collector.path)
+        if report.failed and not test_file:  # a model file named on the command line: its error item
+            call = getattr(report, "call", None)
+            error = call.excinfo.value if call is not None and call.excinfo is not None else None
+            cause = error.__cause__ if error is not None and error.__cause__ is not None else error
+            what = f"{type(cause).__name__}: {cause}" if cause is not None else str(report.longrepr)
+            return self._unimportable(collector, f"cannot import {collector.path.name}: {what}")
         if report.passed:
-            test_file = self._test_file(collector.path)
             report.result.extend(model_nodes(collector, collector.obj, self._entries_for(collector.path),
                                              discover=True, test_file=test_file))
         return report
 
+    def _unimportable(self, module: pytest.Module, error: str, always_an_item: bool = False) -> pytest.CollectReport:
+        """One error item for a file that does not import, so that the other files are still checked. A
+        test module that raises keeps pytest's collection error, unless it tried to end the process."""
+        if self._test_file(module.path) and not always_an_item:
+            return pytest.CollectReport(module.nodeid, "failed", error, [])
+        return pytest.CollectReport(module.nodeid, "passed", None,
+                                    [BrokenModel.from_parent(module, name="import", error=error)])
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config,
                                       items: list[pytest.Item]) -> None:
-        """Models named in cnncheck_models whose files were not among the collected paths."""
+        """Models named in cnncheck_models whose files were not among the collected paths (an installed
+        package's, say), when the run selects no paths of its own: a run of named files or node ids runs
+        only those. They are collected as pytest collects (counted in "collected N items"), ahead of the
+        selection by -k and -m."""
+        if config.args_source is pytest.Config.ArgsSource.ARGS:
+            return
         by_file: dict[Path, list[Any]] = {}
         for entry in self._parsed_entries():
             if entry.file not in self.seen:
                 by_file.setdefault(entry.file, []).append(entry)
         for file, entries in by_file.items():
             collector = ModelFile.from_parent(session, path=file, entries=entries, only_entries=True)
-            items.extend(_genitems(collector))
+            items.extend(session.genitems(collector))
 
     def _parsed_entries(self) -> list[Any]:
         from cnncheck.discover import parse_entry
@@ -105,14 +124,6 @@ class Collection:
         rules = select_rules(all_rules(problems=problems), self.options.select, self.options.ignore)
         header = f"cnncheck: {len(rules)} rules, device {', '.join(self.options.devices())}, fail on {self.options.fail_on}"
         return [header, *(f"cnncheck: {problem}" for problem in dict.fromkeys(problems))]
-
-
-def _genitems(collector: pytest.Collector) -> Iterator[pytest.Item]:
-    for node in collector.collect():
-        if isinstance(node, pytest.Item):
-            yield node
-        else:
-            yield from _genitems(node)  # type: ignore[arg-type]
 
 
 class ModelFile(pytest.File):
@@ -247,6 +258,7 @@ class RuleItem(pytest.Item):
         collector: ModelCollector = self.parent  # type: ignore[assignment]
         result = collector.result(self.variant, self.device)
         if result.error is not None:
+            self.user_properties.append(("cnncheck_unusable", self.parent.nodeid))  # type: ignore[union-attr]
             first = collector.error_reported_by.setdefault((self.variant, self.device), self.nodeid)
             if first != self.nodeid:
                 pytest.skip(f"{collector.name} could not be checked; the reason is reported by {first}")
@@ -306,6 +318,7 @@ class BrokenModel(pytest.Item):
         super().__init__(**kwargs)
         self.error = error
         self.add_marker("cnncheck")
+        self.user_properties.append(("cnncheck_unusable", self.nodeid))
 
     def runtest(self) -> None:
         raise ModelUnusable(self.error)
@@ -338,7 +351,8 @@ class Reporter:
 
     def __init__(self, options: Options) -> None:
         self.options = options
-        self.models: set[str] = set()
+        self.models: set[str] = set()  # checked
+        self.unusable: set[str] = set()  # could not be checked: import, build, forward
         self.findings: Counter[str] = Counter()
         self.passing_warnings: list[str] = []
         self.keys: set[tuple[str, str, str]] = set()
@@ -349,7 +363,11 @@ class Reporter:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
-        if report.when != "call" or "cnncheck_rule" not in props:
+        if report.when != "call":
+            return
+        if "cnncheck_unusable" in props:
+            self.unusable.add(str(props["cnncheck_unusable"]))
+        if "cnncheck_checked" not in props:
             return
         self.models.add(str(props["cnncheck_model"]))
         count = int(props.get("cnncheck_findings", 0) or 0)
@@ -371,9 +389,12 @@ class Reporter:
             writer.write_sep("=", "cnncheck warnings (passing: --cnncheck-fail-on=error)")
             for text in self.passing_warnings:
                 writer.write_line(text)
+        if not self.models and not self.unusable and not self.options.baseline_write:
+            return  # nothing ran (--collect-only, or every cnncheck item deselected)
         per_rule = ", ".join(f"{rule}: {n}" for rule, n in sorted(self.findings.items())) or "none"
+        unusable = f", {len(self.unusable)} could not be checked" if self.unusable else ""
         writer.write_sep("-", "cnncheck")
-        writer.write_line(f"cnncheck: {len(self.models)} model(s) checked; findings per rule: {per_rule}")
+        writer.write_line(f"cnncheck: {len(self.models)} model(s) checked{unusable}; findings per rule: {per_rule}")
         if self.unfinished:
             states = ", ".join(f"{n} {state}" for state, n in sorted(self.unfinished.items()))
             writer.write_line(f"cnncheck: rule items that did not pass for lack of a verdict: {states} "

@@ -302,3 +302,42 @@ def test_exitfirst_and_last_failed(pytester: pytest.Pytester) -> None:
     again = pytester.runpytest("--cnncheck", "--lf")
     again.assert_outcomes(failed=1)
     again.stdout.fnmatch_lines(["*run-last-failure: rerun previous 1 failure*"])
+
+
+def test_models_from_the_ini_key_obey_the_selection_and_are_counted(pytester: pytest.Pytester) -> None:
+    """zoo/ is outside testpaths, as an installed package's models are: the ini key brings them in."""
+    pkg = pytester.mkpydir("zoo")
+    (pkg / "nets.py").write_text(BIASED.replace("@cnncheck.model(input_shape=(2, 3, 8, 8))\n", ""))
+    tests = pytester.mkdir("tests")
+    (tests / "test_formula.py").write_text("def test_formula():\n    assert 2 + 2 == 4\n")
+    pytester.makeini("[pytest]\ntestpaths = tests\ncnncheck_models =\n    zoo.nets:Biased 2,3,8,8\n")
+    pytester.syspathinsert()
+    args = ("--cnncheck", "-p", "no:cacheprovider", "-p", "no:randomly")
+
+    everything = pytester.runpytest(*args)
+    everything.stdout.fnmatch_lines([f"collected {RULES + 1} items"])
+    everything.assert_outcomes(passed=RULES, failed=1)
+
+    one_test = pytester.runpytest(*args, "tests/test_formula.py::test_formula")
+    one_test.stdout.fnmatch_lines(["collected 1 item"])
+    one_test.assert_outcomes(passed=1)
+
+    by_keyword = pytester.runpytest(*args, "-k", "redundant")
+    by_keyword.stdout.fnmatch_lines([f"collected {RULES + 1} items / {RULES} deselected / 1 selected"])
+    by_keyword.assert_outcomes(failed=1, deselected=RULES)
+
+    by_marker = pytester.runpytest(*args, "-m", "not cnncheck")
+    by_marker.assert_outcomes(passed=1, deselected=RULES)
+
+
+def test_the_summary_counts_what_was_checked(pytester: pytest.Pytester) -> None:
+    raises = CLEAN.replace("class Clean", "class Raises").replace(
+        "return self.fc(", "raise ValueError('student bug')\n        return self.fc(")
+    pytester.makepyfile(raises=raises, broken="import nonexistent_module\n", clean=CLEAN)
+    args = ("--cnncheck", "-p", "no:cacheprovider", "-p", "no:randomly")
+    result = pytester.runpytest(*args)
+    result.stdout.fnmatch_lines(["cnncheck: 1 model(s) checked, 2 could not be checked; findings per rule: none"])
+    unusable_only = pytester.runpytest(*args, "raises.py", "broken.py")
+    unusable_only.stdout.fnmatch_lines(["cnncheck: 0 model(s) checked, 2 could not be checked; findings per rule: none"])
+    for nothing_ran in (pytester.runpytest(*args, "--collect-only"), pytester.runpytest(*args, "-m", "not cnncheck")):
+        assert "model(s) checked" not in nothing_ran.stdout.str()

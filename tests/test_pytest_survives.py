@@ -73,3 +73,22 @@ def test_code_that_ends_the_process_fails_alone(pytester: pytest.Pytester, endin
         assert "quits.py, while it is imported, " + said in text
     else:
         assert "Quits " + said in text
+
+
+@pytest.mark.parametrize("name", ["quits.py", "test_quits.py"])
+def test_a_file_named_on_the_command_line_that_ends_the_process_fails_alone(pytester: pytest.Pytester,
+                                                                           name: str) -> None:
+    """pytest imports a file given as an argument (and a test file) itself: the exit is contained there."""
+    (pytester.path / name).write_text(NET.format(at_import="os._exit(7)", in_forward=""))
+    pytester.makepyfile(clean=CLEAN)
+    result = pytester.runpytest_subprocess("--cnncheck", name, "clean.py", "-p", "no:randomly")
+    assert result.parseoutcomes().get("passed") == RULES and result.parseoutcomes().get("failed") == 1
+    assert f"{name}, while it is imported, calls os._exit(7)" in result.stdout.str()
+
+
+def test_a_model_file_named_on_the_command_line_that_does_not_import_is_one_error_item(
+        pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(broken="import nonexistent_module\n", clean=CLEAN)
+    result = pytester.runpytest("--cnncheck", "broken.py", "clean.py", "-p", "no:randomly")
+    result.assert_outcomes(passed=RULES, failed=1)
+    result.stdout.fnmatch_lines(["*cannot import broken.py: ModuleNotFoundError: No module named 'nonexistent_module'"])
