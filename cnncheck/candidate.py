@@ -38,6 +38,7 @@ def _check_into(result: ModelResult, candidate: Any, label: str, shape: tuple[in
     from cnncheck.api import CheckError, check_model
     from cnncheck.discover import infer_input_shape
 
+    given = shape  # the option's (--input-shape, the ini key), not the model's own declaration
     try:
         try:
             model = candidate.build()
@@ -70,11 +71,33 @@ def _check_into(result: ModelResult, candidate: Any, label: str, shape: tuple[in
     except CheckError as exc:
         result.error, result.error_kind = str(exc), "forward"
         result.location = traceback_location(exc.__cause__)
+        wrong_rank = _wrong_rank(model, given) if given is not None and exc.__cause__ is not None else None
+        if wrong_rank is not None:  # the option fits no conv: a usage error, not the model's
+            result.error, result.error_kind, result.location = wrong_rank, "usage", None
     except MemoryError as exc:
         result.error, result.error_kind = f"out of memory: {exc}", "memory"
     except Exception as exc:  # anything else from student code outside forward
         result.error_kind, result.error = _failure(exc)
         result.location = traceback_location(exc)
+
+
+_CONV_INPUT = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
+
+
+def _wrong_rank(model: Any, shape: tuple[int, ...]) -> str | None:
+    """Why a given input shape cannot fit the model's first conv, when its rank is not the conv's."""
+    from torch import nn
+
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.modules.conv._ConvNd)):
+            dims = len(module.kernel_size)
+            if len(shape) == dims + 2:
+                return None
+            text = ",".join(str(s) for s in shape)
+            like = ",".join(str(s) for s in (4, module.in_channels, *(28,) * dims))
+            return (f"the input shape {text} has {len(shape)} numbers, but the first layer, {name} "
+                    f"{type(module).__name__}, expects {_CONV_INPUT[dims]}: give {dims + 2}, like {like}")
+    return None
 
 
 def _failure(exc: Exception, prefix: str = "") -> tuple[str, str]:

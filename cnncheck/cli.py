@@ -30,6 +30,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: give a time above 0 seconds, e.g. --timeout 60")
+    return value
+
+
 def _size(text: str) -> int:
     from cnncheck.isolate import parse_size
 
@@ -64,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="record every finding of this run in a baseline file, and exit 0 when every "
                        "model could be checked")
     check.add_argument("-j", "--jobs", type=_positive_int, default=1, help="parallel worker processes (default 1)")
-    check.add_argument("--timeout", type=float, default=60.0, help="seconds per model (default 60)")
+    check.add_argument("--timeout", type=_positive_seconds, default=60.0, help="seconds per model (default 60)")
     check.add_argument("--max-memory", type=_size, default=None, metavar="SIZE",
                        help="memory limit per worker, e.g. 4G (default: none)")
     explain = sub.add_parser("explain", parents=[common],
@@ -131,7 +141,7 @@ def _explain(args: argparse.Namespace) -> int:
     """Runs the model in this process: explain is for reading one's own model, not for grading."""
     from pathlib import Path
 
-    from cnncheck.discover import candidates, infer_input_shape, load_file
+    from cnncheck.discover import MODEL_DEFINITION, candidates, infer_input_shape, load_file
     from cnncheck.explain import explain_model
 
     target, _, wanted = args.model.partition("::")
@@ -139,9 +149,10 @@ def _explain(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"cnncheck: {path}: no such file", file=sys.stderr)
         return 2
-    found = [c for c in candidates(load_file(path), path) if not wanted or c.name == wanted]
+    found = [c for c in candidates(load_file(path), path, include_all=bool(wanted)) if not wanted or c.name == wanted]
     if not found:
-        print(f"cnncheck: no model {wanted or ''} found in {path}", file=sys.stderr)
+        what = f"no model {wanted!r} in {path}" if wanted else f"no model found in {path}: {MODEL_DEFINITION}"
+        print(f"cnncheck: {what}", file=sys.stderr)
         return 2
     for candidate in found:
         model = candidate.build()
@@ -177,7 +188,7 @@ def _check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cnncheck.baseline import Baseline, write
-    from cnncheck.discover import python_files
+    from cnncheck.discover import MODEL_DEFINITION, python_files
     from cnncheck.formats import FORMATS, render_markdown
     from cnncheck.isolate import Job
     from cnncheck.plugins import all_rules
@@ -190,6 +201,13 @@ def _check(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"cnncheck: {exc}", file=sys.stderr)
         return 2
+    if args.device is not None:
+        from cnncheck.devices import device_problem
+
+        problem = device_problem(args.device)
+        if problem is not None:
+            print(f"cnncheck: {problem}", file=sys.stderr)
+            return 2
     jobs = []
     for target in args.paths:
         file, only = _split_target(target)
@@ -205,6 +223,13 @@ def _check(args: argparse.Namespace) -> int:
         else:
             jobs.extend(Job(str(path), **options) for path in python_files([file]))  # type: ignore[arg-type]
     results = _run_with_progress(jobs, args.jobs, quiet=args.format != "text" and not args.output)
+    usage = next((r for r in results if r.error_kind == "usage"), None)
+    if usage is not None:  # an option that fits no model: say it once, as argparse would
+        print(f"cnncheck: {usage.error}", file=sys.stderr)
+        return 2
+    if not results and len(args.paths) == 1 and Path(args.paths[0]).is_file():
+        print(f"cnncheck: no model found in {args.paths[0]}: {MODEL_DEFINITION}", file=sys.stderr)
+        return 2
     if args.baseline_write:
         count = write(args.baseline_write, [(r.id, f.rule, f.module) for r in results for f in r.findings])
         print(f"cnncheck baseline: wrote {count} finding(s) to {args.baseline_write}", file=sys.stderr)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import functools
 import importlib.util
 import inspect
+import re
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,21 @@ class Candidate:
     spec: ModelSpec
     variant: str | None = None
     line: int = 0  # where the class or factory is defined, 0-based: the line of its items in pytest
+    module_target: str | None = None  # "torchvision.models" of torchvision.models:resnet18: the id names it
 
     @property
     def id(self) -> str:
-        return f"{self.file}::{self.name}" + (f"[{self.variant}]" if self.variant else "")
+        where = f"{self.module_target}:{self.name}" if self.module_target else f"{self.file}::{self.name}"
+        return where + (f"[{self.variant}]" if self.variant else "")
 
+    @property
+    def label(self) -> str:
+        return f"{self.name}[{self.variant}]" if self.variant else self.name
+
+
+MODEL_DEFINITION = ("a model is an nn.Module subclass defined in the file that builds with no arguments, owns "
+                    "parameters and is no part of another such class, or a class or factory declared with "
+                    "@cnncheck.model (file.py::Name checks any class by name)")
 
 TEST_FILE_PATTERNS = ("test_*.py", "*_test.py")
 
@@ -90,12 +101,42 @@ def load_file(path: Path) -> Any:
 
 
 def load_target(target: str) -> tuple[Any, Path]:
-    """Import a file path, or a ``package.module`` name (a ``module:attr`` target)."""
+    """Import a file path, or a ``package.module`` name (a ``module:attr`` target), found from the current
+    folder first, as ``python -m`` finds it."""
     path = Path(target)
     if path.suffix == ".py" or path.exists():
         return load_file(path), path
-    module = importlib.import_module(target)
-    return module, Path(getattr(module, "__file__", target))
+    here = str(Path.cwd())
+    sys.path.insert(0, here)
+    try:
+        with contained_exits(f"{target}, while it is imported,"):
+            module = importlib.import_module(target)
+    finally:
+        sys.path.remove(here)
+    return module, Path(getattr(module, "__file__", None) or target)
+
+
+class NoSuchModel(LookupError):
+    """A target names a model its file or module does not have."""
+
+
+def named_candidates(target: str, name: str) -> list[Candidate]:
+    """The model ``name`` of ``target`` (``file.py::Name``, ``package.module:Name``): a class or a factory
+    function, defined there or re-exported (``torchvision.models:AlexNet``), or for ``timm:NAME`` the model
+    ``timm.create_model(NAME)`` builds. Raises NoSuchModel when there is none."""
+    module, path = load_target(target)
+    by_module = None if Path(target).suffix == ".py" or Path(target).exists() else target
+    found = [replace(c, module_target=by_module) for c in candidates(module, path, include_all=True)
+             if name in (c.name, c.label)]
+    if found:
+        return found
+    value = getattr(module, name, None)
+    if value is None and getattr(module, "__name__", "") == "timm" and module.is_model(name):
+        value = functools.partial(module.create_model, name)
+    if value is None or not callable(value):
+        raise NoSuchModel(f"{target} has no model named {name!r}")
+    spec = spec_of(value) or ModelSpec()
+    return [Candidate(path, name, value, spec, line=line_of(value), module_target=by_module)]
 
 
 def candidates(module: Any, file: Path, include_all: bool = False, test_file: bool | None = None) -> list[Candidate]:
@@ -184,12 +225,14 @@ def _builds_without_arguments(cls: type) -> bool:
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
-    """``4,1,28,28``, ``4x1x28x28`` or ``(4, 1, 28, 28)``: batch first, every size positive."""
-    cleaned = text.strip().strip("()[]").replace("x", ",").replace(" ", "")
-    try:
-        shape = tuple(int(part) for part in cleaned.split(",") if part)
-    except ValueError:
-        raise ValueError(f"{text!r} is not an input shape; write it like 4,1,28,28") from None
+    """``4,1,28,28``, ``4x1x28x28`` or ``(4, 1, 28, 28)``: batch first, every size a positive integer."""
+    cleaned = text.strip().strip("()[]").strip()
+    parts = [part.strip() for part in re.split(r"[x,]", cleaned)]
+    if parts and parts[-1] == "" and "," in cleaned:
+        parts.pop()  # "(4, 1, 28, 28,)"
+    if not all(part.isdigit() for part in parts):
+        raise ValueError(f"{text!r} is not an input shape: every part must be a whole number; write it like 4,1,28,28")
+    shape = tuple(int(part) for part in parts)
     if len(shape) < 2 or any(s <= 0 for s in shape):
         raise ValueError(f"{text!r}: give the batch first and positive sizes, like 4,1,28,28")
     return shape

@@ -177,10 +177,12 @@ def explain_model(model: nn.Module, example_input: Any) -> Explanation:
             formula += "".join(f" + {c.count} ({c.name.rsplit('.', 1)[-1]})" for c in own)
         rows.append(ExplainedLayer(node.name, short_repr(node.module), _kind(node), node.out_shape,
                                    formula, (count.count if count else 0) + loose))
-    for count in formulas.values():  # parameters of layers that forward never ran
+    raised_in = set(trace.failed.module_stack) if trace.failed is not None else set()
+    for count in formulas.values():  # parameters of layers that forward never ran, or that raised
         owner = count.name.rsplit(".", 1)[0] if count.kind == "parameter" else count.name
         if owner not in shown and count.name not in shown:
-            rows.append(ExplainedLayer(count.name, "(not run by forward)", count.kind, None, count.formula, count.count))
+            status = "(forward raised here)" if owner in raised_in or count.name in raised_in else "(not run by forward)"
+            rows.append(ExplainedLayer(count.name, status, count.kind, None, count.formula, count.count))
     unique = {id(p): p for p in model.parameters()}
     return Explanation(name, tuple(args[0].shape) if args else (), tuple(rows),
                        sum(c.count for c in formulas.values()), sum(p.numel() for p in unique.values()),

@@ -45,6 +45,15 @@ class Job:
     threads: int | None = None  # torch threads in the worker (default: the cores shared among workers)
     first_only: bool = False  # list the file's models, check the first; the others get workers of their own
 
+    @property
+    def target_id(self) -> str:
+        """The id of a row for this job before its models are known: ``file.py::<import>``,
+        ``file.py::Name`` or ``package.module:Name``."""
+        if self.only is None:
+            return f"{self.file}::<import>"
+        by_module = not self.file.endswith(".py") and not Path(self.file).exists()
+        return f"{self.file}:{self.only}" if by_module else f"{self.file}::{self.only}"
+
 
 @dataclass
 class _Progress:
@@ -131,8 +140,7 @@ def _supervise(job: Job) -> _Progress:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 _stop(process)
-                current = _next_unfinished(progress) or (
-                    f"{job.file}::{job.only}" if job.only else f"{job.file}::<import>")
+                current = _next_unfinished(progress) or job.target_id
                 progress.results.append(_error(job, current, "timeout",
                                                f"timed out after {job.timeout:g} s (an endless loop, or a model "
                                                f"far too large for the example input?)", time.perf_counter() - started))
@@ -159,7 +167,7 @@ def _supervise(job: Job) -> _Progress:
             _stop(process)
         receiver.close()
     if not finished and not any(r.error_kind == "timeout" for r in progress.results):
-        current = _next_unfinished(progress) or (f"{job.file}::{job.only}" if job.only else f"{job.file}::<import>")
+        current = _next_unfinished(progress) or job.target_id
         progress.results.append(_died(job, current, process.exitcode, time.perf_counter() - started))
     return progress
 
@@ -204,37 +212,38 @@ def _worker(job: Job, conn: Any) -> None:
     import torch
 
     torch.set_num_threads(job.threads or 1)
+    from cnncheck.discover import NoSuchModel
     from cnncheck.exits import CodeExited
 
     try:
         _apply_plugins(job)
-        from cnncheck.discover import candidates, load_target
+        from cnncheck.discover import candidates, load_target, named_candidates
 
-        module, path = load_target(job.file)
-        found = candidates(module, path, include_all=job.only is not None)
         if job.only is not None:
-            found = [c for c in found if job.only in (c.name, _label(c))]
-            if not found:
-                raise LookupError(f"{job.file} defines no model named {job.only!r}")
+            found = named_candidates(job.file, job.only)
+        else:
+            module, path = load_target(job.file)
+            found = candidates(module, path)
     except CodeExited as exc:
-        conn.send(("result", _error(job, f"{job.file}::<import>", "exit", f"cannot import {path.name}: {exc}",
+        conn.send(("result", _error(job, job.target_id, "exit", f"cannot import {path.name}: {exc}",
+                                    time.perf_counter() - start).to_dict()))
+        conn.send(("done", None))
+        return
+    except NoSuchModel as exc:
+        conn.send(("result", _error(job, job.target_id, "import", str(exc),
                                     time.perf_counter() - start).to_dict()))
         conn.send(("done", None))
         return
     except BaseException as exc:  # the student's file does not import
-        conn.send(("result", _error(job, f"{job.file}::<import>", "import", f"cannot import "
+        conn.send(("result", _error(job, job.target_id, "import", f"cannot import "
                                     f"{path.name}: {type(exc).__name__}: {exc}", time.perf_counter() - start,
                                     traceback_location(exc)).to_dict()))
         conn.send(("done", None))
         return
-    conn.send(("discovered", [(c.id, _label(c)) for c in found]))
+    conn.send(("discovered", [(c.id, c.label) for c in found]))
     for candidate in found[:1] if job.first_only else found:
         conn.send(("result", _check_one(job, candidate).to_dict()))
     conn.send(("done", None))
-
-
-def _label(candidate: Any) -> str:
-    return f"{candidate.name}[{candidate.variant}]" if candidate.variant else candidate.name
 
 
 def _check_one(job: Job, candidate: Any) -> ModelResult:

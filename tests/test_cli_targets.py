@@ -1,0 +1,114 @@
+"""``cnncheck check`` targets (installed factories, re-exports, timm names, packages of the current folder)
+and the options it refuses as usage errors: exit 2 and one line that names the fix, never a run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnncheck import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = ROOT / "examples" / "seed_convnet.py"
+
+
+def _json(tmp_path: Path, *argv: str) -> tuple[int, list[dict]]:
+    out = tmp_path / "report.json"
+    code = cli.main(["check", *argv, "--format", "json", "--output", str(out)])
+    return code, json.loads(out.read_text())["models"]
+
+
+@pytest.mark.parametrize("target", [
+    "torchvision.models:resnet18",  # a factory function
+    "torchvision.models:AlexNet",  # a class defined in torchvision.models.alexnet, re-exported
+])
+def test_installed_models_by_module_and_name(tmp_path: Path, target: str) -> None:
+    pytest.importorskip("torchvision")
+    code, [model] = _json(tmp_path, target, "--input-shape", "2,3,64,64")
+    assert model["error"] is None and code == 0, model
+    assert model["id"] == target  # the target as given: no site-packages path
+    assert {o["status"] for o in model["outcomes"]} == {"passed"}
+
+
+def test_timm_models_by_name(tmp_path: Path) -> None:
+    pytest.importorskip("timm")
+    code, [model] = _json(tmp_path, "timm:resnet18", "--input-shape", "2,3,32,32")
+    assert (code, model["error"], model["id"]) == (0, None, "timm:resnet18"), model
+
+
+def test_an_unknown_name_says_so(tmp_path: Path) -> None:
+    pytest.importorskip("torchvision")
+    code, [model] = _json(tmp_path, "torchvision.models:resnet_nope", "--input-shape", "2,3,32,32")
+    assert code == 1 and model["error"] == "torchvision.models has no model named 'resnet_nope'"
+
+
+def test_a_package_of_the_current_folder_resolves_as_python_dash_m_would(tmp_path: Path) -> None:
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "models.py").write_text(SEED.read_text())
+    done = subprocess.run([sys.executable, "-m", "cnncheck", "check", "mypkg.models:ConvNet", "--format", "json"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    [model] = json.loads(done.stdout)["models"]
+    assert model["id"] == "mypkg.models:ConvNet" and model["error"] is None, done.stderr
+    assert [f["rule"] for f in model["findings"]] == ["feature-size-mismatch"]
+
+
+# -- usage errors -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, says", [
+    (["--timeout", "0"], "argument --timeout: 0: give a time above 0 seconds"),
+    (["--timeout", "-5"], "argument --timeout: -5: give a time above 0 seconds"),
+    (["--input-shape", "4,x,28"], "'4,x,28' is not an input shape: every part must be a whole number"),
+    (["--device", "tpu"], "cnncheck: --device 'tpu' is not a device torch knows: use cpu, cuda, cuda:N or mps"),
+    (["--device", "meta"], "cnncheck: --device meta: cannot compute on it here"),
+    (["--input-shape", "4,28,28"], "cnncheck: the input shape 4,28,28 has 3 numbers, but the first layer, layer1.0 "
+                                   "Conv2d, expects (N, C, H, W): give 4, like 4,1,28,28"),
+])
+def test_options_that_cannot_work_are_usage_errors(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                                    says: str) -> None:
+    if argv[0] in ("--timeout",) or argv[1] == "4,x,28":
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["check", str(SEED), *argv])
+        assert exit_info.value.code == 2
+    else:
+        assert cli.main(["check", str(SEED), *argv]) == 2
+    err = capsys.readouterr().err
+    assert says in err, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the machine without CUDA")
+def test_cuda_without_cuda_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check", str(SEED), "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.strip() == ("cnncheck: --device cuda: CUDA is not available on this machine; "
+                                               "leave --device out to check on the CPU")
+
+
+def test_a_file_without_a_model_given_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "helpers.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+
+        class Flatten(nn.Module):
+            def forward(self, x):
+                return x.flatten(1)
+    """))
+    for command in ("check", "explain"):
+        assert cli.main([command, str(tmp_path / "helpers.py")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"cnncheck: no model found in {tmp_path / 'helpers.py'}: a model is an nn.Module "
+                              "subclass"), err
+        assert "  " not in err
+
+
+def test_explain_says_where_forward_raised(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["explain", str(SEED)]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert any(row.startswith("fc1 (forward raised here)") for row in rows), rows
+    assert any(row.startswith("fc2 (not run by forward)") for row in rows), rows
