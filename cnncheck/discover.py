@@ -241,22 +241,41 @@ def parse_shape(text: str) -> tuple[int, ...]:
 @dataclass(frozen=True)
 class Entry:
     """One line of the ``cnncheck_models`` ini key: ``pkg.mod:Attr`` or ``path.py::Attr``, then an
-    optional shape."""
+    optional shape, then an optional ``ignore=RULE,RULE:layer-glob,...`` for this model only
+    (``ignore=*`` leaves the model out)."""
 
     file: Path
     attr: str
     shape: tuple[int, ...] | None
+    ignore: tuple[str, ...] = ()
+
+    @property
+    def left_out(self) -> bool:
+        return "*" in self.ignore
 
 
 def parse_entry(line: str, rootdir: Path) -> Entry:
-    target, _, shape_text = line.strip().partition(" ")
+    target, *rest = line.split()
+    ignore: tuple[str, ...] = ()
+    shape_parts = []
+    for part in rest:
+        if part.startswith("ignore="):
+            ignore = tuple(p for p in part.removeprefix("ignore=").split(",") if p)
+        else:
+            shape_parts.append(part)
+    shape_text = " ".join(shape_parts)
     shape = parse_shape(shape_text) if shape_text.strip() else None
+    entry = _entry_target(target, line, rootdir)
+    return Entry(entry.file, entry.attr, shape, ignore)
+
+
+def _entry_target(target: str, line: str, rootdir: Path) -> Entry:
     if "::" in target:
         path, _, attr = target.partition("::")
         file = (rootdir / path).resolve()
         if not file.exists():
             raise ValueError(f"cnncheck_models: {path} does not exist (relative to {rootdir})")
-        return Entry(file, attr, shape)
+        return Entry(file, attr, None)
     module_name, sep, attr = target.partition(":")
     if not sep or not attr:
         raise ValueError(
@@ -265,7 +284,7 @@ def parse_entry(line: str, rootdir: Path) -> Entry:
     spec = importlib.util.find_spec(module_name)
     if spec is None or spec.origin is None:
         raise ValueError(f"cnncheck_models: cannot find module {module_name!r}")
-    return Entry(Path(spec.origin).resolve(), attr, shape)
+    return Entry(Path(spec.origin).resolve(), attr, None)
 
 
 DEFAULT_SIDE = {1: 28, 3: 32}  # MNIST-like for one channel, CIFAR-like for RGB; 32 otherwise

@@ -156,7 +156,7 @@ def model_nodes(parent: pytest.Collector, module: Any, entries: list[Any], *, di
     """The collectors of the models of ``module`` (imported from ``parent.path``), discovered and named in
     ``entries``, under ``parent``: a file of ours, or a module that pytest imported itself."""
     from cnncheck.declare import ModelSpec, spec_of
-    from cnncheck.discover import Candidate, candidates
+    from cnncheck.discover import Candidate, candidates, line_of
 
     options = parent.config.stash[OPTIONS]
     path = parent.path
@@ -165,12 +165,17 @@ def model_nodes(parent: pytest.Collector, module: Any, entries: list[Any], *, di
         found.setdefault(candidate.name, []).append(candidate)
     shapes: dict[str, tuple[int, ...] | None] = {}
     for entry in entries:
+        if entry.left_out:  # ignore=*: this model of the ini key is not checked, even if discovered
+            found.pop(entry.attr, None)
+            continue
         target = getattr(module, entry.attr, None)
         if target is None:
             yield BrokenModel.from_parent(parent, name=entry.attr, error=f"{path.name} has no attribute "
                                           f"{entry.attr!r} (from cnncheck_models)")
             continue
-        found[entry.attr] = [Candidate(path, entry.attr, target, spec_of(target) or ModelSpec())]
+        spec = spec_of(target) or ModelSpec()
+        spec = spec._replace(ignore=(*spec.ignore, *entry.ignore))
+        found[entry.attr] = [Candidate(path, entry.attr, target, spec, line=line_of(target))]
         shapes[entry.attr] = entry.shape
     for name, variants in found.items():
         shape = shapes.get(name) or variants[0].spec.input_shape or options.default_shape

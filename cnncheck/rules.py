@@ -127,19 +127,21 @@ def select_rules(
     ignore: Iterable[str] = (),
 ) -> list[Rule]:
     """The rules to run: those matched by ``select`` (all when None) minus those matched by ``ignore``.
+    A per-layer ignore (``rule:module-glob``) removes no rule: it suppresses the findings at those layers,
+    later; only its rule part is checked here.
 
     A pattern that matches no known rule is a usage error: a typo must not silently check nothing.
     """
     select = list(select) if select is not None else None
-    ignore = list(ignore)
+    rule_ignores = [p for p in ignore if ":" not in p]
     known = [r.id for r in rules]
-    for pattern in [*(select or []), *ignore]:
+    for pattern in [*(select or []), *(p.partition(":")[0] for p in ignore)]:
         if not any(matches(rule_id, [pattern]) for rule_id in known):
             raise ValueError(
                 f"unknown cnncheck rule {pattern!r}; known rules: {', '.join(sorted(known))}"
             )
     chosen = [r for r in rules if select is None or matches(r.id, select)]
-    return [r for r in chosen if not matches(r.id, ignore)]
+    return [r for r in chosen if not matches(r.id, rule_ignores)]
 
 
 def render_markdown(rule: Rule) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -341,3 +342,49 @@ def test_the_summary_counts_what_was_checked(pytester: pytest.Pytester) -> None:
     unusable_only.stdout.fnmatch_lines(["cnncheck: 0 model(s) checked, 2 could not be checked; findings per rule: none"])
     for nothing_ran in (pytester.runpytest(*args, "--collect-only"), pytester.runpytest(*args, "-m", "not cnncheck")):
         assert "model(s) checked" not in nothing_ran.stdout.str()
+
+
+def test_per_layer_ignores_in_every_front_end(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """`rule:module-glob` works in the option, the ini key and the command, not only in Python."""
+    two = BIASED.replace("class Biased", "class TwoBiased").replace(
+        "self.bn = nn.BatchNorm2d(4)", "self.bn = nn.BatchNorm2d(4)\n        self.conv2 = nn.Conv2d(4, 4, 1)\n"
+        "        self.bn2 = nn.BatchNorm2d(4)").replace(
+        "return self.bn(self.conv(x)).mean(dim=(2, 3))", "return self.bn2(self.conv2(self.bn(self.conv(x)))).mean(dim=(2, 3))")
+    pytester.makepyfile(two=two)
+    args = ("--cnncheck", "-p", "no:cacheprovider", "-p", "no:randomly", "-k", "redundant")
+    both = pytester.runpytest(*args)
+    both.assert_outcomes(failed=1, deselected=RULES - 1)
+    assert "(and 1 more)" in both.stdout.str()
+    one = pytester.runpytest(*args, "--cnncheck-ignore", "redundant-bias-before-bn:conv")
+    one.assert_outcomes(failed=1, deselected=RULES - 1)
+    assert "redundant-bias-before-bn: conv2: the bias" in one.stdout.str() and "(and 1 more)" not in one.stdout.str()
+    pytester.makeini("[pytest]\ncnncheck_ignore = redundant-bias-before-bn:conv*\n")
+    pytester.runpytest(*args).assert_outcomes(passed=1, deselected=RULES - 1)
+    typo = pytester.runpytest(*args, "--cnncheck-ignore", "redundant-bias-befor:conv")
+    assert typo.ret == pytest.ExitCode.USAGE_ERROR and "unknown cnncheck rule 'redundant-bias-befor'" in typo.stderr.str()
+
+    from cnncheck import cli
+
+    out = tmp_path / "report.json"
+    code = cli.main(["check", str(pytester.path / "two.py"), "--ignore", "redundant-bias-before-bn:conv",
+                     "--format", "json", "--output", str(out)])
+    [model] = json.loads(out.read_text())["models"]
+    assert code == 1 and [(f["rule"], f["module"]) for f in model["findings"]] == [("redundant-bias-before-bn", "conv2")]
+
+
+def test_one_model_of_the_ini_key_ignores_rules_or_is_left_out(pytester: pytest.Pytester) -> None:
+    pkg = pytester.mkpydir("zoo")
+    (pkg / "nets.py").write_text(BIASED.replace("@cnncheck.model(input_shape=(2, 3, 8, 8))\n", "")
+                                 + CLEAN.split("import cnncheck\n", 1)[1].replace("@cnncheck.model(input_shape=(2, 3, 8, 8))\n", ""))
+    tests = pytester.mkdir("tests")
+    (tests / "test_nothing.py").write_text("def test_nothing():\n    pass\n")
+    pytester.syspathinsert()
+    args = ("--cnncheck", "-p", "no:cacheprovider", "-p", "no:randomly")
+    pytester.makeini("[pytest]\ntestpaths = tests\ncnncheck_models =\n    zoo.nets:Biased 2,3,8,8 "
+                     "ignore=redundant-bias-before-bn\n    zoo.nets:Clean 2,3,8,8\n")
+    pytester.runpytest(*args).assert_outcomes(passed=1 + 2 * RULES - 1)
+    pytester.makeini("[pytest]\ntestpaths = tests\ncnncheck_models =\n    zoo.nets:Biased 2,3,8,8 ignore=*\n"
+                     "    zoo.nets:Clean 2,3,8,8\n")
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(passed=1 + RULES)
+    assert "Biased" not in result.stdout.str()
