@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,12 +50,27 @@ class Finding:
             lines.append(f"  at:       {self.location}")
         if self.fix:
             lines.append(f"  fix:      {self.fix}")
-        lines.append(f"  docs:     {docs_url(self.rule)}")
+        lines.append(f"  docs:     {docs_reference(self.rule)}")
         return "\n".join(lines)
 
 
-def docs_url(rule_id: str) -> str:
-    return f"docs/rules/{rule_id}.md"
+DOCS_URL_VARIABLE = "CNNCHECK_DOCS_URL"
+"""A template such as ``https://docs.example.org/rules/{rule}.html``: where a course or a company
+publishes the rule pages (``cnncheck rules --write-docs DIR`` writes them)."""
+
+
+def docs_url(rule_id: str) -> str | None:
+    """The published page of a rule, when ``CNNCHECK_DOCS_URL`` says where the pages are."""
+    template = os.environ.get(DOCS_URL_VARIABLE, "").strip()
+    if not template:
+        return None
+    return template.replace("{rule}", rule_id) if "{rule}" in template else f"{template.rstrip('/')}/{rule_id}"
+
+
+def docs_reference(rule_id: str) -> str:
+    """Where a reader finds a rule's page: its published URL, or the command that prints it (a path in
+    this repository would be a broken link in a student's report)."""
+    return docs_url(rule_id) or f"cnncheck rules {rule_id}"
 
 
 class RuleStatus(str, enum.Enum):

@@ -18,7 +18,7 @@ within the same id. Top-level object:
 ``rules``
     The rules that were run, in registration order; each ``{"id", "severity", "summary"}``:
     the stable rule id, its default severity (``"error"`` or ``"warning"``), and one line on what it
-    flags. The documentation of rule ``ID`` is ``docs/rules/ID.md``.
+    flags. The documentation of rule ``ID`` is ``cnncheck rules ID``, or its page under ``CNNCHECK_DOCS_URL``.
 ``models``
     One object per model, exactly :meth:`ModelResult.to_dict` (read back with
     :meth:`ModelResult.from_dict`):
@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from cnncheck import __version__
-from cnncheck.findings import Finding, RuleOutcome, RuleStatus, Severity, docs_url, render_findings
+from cnncheck.findings import Finding, RuleOutcome, RuleStatus, Severity, docs_reference, docs_url, render_findings
 from cnncheck.results import ModelResult
 from cnncheck.verdict import CRASH_ADVICE
 
@@ -312,7 +312,8 @@ def _markdown_finding(number: int, finding: Finding) -> list[str]:
         lines.append(f"  - {_code(source)}")
     if finding.fix:
         lines.append(f"- **How to fix:** {_md(finding.fix)}")
-    lines.append(f"- **Docs:** [{_md(finding.rule)}]({docs_url(finding.rule)})")
+    url = docs_url(finding.rule)
+    lines.append(f"- **Docs:** [{_md(finding.rule)}]({url})" if url else f"- **Docs:** `cnncheck rules {finding.rule}`")
     return [*lines, ""]
 
 
@@ -496,7 +497,7 @@ def _physical_location(location: str | None, root: str | os.PathLike[str] | None
 def _help_uri(rule_id: str) -> str | None:
     """SARIF's ``helpUri`` must be an absolute URI: given only when the docs link is one."""
     url = docs_url(rule_id)
-    return url if urlsplit(url).scheme else None
+    return url if url is not None and urlsplit(url).scheme else None
 
 
 def _level(severity: Severity | str) -> str:
@@ -508,10 +509,10 @@ def _sarif_rule(rule: Rule) -> dict[str, Any]:
         "id": rule.id,
         "shortDescription": {"text": rule.summary},
         "fullDescription": {"text": rule.why},
-        "help": {"text": f"{rule.fix}\n\nDocumentation: {docs_url(rule.id)}",
-                 "markdown": f"{rule.fix}\n\nDocumentation: `{docs_url(rule.id)}`"},
+        "help": {"text": f"{rule.fix}\n\nDocumentation: {docs_reference(rule.id)}",
+                 "markdown": f"{rule.fix}\n\nDocumentation: `{docs_reference(rule.id)}`"},
         "defaultConfiguration": {"level": _level(rule.severity)},
-        "properties": {"docs": docs_url(rule.id)},
+        "properties": {"docs": docs_reference(rule.id)},
     }
     uri = _help_uri(rule.id)
     if uri:

@@ -295,12 +295,13 @@ class RuleItem(pytest.Item):
             raise RuleCrashed(f"cnncheck internal error in rule {self.rule_id} on {model}: {outcome.reason}\n"
                               f"{CRASH_ADVICE}")
         failing_findings = failing(findings, options.fail_on)
+        if failing_findings and options.baseline_write:
+            return  # recorded in the baseline being written (the summary says so), as the command does
         if failing_findings:
-            first = failing_findings[0]
-            headline = f"{first.rule}: {first.module or '<model>'}: {first.message}"
-            more = f" (and {len(failing_findings) - 1} more)" if len(failing_findings) > 1 else ""
+            # each finding once, in full; the first line is the short summary's
             partial = f"\nnot all of the model was checked: {outcome.reason}" if outcome.reason else ""
-            raise RuleFindings(f"{headline}{more}\n{note}\n{_render(findings)}{partial}")
+            blocks = "\n\n".join(f.render() for f in findings)
+            raise RuleFindings(f"{blocks}\n{note.rstrip()}{partial}".rstrip())
         if findings:
             self.user_properties.append(("cnncheck_passing_warnings", _render(findings)))
         if state is RuleStatus.NOT_CHECKED:

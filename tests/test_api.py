@@ -211,7 +211,7 @@ def test_report_table_lists_rule_module_and_fix() -> None:
     text = str(report)
     assert text.splitlines()[1].split() == ["rule", "module", "severity", "what", "is", "wrong"]
     assert "feature-size-mismatch  fc1" in text
-    assert "fix:" in text and "docs:     docs/rules/feature-size-mismatch.md" in text
+    assert "fix:" in text and "docs:     cnncheck rules feature-size-mismatch" in text
 
 
 def test_importing_cnncheck_does_not_import_torch() -> None:

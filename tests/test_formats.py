@@ -16,7 +16,7 @@ import pytest
 from torch import nn
 
 from cnncheck import check_model, formats
-from cnncheck.findings import Finding, Severity, docs_url
+from cnncheck.findings import Finding, Severity, docs_reference
 from cnncheck.plugins import all_rules
 from cnncheck.results import ModelResult
 
@@ -124,7 +124,7 @@ def test_markdown_report_has_every_part_of_a_finding(results) -> None:
         assert f"- **{label}:** {formats._md(value)}" in text
     assert f"- **Where:** `{finding.location}`" in text
     assert "`self.conv = nn.Conv2d(3, 4, 3)  # the redundant bias" in text  # the student's source line
-    assert f"({docs_url(finding.rule)})" in text
+    assert f"- **Docs:** `cnncheck rules {finding.rule}`" in text
 
 
 def test_markdown_clean_and_error_reports(results) -> None:
@@ -247,7 +247,7 @@ def test_sarif_results_rules_and_locations(results, rules) -> None:
         assert descriptor["fullDescription"]["text"] == rule.why
         assert descriptor["help"]["text"].startswith(rule.fix)
         assert descriptor["defaultConfiguration"]["level"] == str(rule.severity)
-        assert descriptor["properties"]["docs"] == docs_url(rule.id)
+        assert descriptor["properties"]["docs"] == docs_reference(rule.id)
         assert "helpUri" not in descriptor or "://" in descriptor["helpUri"]  # SARIF wants an absolute URI
     assert len(run["results"]) == sum(len(r.findings) for r in results) == 2
     located, unlocated = run["results"]
@@ -331,3 +331,18 @@ def test_text_prints_each_model_then_a_summary_table(results, rules) -> None:
 def test_error_results_round_trip_with_replace(results) -> None:
     changed = replace(results[3], notes=["timed out after 60 s"])
     assert ModelResult.from_dict(json.loads(json.dumps(changed.to_dict()))) == changed
+
+
+def test_rule_docs_point_at_the_published_pages_when_told_where(results, rules, monkeypatch) -> None:
+    """No repository path (a broken link in a student's report): `cnncheck rules ID`, or the page under
+    CNNCHECK_DOCS_URL."""
+    finding = results[0].findings[0]
+    assert f"docs:     cnncheck rules {finding.rule}" in finding.render()
+    monkeypatch.setenv("CNNCHECK_DOCS_URL", "https://course.example/cnncheck/{rule}.html")
+    url = f"https://course.example/cnncheck/{finding.rule}.html"
+    assert f"docs:     {url}" in finding.render()
+    assert f"- **Docs:** [{formats._md(finding.rule)}]({url})" in formats.render_markdown(results[0])
+    descriptors = {d["id"]: d for d in _sarif(results, rules)["runs"][0]["tool"]["driver"]["rules"]}
+    assert descriptors[finding.rule]["helpUri"] == url
+    monkeypatch.setenv("CNNCHECK_DOCS_URL", "https://course.example/rules/")
+    assert f"docs:     https://course.example/rules/{finding.rule}" in finding.render()

@@ -61,7 +61,7 @@ def test_entry_point_plugin_is_listed_documented_and_run(installed) -> None:
     report = cnncheck.check_model(models.Shrinking(), (2, 3, 16, 16))
     assert findings(report) == {("conv-channels-shrink", "conv2"), ("conv-even-kernel", "conv2")}
     assert all(f.severity is Severity.WARNING for f in report.findings)
-    assert "docs/rules/conv-even-kernel.md" in str(report)
+    assert "cnncheck rules conv-even-kernel" in str(report)
 
 
 def test_third_party_rules_select_and_ignore_like_builtins(installed) -> None:
@@ -216,7 +216,7 @@ def test_pytest_loads_plugins_from_the_option_and_from_conftest(course, pytester
     )
     result = pytester.runpytest("--cnncheck", "-k", "all-conv")
     result.assert_outcomes(passed=0, failed=3)
-    result.stdout.fnmatch_lines(["*all-conv: head: a linear head*"])
+    result.stdout.fnmatch_lines(["all-conv [[]error[]] head: a linear head"])
     assert "all-conv" not in [r.id for r in cnncheck.all_rules()]  # gone with the session
 
 
@@ -255,7 +255,8 @@ def test_baseline_write_then_fail_only_on_new_findings(pytester: pytest.Pytester
     """
     pytester.makepyfile(nets=model.format(first=True, second=False))
     result = pytester.runpytest("--cnncheck", "--cnncheck-baseline-write", "baseline.json")
-    result.assert_outcomes(passed=8, failed=1)
+    result.assert_outcomes(passed=9)  # recorded, not failed: as the command, which exits 0
+    assert result.ret == 0
     result.stdout.fnmatch_lines(["cnncheck baseline: wrote 1 finding(s) to baseline.json"])
     entries = json.loads((pytester.path / "baseline.json").read_text())["findings"]
     assert entries == [{"model": "nets.py::vgg_like", "rule": "redundant-bias-before-bn", "module": "0"}]
@@ -270,7 +271,7 @@ def test_baseline_write_then_fail_only_on_new_findings(pytester: pytest.Pytester
     pytester.makepyfile(nets=model.format(first=True, second=True))  # a new finding on layer 3
     result = pytester.runpytest("--cnncheck", "--cnncheck-baseline", "baseline.json")
     result.assert_outcomes(passed=8, failed=1)
-    result.stdout.fnmatch_lines(["*redundant-bias-before-bn: 3: *"])
+    result.stdout.fnmatch_lines(["redundant-bias-before-bn [[]warning[]] 3: *"])
 
     pytester.makepyfile(nets=model.format(first=False, second=False))  # the known one is fixed
     result = pytester.runpytest("--cnncheck", "--cnncheck-baseline", "baseline.json")
