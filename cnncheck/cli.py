@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from cnncheck.baseline import Baseline
 
 
@@ -223,6 +226,8 @@ def _check(args: argparse.Namespace) -> int:
         else:
             jobs.extend(Job(str(path), **options) for path in python_files([file]))  # type: ignore[arg-type]
     results = _run_with_progress(jobs, args.jobs, quiet=args.format != "text" and not args.output)
+    root = _checked_root(args.paths)
+    results = [r.relative_to(root) for r in results]
     usage = next((r for r in results if r.error_kind == "usage"), None)
     if usage is not None:  # an option that fits no model: say it once, as argparse would
         print(f"cnncheck: {usage.error}", file=sys.stderr)
@@ -235,7 +240,7 @@ def _check(args: argparse.Namespace) -> int:
         print(f"cnncheck baseline: wrote {count} finding(s) to {args.baseline_write}", file=sys.stderr)
     if baseline is not None:
         _apply_baseline(baseline, results)
-    text = FORMATS[args.format](results, rules=rules, root=Path.cwd())
+    text = FORMATS[args.format](results, rules=rules, root=root)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
@@ -276,6 +281,19 @@ def _split_target(target: str) -> tuple[str, str | None]:
         module, _, name = target.partition(":")
         return module, name
     return target, None
+
+
+def _checked_root(paths: list[str]) -> Path:
+    """The folder that the report's paths are relative to: the current one, when every target is in
+    it; else the folder the targets have in common."""
+    from pathlib import Path
+
+    here = Path.cwd().resolve()
+    files = [Path(_split_target(p)[0]).resolve() for p in paths if Path(_split_target(p)[0]).exists()]
+    if all(here == f or here in f.parents for f in files):
+        return here
+    folders = [f if f.is_dir() else f.parent for f in files]
+    return Path(os.path.commonpath(folders))
 
 
 def _slug(model_id: str) -> str:

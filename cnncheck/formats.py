@@ -474,7 +474,8 @@ def artifact_location(path: str, root: str | os.PathLike[str] | None) -> dict[st
     separators and percent-encoding either way."""
     if root is not None:
         try:
-            relative = _absolute(path).relative_to(_absolute(root))
+            where = Path(path) if os.path.isabs(path) else Path(root) / path  # the CLI writes paths relative to root
+            relative = _absolute(where).relative_to(_absolute(root))
         except ValueError:
             pass
         else:

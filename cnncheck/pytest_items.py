@@ -220,8 +220,8 @@ class ModelCollector(pytest.Collector):
     def result(self, variant: str | None, device: str) -> Any:
         """The report (or the reason there is none) for one variant on one device, on first use."""
         key = (variant, device)
-        if key not in self.results:
-            self.results[key] = self._check(self.variants[variant], device)
+        if key not in self.results:  # paths as pytest shows them: relative to the rootdir
+            self.results[key] = self._check(self.variants[variant], device).relative_to(self.config.rootpath)
         return self.results[key]
 
     def _check(self, candidate: Any, device: str) -> Any:

@@ -6,6 +6,7 @@ The ``cnncheck check`` command checks each model in its own worker process; the 
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -60,6 +61,12 @@ class ModelResult:
     def errors(self) -> list[Finding]:
         return [f for f in self.findings if f.severity is Severity.ERROR]
 
+    def relative_to(self, root: str | os.PathLike[str]) -> ModelResult:
+        """This result with every path under ``root`` written relative to it, in every text it holds (ids,
+        locations, messages, reasons, notes): a teacher's /home/... does not belong in a student's report."""
+        prefix = os.path.join(os.path.abspath(os.fspath(root)), "")
+        return ModelResult.from_dict(_without(self.to_dict(), prefix))
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["findings"] = [dict(asdict(f), severity=str(f.severity)) for f in self.findings]
@@ -79,3 +86,13 @@ class ModelResult:
                     for o in data.get("outcomes", [])]
         return cls(**{**data, "findings": findings, "input_shape": tuple(shape) if shape else None,
                       "rules_run": tuple(data.get("rules_run", ())), "outcomes": outcomes})
+
+
+def _without(value: Any, prefix: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(prefix, "")
+    if isinstance(value, dict):
+        return {k: _without(v, prefix) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_without(v, prefix) for v in value)
+    return value

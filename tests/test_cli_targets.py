@@ -112,3 +112,26 @@ def test_explain_says_where_forward_raised(capsys: pytest.CaptureFixture[str]) -
     rows = capsys.readouterr().out.splitlines()
     assert any(row.startswith("fc1 (forward raised here)") for row in rows), rows
     assert any(row.startswith("fc2 (not run by forward)") for row in rows), rows
+
+
+def test_reports_hold_no_absolute_paths_of_the_teacher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checked from elsewhere, by an absolute path: every path in every report is relative to the folder
+    that was checked."""
+    submissions = tmp_path / "home" / "teacher" / "submissions"
+    (submissions / "erin").mkdir(parents=True)
+    (submissions / "erin" / "model.py").write_text(SEED.read_text())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    per_model = tmp_path / "per-model"
+    for fmt in ("json", "markdown", "text", "junit"):
+        out = tmp_path / f"report.{fmt}"
+        cli.main(["check", str(submissions), "--format", fmt, "--output", str(out), "--per-model-dir", str(per_model)])
+        text = out.read_text()
+        assert str(tmp_path) not in text, (fmt, text)
+        assert "erin/model.py" in text
+    [model] = json.loads((tmp_path / "report.json").read_text())["models"]
+    assert model["id"] == "erin/model.py::ConvNet"
+    assert model["findings"][0]["location"].startswith("erin/model.py:")
+    [page] = per_model.iterdir()
+    assert str(tmp_path) not in page.read_text() and "erin/model.py:" in page.read_text()

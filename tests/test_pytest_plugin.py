@@ -91,6 +91,7 @@ def test_decorated_models_give_one_item_per_rule(pytester: pytest.Pytester) -> N
     ])
     assert "Traceback" not in result.stdout.str()
     assert result.stdout.str().count("is cancelled by BatchNorm2d 'bn'") == 1  # once, in full
+    assert "  at:       biased.py:9" in result.stdout.str()  # relative to the rootdir
 
 
 def test_report_header_says_what_is_on(pytester: pytest.Pytester) -> None:
