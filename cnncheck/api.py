@@ -36,7 +36,13 @@ _PACKAGE_DIR = os.path.dirname(__file__)
 
 
 class CheckError(Exception):
-    """The model could not be checked: it does not run on the example input, or is not ready."""
+    """The model could not be checked: it does not run on the example input, or is not ready. ``stage``
+    says which step could not be taken, as reports show it: ``forward`` (it raised), ``device`` (the
+    device asked for is not here), ``unsupported`` (TorchScript, a compiled part, lazy or meta layers)."""
+
+    def __init__(self, message: str, stage: str = "forward") -> None:
+        super().__init__(message)
+        self.stage = stage
 
 
 class CheckFailed(AssertionError):
@@ -92,7 +98,7 @@ def _check(model: nn.Module, example_input: Any, device: str | torch.device | No
     home = _model_device(model)
     target = torch.device(device) if device is not None else home
     if target.type == "cuda" and not torch.cuda.is_available():
-        raise CheckError(f"cannot check {name} on {target}: CUDA is not available on this machine")
+        raise CheckError(f"cannot check {name} on {target}: CUDA is not available on this machine", stage="device")
     built = first_result(pm, "cnncheck_example_input", problems, model=model, input_shape=example_input,
                          device=target)
     args, kwargs = _example_inputs(built if built is not None else example_input, target, _model_dtype(model), name)
@@ -215,7 +221,8 @@ def _refuse_compiled_code(model: nn.Module) -> None:
             f"cannot check {name}: it is a TorchScript module ({made_by} returned it), and a TorchScript "
             f"module cannot be checked because its forward is compiled TorchScript code that cnncheck "
             f"cannot trace. Check the Python model before torch.jit.script/trace instead: pass the {name} "
-            f"itself, e.g. cnncheck.check_model(MyNet(), shape), and script or trace it after the check."
+            f"itself, e.g. cnncheck.check_model(MyNet(), shape), and script or trace it after the check.",
+            stage="unsupported",
         )
     name = type(model).__name__
     scripted, compiled = _compiled_submodules(model)
@@ -226,7 +233,8 @@ def _refuse_compiled_code(model: nn.Module) -> None:
             f", and a TorchScript module cannot be checked because its forward is compiled TorchScript code "
             f"that cnncheck cannot trace (the rules would not see the layers inside it). Check the Python "
             f"model before torch.jit.script/trace instead: build {name} with the plain Python layers there, "
-            f"e.g. cnncheck.check_model(MyNet(), shape), and script or trace them after the check."
+            f"e.g. cnncheck.check_model(MyNet(), shape), and script or trace them after the check.",
+            stage="unsupported",
         )
     if compiled:
         described = [f"'{path}' (wrapping a {inner})" for path, inner in compiled.items()]
@@ -235,7 +243,8 @@ def _refuse_compiled_code(model: nn.Module) -> None:
             f"cannot check {name}: its {where}, and cnncheck runs forward in Python, so the check would "
             f"compile it. Check the model before compiling that part: build {name} with the plain Python "
             f"layers there, or compile the whole model instead (cnncheck then checks the module "
-            f"torch.compile wraps)."
+            f"torch.compile wraps).",
+            stage="unsupported",
         )
 
 
@@ -277,12 +286,14 @@ def _refuse_unready(model: nn.Module, name: str) -> None:
     if lazy or any(isinstance(t, (UninitializedParameter, UninitializedBuffer)) for t in tensors):
         raise CheckError(
             f"{name} has lazy layers that are not initialised yet ({', '.join(lazy) or 'uninitialised parameters'}). "
-            f"Run the model once on a real input (model(torch.randn(shape))), then check it."
+            f"Run the model once on a real input (model(torch.randn(shape))), then check it.",
+            stage="unsupported",
         )
     if any(t.is_meta for t in tensors):
         raise CheckError(
             f"{name} is on the meta device: its parameters have no values to check. Materialise it "
-            f"first, e.g. model.to_empty(device='cpu') and re-initialise the weights."
+            f"first, e.g. model.to_empty(device='cpu') and re-initialise the weights.",
+            stage="unsupported",
         )
 
 

@@ -50,7 +50,7 @@ def _check_into(result: ModelResult, candidate: Any, label: str, shape: tuple[in
         if shape is None:
             inferred = infer_input_shape(model)
             if inferred is None:
-                result.error_kind = "build"
+                result.error_kind = "input-shape"
                 result.error = (f"no input shape for {label} and no conv to infer one from; declare it with "
                                 f"@cnncheck.model(input_shape=...), --input-shape or the cnncheck_input_shape "
                                 f"ini key")
@@ -69,7 +69,7 @@ def _check_into(result: ModelResult, candidate: Any, label: str, shape: tuple[in
         result.notes += [str(p) for p in report.plugin_problems]
         result.notes += report.notes
     except CheckError as exc:
-        result.error, result.error_kind = str(exc), "forward"
+        result.error, result.error_kind = str(exc), exc.stage
         result.location = traceback_location(exc.__cause__)
         wrong_rank = _wrong_rank(model, given) if given is not None and exc.__cause__ is not None else None
         if wrong_rank is not None:  # the option fits no conv: a usage error, not the model's

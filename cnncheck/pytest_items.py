@@ -232,6 +232,11 @@ class ModelCollector(pytest.Collector):
                                ignore=options.ignore)
 
 
+def _skip(reason: str) -> None:
+    """Skip at the model's line, as a skip by marker is reported, not at this line of cnncheck's."""
+    raise pytest.skip.Exception(reason, _use_item_location=True)
+
+
 def cuda_available() -> bool:
     import torch
 
@@ -266,7 +271,7 @@ class RuleItem(pytest.Item):
             self.user_properties.append(("cnncheck_unusable", self.parent.nodeid))  # type: ignore[union-attr]
             first = collector.error_reported_by.setdefault((self.variant, self.device), self.nodeid)
             if first != self.nodeid:
-                pytest.skip(f"{collector.name} could not be checked; the reason is reported by {first}")
+                _skip(f"{collector.name} could not be checked; the reason is reported by {first}")
             raise ModelUnusable(result.error + (f"\n  at: {result.location}" if result.location else ""))
         findings = [f for f in result.findings if f.rule == self.rule_id]
         model = collector.nodeid + (f"[{self.variant}]" if self.variant else "")
@@ -305,7 +310,7 @@ class RuleItem(pytest.Item):
         if findings:
             self.user_properties.append(("cnncheck_passing_warnings", _render(findings)))
         if state is RuleStatus.NOT_CHECKED:
-            pytest.skip(f"not checked: {outcome.reason}")
+            _skip(f"not checked: {outcome.reason}")
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, (RuleFindings, ModelUnusable, RuleCrashed)):

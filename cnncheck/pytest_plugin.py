@@ -209,13 +209,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "cnncheck_device" not in metafunc.fixturenames:
         return
     options = metafunc.config.stash[OPTIONS]
-    devices = options.devices() if options.device != "cpu" else ["cpu", "cuda"]
+    from cnncheck.pytest_items import cuda_available
+
+    # by default, cpu and, where there is one, cuda: no skipped [cuda] variant on every CPU-only CI run
+    devices = options.devices() if options.device != "cpu" else ["cpu", *(["cuda"] if cuda_available() else [])]
     params = []
     for device in devices:
         marks = []
         if device == "cuda":
-            from cnncheck.pytest_items import cuda_available
-
             marks.append(pytest.mark.skipif(not cuda_available(), reason="CUDA is not available on this machine"))
         params.append(pytest.param(device, id=device, marks=marks))
     metafunc.parametrize("cnncheck_device", params, indirect=True)

@@ -26,7 +26,7 @@ class ModelResult:
     rules_run: tuple[str, ...] = ()
     findings: list[Finding] = field(default_factory=list)
     error: str | None = None  # could not import, build, run, timed out, out of memory, crashed ...
-    error_kind: str | None = None  # "import", "build", "forward", "timeout", "memory", "crash", "exit"
+    error_kind: str | None = None  # the stage that failed: "import", "build", "input-shape", "device", "forward", ...
     location: str | None = None  # the student's file:line for an error, when known
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0

@@ -135,3 +135,43 @@ def test_reports_hold_no_absolute_paths_of_the_teacher(tmp_path: Path, monkeypat
     assert model["findings"][0]["location"].startswith("erin/model.py:")
     [page] = per_model.iterdir()
     assert str(tmp_path) not in page.read_text() and "erin/model.py:" in page.read_text()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_error_stages_name_the_step_that_could_not_be_taken(tmp_path: Path) -> None:
+    from cnncheck.candidate import check_candidate
+    from cnncheck.discover import candidates, load_file
+
+    (tmp_path / "models.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+
+        class MLP(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(8, 2)
+
+            def forward(self, x):
+                return self.fc(x)
+
+
+        class Scripted(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = torch.jit.script(nn.Conv2d(3, 4, 3))
+
+            def forward(self, x):
+                return self.conv(x)
+    """))
+    found = {c.name: c for c in candidates(load_file(tmp_path / "models.py"), tmp_path / "models.py")}
+
+    def stage(name: str, **options: object) -> str | None:
+        options = {"shape": None, "device": None, "select": None, "ignore": (), **options}
+        return check_candidate(found[name], **options).error_kind  # type: ignore[arg-type]
+
+    assert stage("MLP") == "input-shape"
+    assert stage("MLP", shape=(2, 8)) is None
+    assert stage("Scripted", shape=(2, 3, 8, 8)) == "unsupported"
+    if not torch.cuda.is_available():
+        assert stage("MLP", shape=(2, 8), device="cuda") == "device"

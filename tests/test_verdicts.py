@@ -292,6 +292,8 @@ def test_pytest_items_show_not_checked_as_skipped_and_a_crash_as_cnncheck_s_fail
     text = result.stdout.str()
     assert "cnncheck internal error in rule explodes" in text and "please report it" in text
     assert "not checked: forward raises in eval mode: ValueError: inference is not implemented" in text
+    assert "pytest_items.py" not in text  # skips are reported at the model's line, not at cnncheck's
+    assert "eval_crash.py:6: not checked: forward raises in eval mode" in text
     assert "cnncheck: rule items that did not pass for lack of a verdict: 1 crashed" in text
     assert "Traceback" not in text
 
