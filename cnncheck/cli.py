@@ -53,7 +53,10 @@ def _size(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from cnncheck import __version__
+
     parser = argparse.ArgumentParser(prog="cnncheck", description="Check PyTorch CNNs for correctness.")
+    parser.add_argument("--version", action="version", version=f"cnncheck {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="load a cnncheck plugin module (repeatable)")
@@ -85,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("model", help="path/to/file.py or path/to/file.py::ClassName")
     explain.add_argument("--input-shape", type=_shape, help="input shape with the batch first, e.g. 4,1,28,28")
     rules = sub.add_parser("rules", parents=[common], help="list the rules, or show one rule's documentation")
-    rules.add_argument("id", nargs="?")
+    rules.add_argument("id", nargs="?", help="a rule id, or a prefix such as bn (as --select takes)")
     rules.add_argument("--write-docs", metavar="DIR", help="write one Markdown page per rule into DIR")
     return parser
 
@@ -132,11 +135,24 @@ def _rules(rule_id: str | None) -> int:
         for rule in rules:
             print(f"{rule.id.ljust(width)}  {str(rule.severity).ljust(7)}  {rule.summary.split('. ')[0].rstrip('.')}")
         return 0
-    match = [r for r in rules if r.id == rule_id]
-    if not match:
+    from cnncheck.rules import select_rules
+
+    try:
+        match = select_rules(rules, [rule_id])
+    except ValueError:
         print(f"cnncheck: no rule {rule_id!r}; `cnncheck rules` lists them", file=sys.stderr)
         return 2
-    print(render_text(match[0]))
+    if sys.stdout.isatty():  # a terminal: the page as rendered Markdown
+        from rich.console import Console
+        from rich.markdown import Markdown
+
+        from cnncheck.rules import render_markdown
+
+        console = Console()
+        for rule in match:
+            console.print(Markdown(render_markdown(rule)))
+        return 0
+    print("\n\n".join(render_text(rule) for rule in match))
     return 0
 
 

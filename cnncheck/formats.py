@@ -304,7 +304,9 @@ def _markdown_finding(number: int, finding: Finding) -> list[str]:
         lines.append(f"- **Expected:** {_md(finding.expected)}")
     if finding.found:
         lines.append(f"- **Found:** {_md(finding.found)}")
-    lines.extend(f"  - {_md(detail)}" for detail in finding.details)
+    if finding.details:  # a shape trace, say: aligned lines, kept as they are
+        fence = "````" if any("```" in d for d in finding.details) else "```"
+        lines.extend(["", f"{fence}text", *finding.details, fence, ""])
     where = _code(finding.location) if finding.location else "not known (the layer was built outside a file)"
     lines.append(f"- **Where:** {where}")
     source = _source_line(finding.location)

@@ -175,3 +175,26 @@ def test_error_stages_name_the_step_that_could_not_be_taken(tmp_path: Path) -> N
     assert stage("Scripted", shape=(2, 3, 8, 8)) == "unsupported"
     if not torch.cuda.is_available():
         assert stage("MLP", shape=(2, 8), device="cuda") == "device"
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import cnncheck
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"cnncheck {cnncheck.__version__}"
+
+
+def test_rules_takes_a_prefix_and_renders_for_a_terminal(capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from cnncheck.plugins import all_rules
+
+    bn_rules = [r.id for r in all_rules(problems=[]) if r.id.startswith("bn")]
+    assert cli.main(["rules", "bn"]) == 0
+    text = capsys.readouterr().out
+    assert [line for line in text.splitlines() if line.startswith("# `")] == [f"# `{r}`" for r in bn_rules]
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert cli.main(["rules", "bn-eval-behaviour"]) == 0
+    shown = capsys.readouterr().out
+    assert "bn-eval-behaviour" in shown and "**" not in shown and "# `" not in shown  # rendered, not raw Markdown
+    assert cli.main(["rules", "nope"]) == 2

@@ -346,3 +346,18 @@ def test_rule_docs_point_at_the_published_pages_when_told_where(results, rules, 
     assert descriptors[finding.rule]["helpUri"] == url
     monkeypatch.setenv("CNNCHECK_DOCS_URL", "https://course.example/rules/")
     assert f"docs:     https://course.example/rules/{finding.rule}" in finding.render()
+
+
+def test_markdown_keeps_a_shape_trace_as_a_code_block() -> None:
+    from examples_loader import load_example
+
+    import cnncheck
+
+    seed = load_example("seed_convnet").ConvNet()
+    report = cnncheck.check_model(seed, (4, 1, 28, 28))
+    [finding] = report.findings
+    result = ModelResult("seed.py::ConvNet", "seed.py", "ConvNet", findings=[finding])
+    text = formats.render_markdown(result)
+    block = text.split("```text\n", 1)[1].split("\n```", 1)[0]
+    assert block.splitlines() == list(finding.details)  # verbatim: no bullets, no escaping
+    assert "  - " not in text.split("**Found:**", 1)[1].split("**Where:**", 1)[0]
