@@ -56,7 +56,6 @@ def _check_into(result: ModelResult, candidate: Any, label: str, shape: tuple[in
                                 f"ini key")
                 return
             shape, result.shape_note = inferred
-            result.notes.append(result.shape_note)
         result.input_shape = tuple(shape)
         # the model's own ignores suppress findings rather than skip the rule, so that an ignore that
         # no longer matches anything is noticed

@@ -301,8 +301,12 @@ def infer_input_shape(model: Any) -> tuple[tuple[int, ...], str] | None:
     rank = len(kernel) if isinstance(kernel, (tuple, list)) else 2
     side = DEFAULT_SIDE.get(channels, 32) if rank == 2 else DEFAULT_LENGTH.get(rank, 16)
     shape = (4, channels, *([side] * rank))
-    reason = (
-        f"input shape {'x'.join(map(str, shape))} inferred: the first conv takes {channels} channel(s); "
-        f"declare another with @cnncheck.model(input_shape=...) or the cnncheck_input_shape ini key"
-    )
+    reason = f"input shape {'x'.join(map(str, shape))} inferred: the first conv takes {channels} channel(s)"
     return shape, reason
+
+
+def inferred_shapes_note(count: int) -> str:
+    """Said once per run, to whoever runs the check (not in each student's report)."""
+    return (f"{count} model(s) declare no input shape, so each was checked on one inferred from its first conv; "
+            f"declare the real one with @cnncheck.model(input_shape=...), --input-shape or the "
+            f"cnncheck_input_shape ini key")

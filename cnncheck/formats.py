@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from cnncheck import __version__
+from cnncheck.discover import inferred_shapes_note
 from cnncheck.findings import Finding, RuleOutcome, RuleStatus, Severity, docs_reference, docs_url, render_findings
 from cnncheck.results import ModelResult
 from cnncheck.verdict import CRASH_ADVICE
@@ -222,7 +223,9 @@ def render_text(results: Sequence[ModelResult], *, rules: Sequence[Rule] = (),
                 root: str | os.PathLike[str] | None = None) -> str:
     """Every model as the CLI prints it, then the summary table. No colours: it must read in CI logs."""
     parts = [render_text_result(r) + "\n" for r in results]
-    return "\n".join([*parts, render_text_summary(results)]) + "\n"
+    inferred = sum(1 for r in results if r.shape_note)
+    once = [f"note: {inferred_shapes_note(inferred)}"] if inferred else []
+    return "\n".join([*parts, render_text_summary(results), *once]) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -334,7 +337,8 @@ def _markdown_error(result: ModelResult) -> list[str]:
 
 def render_markdown(result: ModelResult) -> str:
     """One model's report, written for a student: verdict first, then each problem and its fix."""
-    context = f"Input shape {_code(_shape(result.input_shape))} on {_code(result.device)}"
+    inferred = " (inferred from the first conv)" if result.shape_note else ""
+    context = f"Input shape {_code(_shape(result.input_shape))}{inferred} on {_code(result.device)}"
     if result.error is None:
         context += f", {_plural(len(result.rules_run), 'rule')} checked in {result.seconds:.2f} s"
     lines = [f"# cnncheck report: {_code(result.id)}", "", context + ".", "", _verdict(result), ""]
@@ -375,6 +379,9 @@ def render_markdown_summary(results: Sequence[ModelResult], *, rules: Sequence[R
         lines.append(f"| {_code(r.id).replace('|', '&#124;')} | "
                      + " | ".join(_summary_cell(r, i) for i in ids) + " |")
     lines += ["", f"**Totals:** {_totals_sentence(results)}."]
+    inferred = sum(1 for r in results if r.shape_note)
+    if inferred:
+        lines += ["", f"**Note:** {_md(inferred_shapes_note(inferred))}."]
     return "\n".join(lines) + "\n"
 
 

@@ -280,7 +280,9 @@ class RuleItem(pytest.Item):
         self.user_properties.append(("cnncheck_findings", str(len(findings))))
         self.user_properties.append(("cnncheck_keys", json.dumps(keys)))
         self.user_properties.append(("cnncheck_checked", json.dumps([model, self.rule_id])))
-        notes = [f"{model}: {note}" for note in result.notes if note != result.shape_note]
+        notes = [f"{model}: {note}" for note in result.notes]
+        if result.shape_note:
+            self.user_properties.append(("cnncheck_inferred_shape", model))
         if notes:
             self.user_properties.append(("cnncheck_notes", json.dumps(notes)))
         options = self.config.stash[OPTIONS]
@@ -364,6 +366,7 @@ class Reporter:
         self.options = options
         self.models: set[str] = set()  # checked
         self.unusable: set[str] = set()  # could not be checked: import, build, forward
+        self.inferred_shapes: set[str] = set()  # models checked on an input shape cnncheck inferred
         self.findings: Counter[str] = Counter()
         self.passing_warnings: list[str] = []
         self.keys: set[tuple[str, str, str]] = set()
@@ -393,6 +396,8 @@ class Reporter:
         if props.get("cnncheck_status") in ("not-checked", "crashed"):
             self.unfinished[str(props["cnncheck_status"])] += 1
         self.notes.update(dict.fromkeys(json.loads(str(props.get("cnncheck_notes", "[]")))))
+        if "cnncheck_inferred_shape" in props:
+            self.inferred_shapes.add(str(props["cnncheck_inferred_shape"]))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         writer = terminalreporter
@@ -412,6 +417,10 @@ class Reporter:
                               f"(the reasons: pytest -rs, and the failures above)")
         for note in self.notes:
             writer.write_line(f"cnncheck: {note}")
+        if self.inferred_shapes:
+            from cnncheck.discover import inferred_shapes_note
+
+            writer.write_line(f"cnncheck: {inferred_shapes_note(len(self.inferred_shapes))}")
         self._baseline_summary(writer)
         if self.findings:
             writer.write_line("cnncheck: `cnncheck rules RULE-ID` explains a rule and how to fix it")

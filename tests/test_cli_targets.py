@@ -14,6 +14,8 @@ import torch
 
 from cnncheck import cli
 
+pytest_plugins = ["pytester"]
+
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT / "examples" / "seed_convnet.py"
 
@@ -198,3 +200,25 @@ def test_rules_takes_a_prefix_and_renders_for_a_terminal(capsys: pytest.CaptureF
     shown = capsys.readouterr().out
     assert "bn-eval-behaviour" in shown and "**" not in shown and "# `" not in shown  # rendered, not raw Markdown
     assert cli.main(["rules", "nope"]) == 2
+
+
+def test_the_inferred_shape_advice_is_said_once_to_the_teacher(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                pytester: pytest.Pytester) -> None:
+    for student in ("ann", "bob"):
+        (tmp_path / student).mkdir()
+        (tmp_path / student / "model.py").write_text(SEED.read_text().replace("@cnncheck.model(input_shape=(4, 1, 28, 28))\n", ""))
+    per_model = tmp_path / "pages"
+    cli.main(["check", str(tmp_path / "ann"), str(tmp_path / "bob"), "--per-model-dir", str(per_model)])
+    text = capsys.readouterr().out
+    assert text.count("declare the real one with @cnncheck.model") == 1
+    assert "note: 2 model(s) declare no input shape" in text
+    for page in per_model.iterdir():
+        content = page.read_text()
+        assert "Input shape `4x1x28x28` (inferred from the first conv)" in content
+        assert "@cnncheck.model" not in content and "ini key" not in content
+
+    for student in ("ann", "bob"):
+        (pytester.path / f"{student}.py").write_text((tmp_path / student / "model.py").read_text())
+    result = pytester.runpytest("--cnncheck", "-p", "no:randomly", "-p", "no:cacheprovider")
+    assert result.stdout.str().count("declare the real one with @cnncheck.model") == 1
+    result.stdout.fnmatch_lines(["cnncheck: 2 model(s) declare no input shape*"])
