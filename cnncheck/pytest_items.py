@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cnncheck.pytest_plugin import OPTIONS, Options
+from cnncheck.pytest_options import OPTIONS, Options
 
 BASELINE = pytest.StashKey[Any]()
 

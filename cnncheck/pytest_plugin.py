@@ -8,16 +8,14 @@ or when a test asks for a cnncheck fixture.
 
 from __future__ import annotations
 
-import argparse
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
     from cnncheck.pytest_items import Checker
 
-DEVICE_CHOICES = ("cpu", "cuda", "all", "auto")
-FAIL_ON_CHOICES = ("warning", "error")
+from cnncheck.pytest_options import OPTIONS, UNDO, Options, device_choice, fail_on_choice, rule_id_list
 
 
 # -- options ------------------------------------------------------------------------------------------
@@ -25,13 +23,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("cnncheck", "check PyTorch CNNs with cnncheck")
     group.addoption("--cnncheck", action="store_true", dest="cnncheck", default=None,
                     help="check every model found in the collected files, one test item per rule")
-    group.addoption("--cnncheck-device", dest="cnncheck_device", default=None, type=_device,
+    group.addoption("--cnncheck-device", dest="cnncheck_device", default=None, type=device_choice,
                     help="cpu (default), cuda, all (cpu and cuda) or auto (cpu, plus cuda when available)")
-    group.addoption("--cnncheck-select", dest="cnncheck_select", default=None, type=_ids,
+    group.addoption("--cnncheck-select", dest="cnncheck_select", default=None, type=rule_id_list,
                     help="comma-separated rule ids or prefixes to check (default: all)")
-    group.addoption("--cnncheck-ignore", dest="cnncheck_ignore", default=None, type=_ids,
+    group.addoption("--cnncheck-ignore", dest="cnncheck_ignore", default=None, type=rule_id_list,
                     help="comma-separated rule ids or prefixes to skip")
-    group.addoption("--cnncheck-fail-on", dest="cnncheck_fail_on", default=None, type=_fail_on,
+    group.addoption("--cnncheck-fail-on", dest="cnncheck_fail_on", default=None, type=fail_on_choice,
                     help="warning (default): warnings fail too; error: warnings pass but are reported")
     group.addoption("--cnncheck-plugin", dest="cnncheck_plugins", action="append", default=None,
                     metavar="MODULE", help="load a cnncheck plugin module (repeatable)")
@@ -52,78 +50,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("cnncheck_plugins", type="linelist", default=[], help="see --cnncheck-plugin")
     parser.addini("cnncheck_disable_plugins", type="linelist", default=[], help="see --cnncheck-disable-plugin")
     parser.addini("cnncheck_baseline", default="", help="see --cnncheck-baseline")
-
-
-def _device(value: str) -> str:
-    if value not in DEVICE_CHOICES:
-        raise argparse.ArgumentTypeError(f"{value!r}: choose one of {', '.join(DEVICE_CHOICES)}")
-    return value
-
-
-def _fail_on(value: str) -> str:
-    if value not in FAIL_ON_CHOICES:
-        raise argparse.ArgumentTypeError(f"{value!r}: choose 'warning' (warnings fail) or 'error' (they pass)")
-    return value
-
-
-def _ids(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
-
-
-class Options(NamedTuple):
-    """The session's cnncheck options (command line first, then ini)."""
-
-    enabled: bool
-    device: str
-    select: list[str] | None
-    ignore: list[str]
-    fail_on: str
-    default_shape: tuple[int, ...] | None
-    models: list[str]
-    plugins: list[str]
-    disabled: list[str]
-    baseline: str
-    baseline_write: str
-
-    @classmethod
-    def from_config(cls, config: pytest.Config) -> Options:
-        def pick(name: str) -> Any:
-            value = config.getoption(name)
-            return value if value is not None else config.getini(name)
-
-        enabled = bool(config.getoption("cnncheck") or config.getini("cnncheck_enable"))
-        try:
-            device = _device(pick("cnncheck_device"))
-            fail_on = _fail_on(pick("cnncheck_fail_on"))
-        except argparse.ArgumentTypeError as exc:
-            raise pytest.UsageError(f"cnncheck: {exc}") from None
-        select = pick("cnncheck_select") or None
-        shape_text = config.getini("cnncheck_input_shape")
-        default_shape = None
-        if shape_text:
-            from cnncheck.discover import parse_shape
-
-            try:
-                default_shape = parse_shape(shape_text)
-            except ValueError as exc:
-                raise pytest.UsageError(f"cnncheck_input_shape: {exc}") from None
-        return cls(enabled, device, select, list(pick("cnncheck_ignore") or []), fail_on, default_shape,
-                   list(config.getini("cnncheck_models")), list(pick("cnncheck_plugins") or []),
-                   list(pick("cnncheck_disable_plugins") or []), pick("cnncheck_baseline") or "",
-                   config.getoption("cnncheck_baseline_write") or "")
-
-    def devices(self) -> list[str]:
-        if self.device in ("cpu", "cuda"):
-            return [self.device]
-        if self.device == "all":
-            return ["cpu", "cuda"]
-        import torch
-
-        return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
-
-
-OPTIONS = pytest.StashKey[Options]()
-UNDO = pytest.StashKey[list]()  # callables that undo this session's plugin changes, at unconfigure
 
 
 def pytest_configure(config: pytest.Config) -> None:

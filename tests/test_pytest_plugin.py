@@ -393,3 +393,16 @@ def test_one_model_of_the_ini_key_ignores_rules_or_is_left_out(pytester: pytest.
     result = pytester.runpytest(*args)
     result.assert_outcomes(passed=1 + RULES)
     assert "Biased" not in result.stdout.str()
+
+
+def test_the_options_have_one_home_and_the_plugin_modules_do_not_import_each_other() -> None:
+    import ast
+
+    def imported(module: str, top_level_only: bool) -> set[str]:
+        tree = ast.parse((ROOT / "cnncheck" / f"{module}.py").read_text())
+        nodes = tree.body if top_level_only else list(ast.walk(tree))
+        return {n.module for n in nodes if isinstance(n, ast.ImportFrom) and n.module}
+
+    assert "cnncheck.pytest_plugin" not in imported("pytest_items", top_level_only=False)
+    assert "cnncheck.pytest_items" not in imported("pytest_plugin", top_level_only=True)  # only when used
+    assert "cnncheck.pytest_options" in imported("pytest_items", True) & imported("pytest_plugin", True)
