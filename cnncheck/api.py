@@ -9,7 +9,7 @@ import os
 import sys
 import types
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from cnncheck.context import CheckContext
 from cnncheck.engine import UnexplainedFailure, run_rules
-from cnncheck.findings import Report
+from cnncheck.findings import Finding, Report
 from cnncheck.plugins import (
     PluginProblem,
     all_rules,
@@ -134,7 +134,7 @@ def _check(model: nn.Module, example_input: Any, device: str | torch.device | No
 def _apply_layer_ignores(report: Report, patterns: list[str]) -> None:
     """Suppress findings matched by ``rule:module-glob`` patterns; list the patterns that match none."""
     used: set[str] = set()
-    kept = []
+    kept: list[Finding] = []
     for finding in report.findings:
         hits = [p for p in patterns if _layer_ignore_matches(p, finding.rule, finding.module)]
         used.update(hits)
@@ -192,7 +192,7 @@ def _uncompiled(model: nn.Module) -> tuple[nn.Module, list[str]]:
     wrapper = _compiled_wrapper_class()
     if wrapper is None or not isinstance(model, wrapper):
         return model, []
-    original = model._orig_mod
+    original = cast(nn.Module, model._orig_mod)
     note = (f"checked the module that torch.compile wraps (_orig_mod, {type(original).__name__}): "
             f"cnncheck runs its Python forward, not the compiled graph")
     return original, [note]
@@ -268,7 +268,10 @@ def _compiled_submodules(model: nn.Module) -> tuple[dict[str, tuple[str, str]], 
 
 def _scripted_origin(module: torch.jit.ScriptModule) -> tuple[str, str]:
     """The Python class a TorchScript module was made from, and which torch.jit call made it."""
-    made_by = "torch.jit.trace" if isinstance(module, torch.jit.TracedModule) else "torch.jit.script"
+    made_by = (
+        "torch.jit.trace" if isinstance(module, torch.jit.TracedModule)  # type: ignore[attr-defined]  # not re-exported
+        else "torch.jit.script"
+    )
     return getattr(module, "original_name", type(module).__name__), made_by
 
 

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from cnncheck.baseline import Baseline
+    from cnncheck.isolate import Job
+    from cnncheck.results import ModelResult
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -238,9 +240,9 @@ def _check(args: argparse.Namespace) -> int:
                        plugins=tuple(args.plugin), disabled_plugins=tuple(args.disable_plugin),
                        timeout=args.timeout, max_memory=args.max_memory)
         if only is not None:
-            jobs.append(Job(file, **options))  # type: ignore[arg-type]
+            jobs.append(Job(file, **options))
         else:
-            jobs.extend(Job(str(path), **options) for path in python_files([file]))  # type: ignore[arg-type]
+            jobs.extend(Job(str(path), **options) for path in python_files([file]))
     results = _run_with_progress(jobs, args.jobs, quiet=args.format != "text" and not args.output)
     root = _checked_root(args.paths)
     results = [r.relative_to(root) for r in results]
@@ -271,7 +273,7 @@ def _check(args: argparse.Namespace) -> int:
     return exit_code(r.verdict for r in results)
 
 
-def _apply_baseline(baseline: Baseline, results: list) -> None:
+def _apply_baseline(baseline: Baseline, results: list[ModelResult]) -> None:
     """Drop the known findings from the results (the report shows new ones only), and say on stderr
     how many were known and which entries no longer match."""
     from cnncheck.baseline import summary
@@ -318,7 +320,7 @@ def _slug(model_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id).strip("_")
 
 
-def _run_with_progress(jobs: list, workers: int, quiet: bool) -> list:
+def _run_with_progress(jobs: list[Job], workers: int, quiet: bool) -> list[ModelResult]:
     """A progress bar on a terminal (on stderr, so the report on stdout stays clean); none otherwise."""
     from cnncheck.isolate import check_files
 

@@ -7,8 +7,9 @@ eval-mode forward, and an eval forward of one sample.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -76,7 +77,10 @@ class CheckContext:
     def fresh_inputs(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """A copy of the example inputs for one pass: forward may change its input in place (``x.mul_(2)``),
         and the next pass must see what the first one saw."""
-        return tree_map(lambda a: a.clone() if isinstance(a, torch.Tensor) else a, (self.inputs, self.kwargs))
+        return cast(
+            "tuple[tuple[Any, ...], dict[str, Any]]",
+            tree_map(lambda a: a.clone() if isinstance(a, torch.Tensor) else a, (self.inputs, self.kwargs)),
+        )
 
     def name_of(self, module: nn.Module) -> str:
         info = self.modules.get(module)
@@ -120,7 +124,7 @@ class CheckContext:
                     f"a tensor of shape {tuple(t.shape)} that autograd saved for the backward pass is modified by "
                     f"an inplace operation later in forward (version {version}, now {t._version}); make that "
                     f"op out of place (e.g. relu(x), not relu_(x) or inplace=True)")
-        return self._cache["train"]
+        return cast(Trace, self._cache["train"])
 
     def local_gradients(self, starts: list[torch.Tensor], ends: list[torch.Tensor]) -> list[torch.Tensor | None]:
         """The gradient at each of ``starts`` of a random projection of ``ends``, all tensors of the train
@@ -157,7 +161,7 @@ class CheckContext:
                     before=lambda: self.model.eval(),
                     only=frozenset({LayerKind.BATCH_NORM, LayerKind.DROPOUT}),
                 )
-        return self._cache["eval"]
+        return cast(Trace, self._cache["eval"])
 
     def eval_output_of_first_sample(self) -> Any:
         """The eval-mode output for the first sample alone (to test batch independence)."""
@@ -189,7 +193,7 @@ class CheckContext:
             with torch.no_grad(), same_randomness(self.example):
                 self._cache["single-trace"] = run_trace(self.model, args, self.modules, kwargs=kwargs,
                                                         before=lambda: self.model.eval())
-        return self._cache["single-trace"]
+        return cast(Trace, self._cache["single-trace"])
 
     # -- what each pass gives the rules ----------------------------------------------------------
     def require(self, need: Pass) -> None:
@@ -417,7 +421,7 @@ def _checkable(t: torch.Tensor | None) -> bool:
             and t.numel() > 0)
 
 
-def _all_finite(tensors: list[torch.Tensor | None]) -> bool:
+def _all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
     """Whether every float tensor is finite, in one fused norm per device and dtype rather than a check
     per tensor (a timm model has hundreds). False also when a norm overflows: the caller then counts."""
     groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}

@@ -120,6 +120,7 @@ class Explanation:
     def render(self) -> str:
         shape = "x".join(map(str, self.input_shape))
         rows = [("layer", "kind", "output", "parameters (formula)", "params")]
+        row: ExplainedLayer | tuple[str, str, str, str, str]  # a layer, then a rendered row
         for row in self.layers:
             out = "x".join(map(str, row.output_shape[1:])) if row.output_shape else "-"
             formula = f"{row.formula} = {row.params}" if row.formula and row.formula != "numel" else (

@@ -12,7 +12,7 @@ import inspect
 import os
 import re
 import textwrap
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ def creation_site(model: nn.Module, qualname: str) -> str | None:
         site = _site(model, _steps(qualname))
     except Exception:  # source unavailable (REPL, zipped module): the location is optional
         return None
-    return f"{site[0]}:{site[1].lineno}" if site else None
+    return f"{site[0]}:{cast('ast.stmt | ast.expr', site[1]).lineno}" if site else None
 
 
 def _steps(qualname: str) -> list[str]:
@@ -54,7 +54,8 @@ def _site(root: nn.Module, steps: list[str]) -> tuple[str, ast.AST] | None:
 
 def _child(module: Any, step: str) -> Any:
     if step.isdigit():
-        return module[int(step)] if not isinstance(module, nn.Module) or hasattr(module, "__getitem__") else getattr(module, step)
+        indexable = not isinstance(module, nn.Module) or hasattr(module, "__getitem__")
+        return module[int(step)] if indexable else getattr(module, step)
     if step.startswith(("'", '"')):
         return module[ast.literal_eval(step)]
     return getattr(module, step)

@@ -13,7 +13,7 @@ import functools
 import importlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
@@ -109,10 +109,10 @@ def load_and_block(load: Iterable[str], disable: Iterable[str], undo: list[Calla
     registry back as it was. Raises ImportError or ValueError for a module or name that is wrong."""
     for module in load:
         name = register(module)
-        undo.append(lambda name=name: unregister(name))
+        undo.append(cast("Callable[[], None]", lambda name=name: unregister(name)))
     for name in disable:
         removed = block(name)
-        undo.append(lambda name=name, removed=removed: unblock(name, removed))
+        undo.append(cast("Callable[[], None]", lambda name=name, removed=removed: unblock(name, removed)))
 
 
 @contextlib.contextmanager

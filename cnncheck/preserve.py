@@ -179,10 +179,12 @@ def preserved_global_state(seed: int = 0, cuda: bool = False) -> Iterator[None]:
     setting ``torch.backends.cuda.matmul.allow_tf32`` (even to its default) moves every later CPU
     matmul and conv to a slower path, the user's own training included."""
     torch_state = torch.get_rng_state()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    cuda_states = (
+        torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None  # type: ignore[no-untyped-call]
+    )
     numpy_state = np.random.get_state()
     python_state = random.getstate()
-    switched = []
+    switched: list[Any] = []  # the TF32 backends (torch.backends.cuda.matmul, torch.backends.cudnn) turned off
     collecting = gc.isenabled()
     try:
         # the check allocates tens of thousands of short-lived objects; each full collection they trigger
@@ -191,7 +193,7 @@ def preserved_global_state(seed: int = 0, cuda: bool = False) -> Iterator[None]:
         if cuda:
             for backend in (torch.backends.cuda.matmul, torch.backends.cudnn):
                 if backend.allow_tf32:
-                    backend.allow_tf32 = False
+                    backend.allow_tf32 = False  # type: ignore[union-attr]  # the cudnn stub lacks allow_tf32
                     switched.append(backend)
         torch.manual_seed(seed)
         yield
@@ -203,7 +205,7 @@ def preserved_global_state(seed: int = 0, cuda: bool = False) -> Iterator[None]:
         torch.set_rng_state(torch_state)
         if cuda_states is not None:
             torch.cuda.set_rng_state_all(cuda_states)
-        elif torch.cuda.is_initialized():
+        elif torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
             pass  # CUDA was first touched by the check: there was no state to restore
         np.random.set_state(numpy_state)
         random.setstate(python_state)

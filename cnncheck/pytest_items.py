@@ -9,11 +9,14 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from cnncheck.pytest_options import OPTIONS, Options
+
+if TYPE_CHECKING:
+    from _pytest._code.code import TerminalRepr
 
 BASELINE = pytest.StashKey[Any]()
 
@@ -314,10 +317,10 @@ class RuleItem(pytest.Item):
         if state is RuleStatus.NOT_CHECKED:
             _skip(f"not checked: {outcome.reason}")
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | TerminalRepr:
         if isinstance(excinfo.value, (RuleFindings, ModelUnusable, RuleCrashed)):
             return str(excinfo.value)
-        return super().repr_failure(excinfo)  # type: ignore[arg-type]
+        return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Path, int, str]:
         # pytest needs a line: a skip by marker (no CUDA) is reported at it
@@ -376,7 +379,7 @@ class Reporter:
         self.unfinished: Counter[str] = Counter()  # rule items not checked or crashed, by state
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        props = dict(report.user_properties)
+        props: dict[str, Any] = dict(report.user_properties)
         if report.when != "call":
             return
         if "cnncheck_unusable" in props:
@@ -391,7 +394,7 @@ class Reporter:
             self.passing_warnings.append(f"{report.nodeid}\n{props['cnncheck_passing_warnings']}")
         self.keys.update(tuple(k) for k in json.loads(str(props.get("cnncheck_keys", "[]"))))
         if "cnncheck_checked" in props:
-            self.checked.add(tuple(json.loads(str(props["cnncheck_checked"]))))  # type: ignore[arg-type]
+            self.checked.add(tuple(json.loads(str(props["cnncheck_checked"]))))
         self.baselined += int(props.get("cnncheck_baselined", 0) or 0)
         if props.get("cnncheck_status") in ("not-checked", "crashed"):
             self.unfinished[str(props["cnncheck_status"])] += 1

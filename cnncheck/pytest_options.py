@@ -5,6 +5,7 @@ Imports only pytest and the standard library, like the entry point."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import pytest
@@ -82,4 +83,4 @@ class Options(NamedTuple):
 
 
 OPTIONS = pytest.StashKey[Options]()
-UNDO = pytest.StashKey[list]()  # callables that undo this session's plugin changes, at unconfigure
+UNDO = pytest.StashKey[list[Callable[[], None]]]()  # callables that undo this session's plugin changes, at unconfigure

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from cnncheck.pytest_items import Checker
 
 from cnncheck.pytest_options import OPTIONS, UNDO, Options, device_choice, fail_on_choice, rule_id_list
@@ -102,7 +104,8 @@ def _hook_names(plugin: object) -> list[str]:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    for undo in reversed(config.stash.get(UNDO, [])):
+    steps: list[Callable[[], None]] = config.stash.get(UNDO, [])
+    for undo in reversed(steps):
         undo()
 
 

@@ -63,7 +63,7 @@ class Origin:
 
 def own_tensor_names(module: nn.Module, prefix: str) -> dict[int, str]:
     """id -> qualified name of the module's own parameters, buffers and plain tensor attributes."""
-    own = {n: p for n, p in module._parameters.items() if p is not None}
+    own: dict[str, torch.Tensor] = {n: p for n, p in module._parameters.items() if p is not None}
     own.update({n: t for n, t in state_tensors(module).items() if n not in own})
     return {id(t): f"{prefix}.{name}" if prefix else name for name, t in own.items()}
 

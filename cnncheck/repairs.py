@@ -39,6 +39,7 @@ class _FittedCalls(TorchFunctionMode):
         kwargs = kwargs or {}
         if args and isinstance(args[0], torch.Tensor) and args[0].dim() >= 1:
             name = function_name(func)
+            size: int | None
             if name == "linear" and len(args) > 1 and id(args[1]) in self.weights:
                 weight, size = self.weights[id(args[1])]
                 if args[1] is weight:
@@ -63,7 +64,7 @@ class Repairs:
             return
         if self._calls is None:
             self._calls = _FittedCalls()
-            self._calls.__enter__()  # left by remove(), after the last pass
+            self._calls.__enter__()  # type: ignore[no-untyped-call]  # left by remove(), after the last pass
         if repair.weight is not None:
             self._calls.weights[id(repair.weight)] = (repair.weight, repair.size)
         if repair.reshape_at is not None:
@@ -74,7 +75,7 @@ class Repairs:
             handle.remove()
         self._hooks.clear()
         if self._calls is not None:
-            self._calls.__exit__(None, None, None)
+            self._calls.__exit__(None, None, None)  # type: ignore[no-untyped-call]
             self._calls = None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import torch
 from torch import nn
@@ -477,7 +477,7 @@ class _Tracer(TorchFunctionMode):
         named = batch_norm_arguments(node.func, args, kwargs)
         x, mean, outer = named.get("input"), named.get("running_mean"), frame.inputs[0]
         if (uses_own_statistics(frame.module, node) and isinstance(x, torch.Tensor) and x.dim() == outer.dim()
-                and x.dim() >= 2 and x.shape[1] == outer.shape[1] == mean.numel()):
+                and x.dim() >= 2 and x.shape[1] == outer.shape[1] == cast(torch.Tensor, mean).numel()):
             frame.batch_norm = node
 
 
@@ -501,7 +501,7 @@ def run_trace(
     modules: dict[nn.Module, ModuleInfo],
     *,
     save_inputs: frozenset[LayerKind] = frozenset(),
-    before: Callable[[], None] | None = None,
+    before: Callable[[], object] | None = None,
     kwargs: dict[str, Any] | None = None,
     only: frozenset[LayerKind] | None = None,
 ) -> Trace:

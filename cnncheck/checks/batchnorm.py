@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -49,7 +49,7 @@ def reduction_of(ctx: CheckContext, node: Node) -> tuple[int, ...] | None:
     x = node.probe_input
     if is_stock_batchnorm(node.module) or verified_call(node) is not None:
         return per_channel_dims(x)
-    return ctx.memo(("dims", id(node.module)), lambda: statistics_dims(node.module, x))  # type: ignore[arg-type]
+    return cast("tuple[int, ...] | None", ctx.memo(("dims", id(node.module)), lambda: statistics_dims(node.module, x)))
 
 
 def _is_per_channel(ctx: CheckContext, node: Node) -> bool:
@@ -116,7 +116,7 @@ def _shapes(ctx: CheckContext, rule: Rule, node: Node) -> Finding | None:
     module, x = node.module, node.probe_input
     assert module is not None and x is not None
     channels = int(x.shape[1])
-    tensors = dict(module.named_parameters(recurse=False))
+    tensors: dict[str, torch.Tensor] = dict(module.named_parameters(recurse=False))
     names = running_buffers(module)
     if names is not None:
         tensors.update({n: statistic(module, n) for n in names})

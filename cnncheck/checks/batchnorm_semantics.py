@@ -5,7 +5,7 @@ cancels a per-channel constant. The BN rules (``batchnorm.py``) and the redundan
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -250,7 +250,8 @@ def train_problems(module: nn.Module, x: torch.Tensor) -> list[str]:
         if normalised is not None:
             names = running_buffers(layer)
             unchanged = names is not None and all(
-                torch.equal(statistic(layer, n).detach(), s) for n, s in zip(names, stats)
+                torch.equal(statistic(layer, n).detach(), s)
+                for n, s in zip(names, cast("tuple[torch.Tensor, torch.Tensor]", stats))
             )
             if unchanged:
                 return []  # frozen: fixed statistics, never updated

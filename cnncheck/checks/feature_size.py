@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -261,7 +261,7 @@ def _blame(chain: list[Node], geometries: list[Geometry], side: int, label: str)
 
     def fits(index: int, **change: tuple[int, ...]) -> bool:
         trial = list(geometries)
-        trial[index] = replace(geometries[index], **change)
+        trial[index] = replace(geometries[index], **cast("dict[str, Any]", change))
         return _run(trial, start) == side
 
     for index, geometry in enumerate(geometries):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import torch
 from torch import nn
@@ -138,7 +139,7 @@ def _source_of(module: nn.Module, x: torch.Tensor, target: int, lift: float, vie
     in batched chunks: the message must name a pair that truly leaks."""
     channels, batch = x.shape[1], x.shape[0]
     others = [c for c in range(channels) if c != target]
-    base = _run_blocks(module, [x])
+    base = cast(torch.Tensor, _run_blocks(module, [x]))  # a tensor: the caller's probe of x gave one
     for start in range(0, len(others), 16):
         chunk = others[start : start + 16]
         probes = []
@@ -146,7 +147,7 @@ def _source_of(module: nn.Module, x: torch.Tensor, target: int, lift: float, vie
             bump = torch.zeros(channels, dtype=x.dtype, device=x.device)
             bump[c] = lift
             probes.append(x + bump.reshape(view))
-        out = _run_blocks(module, probes)
+        out = cast(torch.Tensor, _run_blocks(module, probes))
         for i, c in enumerate(chunk):
             if bool(moved_channels(out[batch * i : batch * (i + 1)], base)[target]):
                 return c

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 from torch import nn
@@ -133,7 +134,8 @@ def _gain(sinks: list[Node]) -> float:
                  else batch_norm_arguments(sink.func, sink.args, sink.kwargs).get("weight")
                  if sink.func_name == "batch_norm" else None)
         fits = isinstance(gamma, torch.Tensor) and gamma.numel() == x.shape[1]
-        scale = gamma.detach().double().abs().reshape(-1).to(sigma.device) if fits else torch.ones_like(sigma)
+        scale = (cast(torch.Tensor, gamma).detach().double().abs().reshape(-1).to(sigma.device) if fits
+                 else torch.ones_like(sigma))
         gain = max(gain, float((scale / sigma).max()))
     return gain
 
