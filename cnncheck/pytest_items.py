@@ -5,7 +5,9 @@ Imported by :mod:`cnncheck.pytest_plugin` only when cnncheck is enabled for the 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,8 +233,27 @@ class ModelCollector(pytest.Collector):
         from cnncheck.candidate import check_candidate
 
         options = self.config.stash[OPTIONS]
-        return check_candidate(candidate, shape=self.shape, device=device, select=options.select,
-                               ignore=options.ignore)
+        with _cores_shared_among_xdist_workers():
+            return check_candidate(candidate, shape=self.shape, device=device, select=options.select,
+                                   ignore=options.ignore)
+
+
+@contextlib.contextmanager
+def _cores_shared_among_xdist_workers() -> Iterator[None]:
+    """Under pytest-xdist, each worker's check uses its share of the cores: torch's default of one thread
+    per core in every worker oversubscribes them (on 2 cores, -n 2 ran 4x slower than serial)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers < 2:
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _skip(reason: str) -> None:
