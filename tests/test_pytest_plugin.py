@@ -406,3 +406,21 @@ def test_the_options_have_one_home_and_the_plugin_modules_do_not_import_each_oth
     assert "cnncheck.pytest_plugin" not in imported("pytest_items", top_level_only=False)
     assert "cnncheck.pytest_items" not in imported("pytest_plugin", top_level_only=True)  # only when used
     assert "cnncheck.pytest_options" in imported("pytest_items", True) & imported("pytest_plugin", True)
+
+
+def test_an_xdist_worker_checks_with_its_share_of_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import torch
+
+    from cnncheck.pytest_items import _cores_shared_among_xdist_workers
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "4")
+    with _cores_shared_among_xdist_workers():
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before  # the worker's own tests keep their setting
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "16")
+    with _cores_shared_among_xdist_workers():
+        assert torch.get_num_threads() == 1
