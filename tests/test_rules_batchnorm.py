@@ -256,3 +256,34 @@ def test_batch_dependence_is_judged_at_the_outputs_own_scale(scale) -> None:
     assert clean.ok, str(clean)
     dependent = cnncheck.check_model(_Scaled(scale, centre=True), (4, 3, 8, 8))
     assert {(f.rule, f.module) for f in dependent.findings} == {("bn-eval-behaviour", "")}
+
+
+@pytest.mark.parametrize("model, rule, line", [
+    ("PerPixelNorm", "bn-not-per-channel", "mean = x.mean(dim=0, keepdim=True)"),
+    ("WrongMomentum", "bn-train-behaviour", "self.running_mean.mul_(self.momentum)"),
+    ("BatchStatsInEval", "bn-eval-behaviour", "F.batch_norm("),
+])
+def test_a_hand_written_batchnorm_is_blamed_at_the_line_of_forward_that_computes_wrongly(model, rule, line):
+    """Not at the line that builds the layer: the trace knows which line of its forward does it."""
+    from examples_loader import EXAMPLES, load_example
+
+    report = cnncheck.check_model(getattr(load_example("mistakes"), model)(), (4, 3, 16, 16), checks=[rule])
+    [finding] = report.findings
+    lines = (EXAMPLES / "mistakes.py").read_text().splitlines()
+    number = int(finding.location.rsplit(":", 1)[1])
+    assert line in lines[number - 1], (finding.location, lines[number - 1])
+
+
+def test_torch_s_own_batchnorm_is_blamed_where_it_is_built():
+    class Untracked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, bias=False)
+            self.bn = nn.BatchNorm2d(4, track_running_stats=False)  # the argument is the mistake
+
+        def forward(self, x):
+            return self.bn(self.conv(x))
+
+    [finding] = cnncheck.check_model(Untracked(), (4, 3, 8, 8), checks=["bn-eval-behaviour"]).findings
+    number = int(finding.location.rsplit(":", 1)[1])
+    assert "track_running_stats=False" in open(__file__).read().splitlines()[number - 1]

@@ -151,8 +151,31 @@ def _statistics(ctx: CheckContext, rule: Rule, node: Node) -> Finding | None:
         found=f"statistics over {_describe_dims(dims, rank)} on an input of shape {tuple(x.shape)}",
         fix="reduce over the batch and every spatial position of each channel: "
         f"mean = x.mean(dim={expected}, keepdim=True), var = x.var(dim={expected}, unbiased=False, keepdim=True)",
-        location=ctx.location_of(node.module),
+        location=_forward_line(ctx, node),
     )
+
+
+_STATISTICS = frozenset({"mean", "var", "std", "var_mean", "std_mean", "sum", "batch_norm"})
+
+
+def _forward_line(ctx: CheckContext, node: Node, running: bool = False) -> str | None:
+    """Where a BatchNorm computes what the finding is about: for a layer written by hand, the line of its
+    ``forward`` that takes the batch statistics, or with ``running`` the one that updates its running
+    statistics (else its first op); for torch's own layer, whose forward is right, the line that builds it
+    with the wrong arguments."""
+    assert node.module is not None
+    if is_stock_batchnorm(node.module) or not node.inner:
+        return ctx.location_of(node.module)
+    ops = [n for n in node.inner if n.module is None and n.location]
+    if running:
+        names = running_buffers(node.module) or ()
+        updates = [n for n in ops if any(isinstance(src, str) and src.rsplit(".", 1)[-1].split(":")[-1] in names
+                                         for src in n.sources)]
+        if updates:
+            return updates[0].location
+    statistics = [n for n in ops if n.func_name in _STATISTICS]
+    chosen = statistics or ops
+    return chosen[0].location if chosen else ctx.location_of(node.module)
 
 
 def _flattened(ctx: CheckContext, rule: Rule, trace: Trace, node: Node) -> Finding | None:
@@ -199,8 +222,9 @@ def check_train(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         elif _per_channel_shapes(module, x) and _is_per_channel(ctx, node):
             problems += train_problems(module, x)
         for problem in problems:
+            running = "running" in problem or "num_batches_tracked" in problem  # an update, not the normalising
             yield rule.finding(node.name, f"{type(module).__name__} in train mode: {problem}",
-                               location=ctx.location_of(module))
+                               location=_forward_line(ctx, node, running))
     yield from _functional_calls(ctx, rule)
 
 
@@ -334,7 +358,7 @@ def check_eval(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         for problem in problems:
             explained = True
             yield rule.finding(node.name, f"{type(module).__name__} in eval mode: {problem}",
-                               location=ctx.location_of(module))
+                               location=_forward_line(ctx, node))
     if explained or trace.error is not None or ctx.batch_size < 2 or _mode_leaks(trace):
         return
     finding = _batch_dependence(ctx, rule)
