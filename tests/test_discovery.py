@@ -170,3 +170,10 @@ def test_a_file_given_on_the_command_line_is_imported_once(pytester: pytest.Pyte
     result = pytester.runpytest("--cnncheck", "model.py", "-p", "no:randomly", "-p", "no:cacheprovider")
     assert sum(result.parseoutcomes().get(k, 0) for k in ("passed", "failed")) == 2 * len(RULES)  # Net, Other
     assert (pytester.path / "model.imports").read_text() == "x"
+
+
+def test_explain_shows_the_models_not_their_parts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "model.py").write_text(PARTS)
+    assert cli.main(["explain", str(tmp_path / "model.py"), "--input-shape", "2,3,8,8"]) == 0
+    heads = [line.split(" on input")[0] for line in capsys.readouterr().out.splitlines() if " on input " in line]
+    assert heads == ["Net", "Other"]
