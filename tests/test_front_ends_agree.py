@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 import pytest
+from test_verdicts import EVAL_CRASH_MODEL
 
 import cnncheck
 from cnncheck import cli
@@ -94,20 +95,9 @@ def _case(verdict: str, model: str, body: str, shape=(4, 3, 8, 8), states=None, 
 NOT_CHECKED_AFTER_FC = dict.fromkeys(set(RULES) - {"feature-size-mismatch"}, "not-checked")
 
 CASES = {
-    "eval_only_crash": _case("incomplete", "CrashesAtInference", """
-        @cnncheck.model(input_shape=(2, 3, 8, 8))
-        class CrashesAtInference(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
-                self.bn = nn.BatchNorm2d(4)
-
-            def forward(self, x):
-                if not self.training:
-                    raise ValueError("inference is not implemented")
-                return self.bn(self.conv(x)).mean(dim=(2, 3))
-        """, shape=(2, 3, 8, 8), states={"bn-eval-behaviour": "not-checked", "mode-not-propagated": "not-checked"},
-        says=["forward raises in eval mode: ValueError: inference is not implemented"]),
+    "eval_only_crash": Case(EVAL_CRASH_MODEL, "CrashesAtInference", (2, 3, 8, 8), "incomplete",
+                            {"bn-eval-behaviour": "not-checked", "mode-not-propagated": "not-checked"},
+                            ("forward raises in eval mode: ValueError: inference is not implemented",)),
     "checked_past_the_linear": _case("findings", "MismatchThenDefects", """
         @cnncheck.model(input_shape=(4, 1, 8, 8))
         class MismatchThenDefects(Mismatch):
