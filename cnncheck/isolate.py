@@ -9,6 +9,7 @@ the other files are still checked.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import resource
@@ -60,6 +61,8 @@ class _Progress:
     discovered: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     results: list[ModelResult] = field(default_factory=list)
+    protocol_error: bool = False
+    listed: bool = False  # the worker sent its model list (maybe empty: a file without models)
 
 
 def parse_size(text: str) -> int:
@@ -150,26 +153,95 @@ def _supervise(job: Job) -> _Progress:
                     break
                 continue
             try:
-                kind, payload = receiver.recv()
-            except EOFError:
+                message = receiver.recv_bytes(MAX_MESSAGE_BYTES)  # bytes, never unpickled
+            except (EOFError, OSError):
                 break
-            if kind == "discovered":
-                progress.discovered = [model_id for model_id, _ in payload]
-                progress.labels = [label for _, label in payload]
-            elif kind == "result":
-                progress.results.append(ModelResult.from_dict(payload))
-                deadline = time.monotonic() + job.timeout
-            elif kind == "done":
-                finished = True
+            try:
+                finished = _accept(job, progress, message)
+            except _ProtocolError as exc:  # a worker that sends what no worker of ours sends: its row says so
+                _stop(process)
+                current = _next_unfinished(progress) or job.target_id
+                progress.results.append(_error(job, current, "protocol", f"the worker sent a message cnncheck "
+                                               f"does not accept ({exc}); its results are not trusted",
+                                               time.perf_counter() - started))
+                progress.protocol_error = True
+                break
     finally:
         process.join(5)
         if process.is_alive():
             _stop(process)
         receiver.close()
-    if not finished and not any(r.error_kind == "timeout" for r in progress.results):
+    if finished and not progress.listed and not progress.results:  # ours lists its models or reports why not
+        progress.results.append(_error(job, job.target_id, "protocol", "the worker ended without listing "
+                                       "its models or saying why it could not", time.perf_counter() - started))
+    if finished and progress.discovered:  # "done" without every result it owed: no model goes missing
+        for missing in [i for i in _expected_ids(job, progress) if i not in {r.id for r in progress.results}]:
+            progress.results.append(_error(job, missing, "protocol", "the worker ended without sending this "
+                                           "model's result", time.perf_counter() - started))
+    if not finished and not progress.protocol_error and not any(r.error_kind == "timeout" for r in progress.results):
         current = _next_unfinished(progress) or job.target_id
         progress.results.append(_died(job, current, process.exitcode, time.perf_counter() - started))
     return progress
+
+
+MAX_MESSAGE_BYTES = 16 << 20
+"""The largest message a worker may send: a model's result with its findings is a few kilobytes."""
+
+
+class _ProtocolError(Exception):
+    pass
+
+
+def _send(conn: Any, message: tuple[str, Any]) -> None:
+    """The worker's side: JSON, so that the supervisor never runs what it receives."""
+    conn.send_bytes(json.dumps(message, ensure_ascii=False, default=str).encode("utf-8", "backslashreplace"))
+
+
+def _accept(job: Job, progress: _Progress, message: bytes) -> bool:
+    """Take one message of a worker into ``progress``; True when the worker says it is done. Only the
+    shapes a worker of ours sends are accepted, and only results for ids of this job, each once: the
+    worker runs student code, so its messages are untrusted data."""
+    try:
+        kind, payload = json.loads(message.decode("utf-8"))
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise _ProtocolError("not a cnncheck message") from None
+    if kind == "done" and payload is None:
+        return True
+    if kind == "discovered" and not progress.listed and isinstance(payload, list):
+        pairs = [p for p in payload if isinstance(p, list) and len(p) == 2 and all(isinstance(v, str) for v in p)]
+        if len(pairs) != len(payload) or not all(_belongs(job, model_id) for model_id, _ in pairs):
+            raise _ProtocolError("a model list with ids of another file")
+        progress.discovered = [model_id for model_id, _ in pairs]
+        progress.labels = [label for _, label in pairs]
+        progress.listed = True
+        return False
+    if kind == "result" and isinstance(payload, dict):
+        try:
+            result = ModelResult.from_dict(payload)
+        except Exception:
+            raise _ProtocolError("a malformed result") from None
+        allowed = {job.target_id} if not progress.discovered else set(_expected_ids(job, progress))
+        if result.id not in allowed or any(r.id == result.id for r in progress.results):
+            raise _ProtocolError(f"a result for {result.id!r}, which this worker does not check")
+        progress.results.append(result)
+        return False
+    raise _ProtocolError(f"an unexpected {str(kind)[:40]!r} message")
+
+
+def _belongs(job: Job, model_id: str) -> bool:
+    """Whether ``model_id`` names a model of this job's file (or module) at all."""
+    return model_id.startswith((f"{job.file}::", f"{job.file}:"))
+
+
+def _expected_ids(job: Job, progress: _Progress) -> list[str]:
+    """The ids this worker may report: the first model of its file, or the one model it was given."""
+    if job.first_only:
+        return progress.discovered[:1]
+    if job.only is not None:
+        named = [i for i, label in zip(progress.discovered, progress.labels)
+                 if label == job.only or label.startswith(f"{job.only}[")]  # a factory's variants
+        return named or [job.target_id]
+    return progress.discovered
 
 
 def _next_unfinished(progress: _Progress) -> str | None:
@@ -225,25 +297,25 @@ def _worker(job: Job, conn: Any) -> None:
             module, path = load_target(job.file)
             found = candidates(module, path)
     except CodeExited as exc:
-        conn.send(("result", _error(job, job.target_id, "exit", f"cannot import {path.name}: {exc}",
+        _send(conn, ("result", _error(job, job.target_id, "exit", f"cannot import {path.name}: {exc}",
                                     time.perf_counter() - start).to_dict()))
-        conn.send(("done", None))
+        _send(conn, ("done", None))
         return
     except NoSuchModel as exc:
-        conn.send(("result", _error(job, job.target_id, "import", str(exc),
+        _send(conn, ("result", _error(job, job.target_id, "import", str(exc),
                                     time.perf_counter() - start).to_dict()))
-        conn.send(("done", None))
+        _send(conn, ("done", None))
         return
     except BaseException as exc:  # the student's file does not import
-        conn.send(("result", _error(job, job.target_id, "import", f"cannot import "
+        _send(conn, ("result", _error(job, job.target_id, "import", f"cannot import "
                                     f"{path.name}: {type(exc).__name__}: {exc}", time.perf_counter() - start,
                                     traceback_location(exc)).to_dict()))
-        conn.send(("done", None))
+        _send(conn, ("done", None))
         return
-    conn.send(("discovered", [(c.id, c.label) for c in found]))
+    _send(conn, ("discovered", [(c.id, c.label) for c in found]))
     for candidate in found[:1] if job.first_only else found:
-        conn.send(("result", _check_one(job, candidate).to_dict()))
-    conn.send(("done", None))
+        _send(conn, ("result", _check_one(job, candidate).to_dict()))
+    _send(conn, ("done", None))
 
 
 def _check_one(job: Job, candidate: Any) -> ModelResult:

@@ -1,0 +1,115 @@
+"""What a submission sends on the result channel is data, checked, never code: forged rows, pickles,
+malformed rows, repeated or missing messages and heartbeats become that submission's own row, the other
+submissions keep their verdicts, and the run ends within its deadlines."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from cnncheck.cli import main
+
+NET = textwrap.dedent("""
+    import gc, json, threading, time
+    import multiprocessing.connection
+    import torch
+    from torch import nn
+
+
+    def channels():
+        return [o for o in gc.get_objects() if isinstance(o, multiprocessing.connection.Connection)]
+
+
+    {attack}
+
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1{bias})
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+    {in_forward}
+            return self.bn(self.conv(x)).mean(dim=(2, 3))
+""")
+
+
+def _forge(row: str) -> str:
+    return f"for c in channels():\n    c.send_bytes(json.dumps({row}).encode())"
+
+
+ATTACKS = {
+    # folder: (code at import, code in forward)
+    "forges_a_clean_row_for_another": (_forge('["result", {"id": "biased/model.py::Net", "file": "x", "name": "Net"}]'), ""),
+    "malformed_row": (_forge('["result", {"bogus": 1}]'), ""),
+    "sends_a_pickle": (textwrap.dedent("""
+        class Payload:
+            def __reduce__(self):
+                return (open, (MARKER, "w"))
+
+        for c in channels():
+            c.send(("result", Payload()))
+    """), ""),
+    "says_done_early": (_forge('["done", None]'), ""),
+    "heartbeat": ("", "        def beat():\n            while True:\n                time.sleep(0.2)\n"
+                      "                for c in channels():\n                    c.send_bytes(b'[\"done\", null]')\n"
+                      "        threading.Thread(target=beat, daemon=True).start()\n        while True:\n            pass"),
+}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[dict[str, dict], float, Path]:
+    root = tmp_path_factory.mktemp("hostile")
+    marker = root.parent / "pickle-ran-in-the-supervisor"
+    for name, (attack, in_forward) in ATTACKS.items():
+        (root / name).mkdir()
+        source = NET.format(attack=attack.replace("MARKER", repr(str(marker))), bias=", bias=False",
+                            in_forward=in_forward or "        pass")
+        (root / name / "model.py").write_text(source)
+    (root / "clean").mkdir()
+    (root / "clean" / "model.py").write_text(NET.format(attack="", bias=", bias=False", in_forward="        pass"))
+    (root / "biased").mkdir()
+    (root / "biased" / "model.py").write_text(NET.format(attack="", bias="", in_forward="        pass"))
+    out = root.parent / "report.json"
+    start = time.monotonic()
+    code = main(["check", str(root), "--input-shape", "2,1,8,8", "--timeout", "8", "-j", "2", "--format", "json",
+                 "--output", str(out)])
+    elapsed = time.monotonic() - start
+    rows = {m["id"].split("/")[-2]: m for m in json.loads(out.read_text())["models"]}
+    assert code == 1
+    return rows, elapsed, marker
+
+
+def test_the_honest_submissions_keep_their_verdicts(report) -> None:
+    rows, _, _ = report
+    assert rows["clean"]["error"] is None and rows["clean"]["findings"] == []
+    assert [f["rule"] for f in rows["biased"]["findings"]] == ["redundant-bias-before-bn"]
+
+
+@pytest.mark.parametrize("name", ["forges_a_clean_row_for_another", "malformed_row", "sends_a_pickle"])
+def test_a_forged_or_malformed_message_is_that_submission_s_protocol_error(report, name: str) -> None:
+    rows, _, marker = report
+    assert rows[name]["error_kind"] == "protocol", rows[name]
+    assert "its results are not trusted" in rows[name]["error"]
+    assert not marker.exists()  # the pickle was never unpickled
+
+
+def test_a_worker_that_says_done_without_its_result_does_not_vanish(report) -> None:
+    rows, _, _ = report
+    assert rows["says_done_early"]["error_kind"] == "protocol"
+
+
+def test_messages_do_not_extend_the_deadline(report) -> None:
+    rows, elapsed, _ = report
+    assert rows["heartbeat"]["error_kind"] in ("timeout", "protocol"), rows["heartbeat"]
+    assert elapsed < 60, elapsed  # 7 submissions, 2 at a time, 8 s each at most
+
+
+def test_every_submission_has_exactly_one_row(report) -> None:
+    rows, _, _ = report
+    assert set(rows) == {*ATTACKS, "clean", "biased"}
