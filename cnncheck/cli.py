@@ -260,14 +260,15 @@ def _check(args: argparse.Namespace) -> int:
         _apply_baseline(baseline, results)
     text = FORMATS[args.format](results, rules=rules, root=root)
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        Path(args.output).write_text(text, encoding="utf-8", errors="backslashreplace")
     else:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        _write_stdout(text if text.endswith("\n") else text + "\n")
     if args.per_model_dir:
         folder = Path(args.per_model_dir)
         folder.mkdir(parents=True, exist_ok=True)
         for result in results:
-            (folder / (_slug(result.id) + ".md")).write_text(render_markdown(result), encoding="utf-8")
+            (folder / (_slug(result.id) + ".md")).write_text(render_markdown(result), encoding="utf-8",
+                                                             errors="backslashreplace")
     if args.baseline_write:  # the findings are recorded, not failures; what could not be checked still is
         return exit_code(Verdict.CLEAN if r.verdict is Verdict.FINDINGS else r.verdict for r in results)
     return exit_code(r.verdict for r in results)
@@ -299,6 +300,19 @@ def _split_target(target: str) -> tuple[str, str | None]:
         module, _, name = target.partition(":")
         return module, name
     return target, None
+
+
+def _write_stdout(text: str) -> None:
+    """A report always written: a name or message that the terminal's encoding cannot hold (a folder
+    named in Latin-1, a lone surrogate in a student's exception) is escaped, not a UnicodeEncodeError."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    data = text.encode(encoding, "backslashreplace")
+    if hasattr(sys.stdout, "buffer"):
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:  # a stream without bytes (a test's capture): give it text it can encode
+        sys.stdout.write(data.decode(encoding))
 
 
 def _checked_root(paths: list[str]) -> Path:

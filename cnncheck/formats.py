@@ -488,10 +488,10 @@ def artifact_location(path: str, root: str | os.PathLike[str] | None) -> dict[st
         except ValueError:
             pass
         else:
-            return {"uri": quote(relative.as_posix()), "uriBaseId": SRCROOT}
+            return {"uri": quote(relative.as_posix(), errors="surrogateescape"), "uriBaseId": SRCROOT}
     if os.path.isabs(path):
         return {"uri": Path(path).as_uri()}
-    return {"uri": quote(Path(path).as_posix())}
+    return {"uri": quote(Path(path).as_posix(), errors="surrogateescape")}
 
 
 def _physical_location(location: str | None, root: str | os.PathLike[str] | None) -> dict[str, Any] | None:

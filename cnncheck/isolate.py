@@ -13,6 +13,7 @@ import json
 import multiprocessing
 import os
 import resource
+import signal
 import sys
 import threading
 import time
@@ -131,8 +132,15 @@ def _per_model(job: Job) -> list[ModelResult]:
 def _supervise(job: Job) -> _Progress:
     ctx = _context()
     receiver, sender = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_worker, args=(job, sender), daemon=True)
-    process.start()
+    try:
+        process = _start(ctx, job, sender)
+    except Exception as exc:  # no worker could be started: this job's row says so, the run goes on
+        sender.close()
+        receiver.close()
+        progress = _Progress()
+        progress.results.append(_error(job, job.target_id, "crash", f"cnncheck could not start a worker "
+                                       f"({type(exc).__name__}: {exc})", 0.0))
+        return progress
     sender.close()
     progress = _Progress()
     deadline = time.monotonic() + job.timeout
@@ -170,6 +178,7 @@ def _supervise(job: Job) -> _Progress:
         process.join(5)
         if process.is_alive():
             _stop(process)
+        _kill_group(process)  # what the worker left running in its group
         receiver.close()
     if finished and not progress.listed and not progress.results:  # ours lists its models or reports why not
         progress.results.append(_error(job, job.target_id, "protocol", "the worker ended without listing "
@@ -244,14 +253,37 @@ def _expected_ids(job: Job, progress: _Progress) -> list[str]:
     return progress.discovered
 
 
+def _start(ctx: Any, job: Job, sender: Any) -> Any:
+    """A started worker; when the fork server has died (a submission can kill it), a second try, for
+    which multiprocessing starts a new server."""
+    try:
+        process = ctx.Process(target=_worker, args=(job, sender), daemon=True)
+        process.start()
+    except (OSError, EOFError, ConnectionError):
+        process = ctx.Process(target=_worker, args=(job, sender), daemon=True)
+        process.start()
+    return process
+
+
 def _next_unfinished(progress: _Progress) -> str | None:
     done = {r.id for r in progress.results}
     return next((model for model in progress.discovered if model not in done), None)
 
 
 def _stop(process: Any) -> None:
+    _kill_group(process)
     process.kill()
     process.join(5)
+
+
+def _kill_group(process: Any) -> None:
+    """The worker and every process it started in its group (the worker leads its own session)."""
+    if process.pid is None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _error(job: Job, model_id: str, kind: str, message: str, seconds: float,
@@ -276,9 +308,12 @@ def _died(job: Job, model_id: str, exitcode: int | None, seconds: float) -> Mode
 def _worker(job: Job, conn: Any) -> None:
     """Runs in the child: import the file, discover its models, check each, report each result."""
     _quiet()
-    if job.max_memory:
-        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
-        resource.setrlimit(resource.RLIMIT_DATA, (job.max_memory, hard))
+    try:
+        os.setsid()  # a session and group of its own: killing the group ends every child it starts
+    except OSError:
+        pass
+    if job.max_memory:  # the hard limit too: a submission cannot raise the soft one back
+        resource.setrlimit(resource.RLIMIT_DATA, (job.max_memory, job.max_memory))
     path = Path(job.file)
     start = time.perf_counter()
     import torch

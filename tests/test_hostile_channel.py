@@ -113,3 +113,74 @@ def test_messages_do_not_extend_the_deadline(report) -> None:
 def test_every_submission_has_exactly_one_row(report) -> None:
     rows, _, _ = report
     assert set(rows) == {*ATTACKS, "clean", "biased"}
+
+
+# -- the process, the memory limit, stdout, and odd names -------------------------------------------------
+PROCESS_ATTACKS = {
+    "raises_its_memory_limit": ("", textwrap.dedent("""\
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        resource.setrlimit(resource.RLIMIT_DATA, (hard, hard))
+        self.hoard = bytearray(3 << 30)
+    """)),
+    "writes_to_the_parents_stdout": (textwrap.dedent("""\
+        import os
+        for pid in (os.getppid(), os.getpgid(0)):
+            try:
+                with open(f"/proc/{pid}/fd/1", "w") as out:
+                    out.write('{"forged": "report"}\\n')
+            except OSError:
+                pass
+    """), ""),
+    "leaves_orphans": (textwrap.dedent("""\
+        import subprocess, sys
+        for _ in range(3):
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)  # ORPHAN_MARK"])
+    """), ""),
+    "kills_the_fork_server": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", ""),
+}
+
+
+def _ps_orphans() -> list[str]:
+    import subprocess
+
+    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in listing.splitlines() if "ORPHAN_MARK" in line and "ps -eo" not in line]
+
+
+def test_process_attacks(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = tmp_path / "class"
+    for name, (at_import, in_init) in PROCESS_ATTACKS.items():
+        (root / name).mkdir(parents=True)
+        source = NET.format(attack=at_import, bias=", bias=False", in_forward="        pass")
+        if in_init:
+            source = source.replace("        self.bn = nn.BatchNorm2d(4)\n",
+                                    "        self.bn = nn.BatchNorm2d(4)\n" + textwrap.indent(in_init, " " * 8))
+        (root / name / "model.py").write_text(source)
+    (root / "clean").mkdir()
+    (root / "clean" / "model.py").write_text(NET.format(attack="", bias=", bias=False", in_forward="        pass"))
+    odd = root / "caf\udce9"  # a Latin-1 folder name: not UTF-8
+    os_name = bytes(odd).decode("utf-8", "surrogateescape") if isinstance(odd, bytes) else str(odd)
+    Path(os_name).mkdir()
+    (Path(os_name) / "model.py").write_text(NET.format(attack="", bias="", in_forward="        raise ValueError('\\udcff')"))
+    done = subprocess.run([sys.executable, "-m", "cnncheck", "check", str(root), "--input-shape", "2,1,8,8",
+                           "--timeout", "20", "--max-memory", "2G", "--format", "json"],
+                          capture_output=True, timeout=300, cwd=tmp_path)
+    assert b"forged" not in done.stdout
+    rows = {m["id"].split("/")[-2]: m for m in json.loads(done.stdout.decode("utf-8"))["models"]}
+    assert rows["clean"]["error"] is None and rows["clean"]["findings"] == []
+    assert rows["raises_its_memory_limit"]["error_kind"] in ("memory", "build", "crash"), rows["raises_its_memory_limit"]
+    assert rows["writes_to_the_parents_stdout"]["error"] is None
+    assert rows["kills_the_fork_server"]["error"] is None or rows["kills_the_fork_server"]["error_kind"] == "crash"
+    assert rows["leaves_orphans"]["error"] is None
+    assert _ps_orphans() == []  # the worker's group was killed with it
+    odd_rows = [m for key, m in rows.items() if key.startswith("caf")]
+    assert len(odd_rows) == 1 and odd_rows[0]["error_kind"] == "forward"
+    for fmt in ("text", "markdown", "junit", "sarif"):
+        out = tmp_path / f"report.{fmt}"
+        again = subprocess.run([sys.executable, "-m", "cnncheck", "check", os_name, "--input-shape", "2,1,8,8",
+                                "--format", fmt, "--output", str(out)], capture_output=True, timeout=300, cwd=tmp_path)
+        assert again.returncode == 1 and out.stat().st_size > 0, (fmt, again.stderr[-2000:])
