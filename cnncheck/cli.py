@@ -244,15 +244,18 @@ def _check(args: argparse.Namespace) -> int:
         else:
             jobs.extend(Job(str(path), **options) for path in python_files([file]))
     results = _run_with_progress(jobs, args.jobs, quiet=args.format != "text" and not args.output)
-    root = _checked_root(args.paths)
-    results = [r.relative_to(root) for r in results]
     usage = next((r for r in results if r.error_kind == "usage"), None)
     if usage is not None:  # an option that fits no model: say it once, as argparse would
         print(f"cnncheck: {usage.error}", file=sys.stderr)
         return 2
-    if not results and len(args.paths) == 1 and Path(args.paths[0]).is_file():
-        print(f"cnncheck: no model found in {args.paths[0]}: {MODEL_DEFINITION}", file=sys.stderr)
+    alone = len(args.paths) == 1 and Path(args.paths[0]).is_file()
+    if alone and all(r.error_kind == "no-model" for r in results):
+        reason = results[0].error if results else MODEL_DEFINITION
+        print(f"cnncheck: no model found in {args.paths[0]}: {reason}", file=sys.stderr)
         return 2
+    results = _one_row_per_submission(args.paths, results)
+    root = _checked_root(args.paths)
+    results = [r.relative_to(root) for r in results]
     if args.baseline_write:
         count = write(args.baseline_write, [(r.id, f.rule, f.module) for r in results for f in r.findings])
         print(f"cnncheck baseline: wrote {count} finding(s) to {args.baseline_write}", file=sys.stderr)
@@ -300,6 +303,46 @@ def _split_target(target: str) -> tuple[str, str | None]:
         module, _, name = target.partition(":")
         return module, name
     return target, None
+
+
+def _one_row_per_submission(paths: list[str], results: list[ModelResult]) -> list[ModelResult]:
+    """Every submission has a row, and a helper file of one that has models adds none. In a folder given
+    on the command line, each sub-folder (or file) is one submission: files without a model give rows
+    only when the whole submission has none (one row, with each file's reason), and a sub-folder with no
+    Python file at all gets a row too."""
+    from pathlib import Path
+
+    from cnncheck.discover import python_files
+    from cnncheck.results import ModelResult
+
+    def unit(result: ModelResult) -> tuple[str, str] | None:
+        for target in paths:
+            try:
+                inside = Path(result.file).relative_to(target)
+            except ValueError:
+                continue
+            if Path(target).is_dir() and inside.parts:
+                return target, inside.parts[0]
+        return None
+
+    units: dict[tuple[str, str] | None, list[ModelResult]] = {}
+    for result in results:
+        units.setdefault(unit(result), []).append(result)
+    for target in (p for p in paths if Path(p).is_dir()):
+        for child in sorted(Path(target).iterdir()):
+            if child.is_dir() and (target, child.name) not in units and not any(python_files([str(child)])):
+                units[(target, child.name)] = []
+    kept: list[ModelResult] = []
+    for key, rows in units.items():
+        models = [r for r in rows if r.error_kind != "no-model"]
+        if models or key is None:
+            kept.extend(models if key is not None else rows)
+            continue
+        folder = str(Path(key[0]) / key[1])
+        reasons = "; ".join(r.error or "" for r in rows) or f"no Python file in {folder}"
+        kept.append(ModelResult(f"{folder}::<no model>", folder, "<no model>", error_kind="no-model",
+                                error=f"no model found in {folder}: {reasons}"))
+    return kept
 
 
 def _write_stdout(text: str) -> None:

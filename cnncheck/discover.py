@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import inspect
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -63,7 +64,7 @@ def python_files(paths: list[str]) -> Iterator[Path]:
         if not path.is_dir():
             yield path
             continue
-        for file in sorted(path.rglob("*.py")):
+        for file in sorted(_python_files_below(path)):
             if file.name == "conftest.py" or (is_test_file(file) and not _mentions_cnncheck(file)):
                 continue
             inner = file.parent
@@ -75,6 +76,48 @@ def python_files(paths: list[str]) -> Iterator[Path]:
                 inner = inner.parent
             if not nested:
                 yield file
+
+
+def _python_files_below(root: Path) -> Iterator[Path]:
+    """Every ``.py`` file under ``root``, following symlinked folders (a submission may be one), each real
+    folder once (a link to a parent folder does not loop)."""
+    seen: set[tuple[int, int]] = set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        try:
+            status = os.stat(folder)
+        except OSError:
+            subfolders[:] = []
+            continue
+        if (status.st_dev, status.st_ino) in seen:
+            subfolders[:] = []
+            continue
+        seen.add((status.st_dev, status.st_ino))
+        # real folders before links to them, so that a link to a folder already walked is the one skipped
+        subfolders.sort(key=lambda name: (os.path.islink(os.path.join(folder, name)), name))
+        yield from (Path(folder) / name for name in files if name.endswith(".py"))
+
+
+def no_model_reason(module: Any, file: Path) -> str:
+    """Why a file has no model, in words that say what to change."""
+    from torch import nn
+
+    try:
+        if not file.read_text(encoding="utf-8", errors="replace").strip():
+            return f"{file.name} is empty"
+    except OSError:
+        pass
+    classes = [v for v in vars(module).values() if inspect.isclass(v) and issubclass(v, nn.Module)
+               and getattr(v, "__module__", None) == module.__name__]
+    if not classes:
+        return f"{file.name} defines no nn.Module subclass"
+    needs = [c for c in classes if not _builds_without_arguments(c)]
+    if needs:
+        cls = needs[0]
+        required = [n for n, p in inspect.signature(cls).parameters.items() if p.default is inspect.Parameter.empty
+                    and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        return (f"{cls.__name__}() needs arguments ({', '.join(required)}): declare a factory that builds it, "
+                f"with @cnncheck.model(input_shape=...)")
+    return f"no class of {file.name} is a model: {MODEL_DEFINITION}"
 
 
 def _mentions_cnncheck(file: Path) -> bool:

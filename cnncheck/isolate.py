@@ -48,6 +48,10 @@ class Job:
     first_only: bool = False  # list the file's models, check the first; the others get workers of their own
 
     @property
+    def no_model_id(self) -> str:
+        return f"{self.file}::<no model>"
+
+    @property
     def target_id(self) -> str:
         """The id of a row for this job before its models are known: ``file.py::<import>``,
         ``file.py::Name`` or ``package.module:Name``."""
@@ -229,7 +233,7 @@ def _accept(job: Job, progress: _Progress, message: bytes) -> bool:
             result = ModelResult.from_dict(payload)
         except Exception:
             raise _ProtocolError("a malformed result") from None
-        allowed = {job.target_id} if not progress.discovered else set(_expected_ids(job, progress))
+        allowed = {job.target_id, job.no_model_id} if not progress.listed else set(_expected_ids(job, progress))
         if result.id not in allowed or any(r.id == result.id for r in progress.results):
             raise _ProtocolError(f"a result for {result.id!r}, which this worker does not check")
         progress.results.append(result)
@@ -345,6 +349,14 @@ def _worker(job: Job, conn: Any) -> None:
         _send(conn, ("result", _error(job, job.target_id, "import", f"cannot import "
                                     f"{path.name}: {type(exc).__name__}: {exc}", time.perf_counter() - start,
                                     traceback_location(exc)).to_dict()))
+        _send(conn, ("done", None))
+        return
+    from cnncheck.discover import is_test_file, no_model_reason
+
+    if not found and job.only is None and not is_test_file(path):  # every file given a worker gets a row
+
+        _send(conn, ("result", _error(job, job.no_model_id, "no-model", no_model_reason(module, path),
+                                      time.perf_counter() - start).to_dict()))
         _send(conn, ("done", None))
         return
     _send(conn, ("discovered", [(c.id, c.label) for c in found]))
