@@ -92,7 +92,8 @@ def _context() -> Any:
         if _CONTEXT is None:
             if "forkserver" in multiprocessing.get_all_start_methods():
                 _CONTEXT = multiprocessing.get_context("forkserver")
-                _CONTEXT.set_forkserver_preload(["torch", "cnncheck.api", "cnncheck._warmup"])
+                _CONTEXT.set_forkserver_preload(["torch", "torch._dynamo", "cnncheck.api", "cnncheck.tamper",
+                                                 "cnncheck._warmup"])
             else:  # no fork on this platform: a fresh interpreter per file
                 _CONTEXT = multiprocessing.get_context("spawn")
         return _CONTEXT
@@ -329,6 +330,9 @@ def _worker(job: Job, conn: Any) -> None:
     try:
         _apply_plugins(job)
         from cnncheck.discover import candidates, load_target, named_candidates
+        from cnncheck.tamper import Snapshot
+
+        before = Snapshot()  # after our plugins, before the submission's code
 
         if job.only is not None:
             found = named_candidates(job.file, job.only)
@@ -361,7 +365,13 @@ def _worker(job: Job, conn: Any) -> None:
         return
     _send(conn, ("discovered", [(c.id, c.label) for c in found]))
     for candidate in found[:1] if job.first_only else found:
-        _send(conn, ("result", _check_one(job, candidate).to_dict()))
+        result = _check_one(job, candidate)
+        tampered = before.changed()
+        if tampered:  # a verdict computed by changed code is no verdict
+            shown = ", ".join(tampered[:4]) + (f" and {len(tampered) - 4} more" if len(tampered) > 4 else "")
+            result = _error(job, candidate.id, "tampered", f"the submission replaced what cnncheck checks with: "
+                            f"{shown}; no verdict can be trusted", result.seconds)
+        _send(conn, ("result", result.to_dict()))
     _send(conn, ("done", None))
 
 

@@ -1,7 +1,8 @@
 """Shared fixtures. torch and every cnncheck module are imported first: pytester's in-process runs
 restore sys.modules, so a module imported for the first time inside such a run is imported again by
 the next test, and two copies of a class then disagree (``pytest.raises(cnncheck.CheckFailed)`` no longer
-catches the ``CheckFailed`` that ``cnncheck.api`` raises); a C extension cannot load twice at all."""
+catches the ``CheckFailed`` that ``cnncheck.api`` raises); a C extension, or torch._dynamo's registries,
+cannot load twice at all."""
 
 import importlib
 import os
@@ -10,6 +11,7 @@ import sys
 
 import pytest
 import torch  # (see the docstring)
+import torch._dynamo  # noqa: F401  (torch.compile's, imported in a pytester run it cannot load twice)
 
 import cnncheck
 

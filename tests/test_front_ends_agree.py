@@ -349,7 +349,9 @@ def test_the_command_in_every_format(name: str, cli_results) -> None:
 def test_pytest_items(pytester) -> None:
     for name, case in CASES.items():
         pytester.makepyfile(**{name: case.source})
-    result = pytester.runpytest("--cnncheck", "-p", "no:randomly", "--junitxml=items.xml")
+    # a subprocess: the compiled case imports parts of torch._inductor, which cannot be imported twice, and
+    # an in-process run would drop them from sys.modules afterwards
+    result = pytester.runpytest_subprocess("--cnncheck", "-p", "no:randomly", "--junitxml=items.xml")
     assert "INTERNALERROR" not in result.stdout.str() and "Traceback" not in result.stdout.str()
     items: dict[str, dict[str, str]] = {}
     for testcase in ET.parse(pytester.path / "items.xml").iter("testcase"):

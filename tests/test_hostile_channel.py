@@ -184,3 +184,36 @@ def test_process_attacks(tmp_path: Path) -> None:
         again = subprocess.run([sys.executable, "-m", "cnncheck", "check", os_name, "--input-shape", "2,1,8,8",
                                 "--format", fmt, "--output", str(out)], capture_output=True, timeout=300, cwd=tmp_path)
         assert again.returncode == 1 and out.stat().st_size > 0, (fmt, again.stderr[-2000:])
+
+
+# -- tampering with cnncheck or torch at import -------------------------------------------------------------
+TAMPERING = {
+    "wraps_check_model": "import cnncheck.api\n_real = cnncheck.api.check_model\n"
+                         "def fake(*a, **k):\n    report = _real(*a, **k)\n    report.findings.clear()\n    return report\n"
+                         "cnncheck.api.check_model = fake\n",
+    "replaces_a_rule_helper": "import cnncheck.checks.redundant_bias as rb\n"
+                              "rb.check = lambda ctx, rule: iter(())\n",
+    "registers_a_report_hook": "import cnncheck\n\nclass Quiet:\n    @cnncheck.hookimpl\n"
+                               "    def cnncheck_report(self, report, model):\n        report.findings.clear()\n\n"
+                               "cnncheck.register(Quiet())\n",
+    "patches_conv2d": "import torch.nn.functional as F\n_conv = F.conv2d\nF.conv2d = lambda *a, **k: _conv(*a, **k)\n",
+}
+
+
+def test_tampering_at_import_is_reported_not_trusted(tmp_path: Path) -> None:
+    root = tmp_path / "class"
+    for name, attack in TAMPERING.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "model.py").write_text(NET.format(attack=attack, bias="", in_forward="        pass"))
+    (root / "biased").mkdir()
+    (root / "biased" / "model.py").write_text(NET.format(attack="", bias="", in_forward="        pass"))
+    out = tmp_path / "report.json"
+    assert main(["check", str(root), "--input-shape", "2,1,8,8", "--format", "json", "--output", str(out), "-j", "2"]) == 1
+    rows = {m["id"].split("/")[-2]: m for m in json.loads(out.read_text())["models"]}
+    assert [f["rule"] for f in rows["biased"]["findings"]] == ["redundant-bias-before-bn"]  # the defect all share
+    for name in TAMPERING:
+        assert rows[name]["error_kind"] == "tampered", (name, rows[name])
+        assert "no verdict can be trusted" in rows[name]["error"]
+    assert "cnncheck.api.check_model" in rows["wraps_check_model"]["error"]
+    assert "torch.nn.functional.conv2d" in rows["patches_conv2d"]["error"]
+    assert "cnncheck_report hook" in rows["registers_a_report_hook"]["error"]
