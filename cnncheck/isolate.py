@@ -330,9 +330,10 @@ def _worker(job: Job, conn: Any) -> None:
     try:
         _apply_plugins(job)
         from cnncheck.discover import candidates, load_target, named_candidates
-        from cnncheck.tamper import Snapshot
+        from cnncheck.tamper import snapshot_before_submission
 
-        before = Snapshot()  # after our plugins, before the submission's code
+        # before the submission's code runs (the job's plugins, loaded just now, are not tampering)
+        before = snapshot_before_submission(fresh=bool(job.plugins or job.disabled_plugins))
 
         if job.only is not None:
             found = named_candidates(job.file, job.only)

@@ -37,6 +37,13 @@ def _watched_namespaces() -> dict[str, dict[str, Any]]:
     return spaces
 
 
+def _watched_refs() -> dict[str, Any]:
+    return {f"{space}.{key}": value for space, names in _watched_namespaces().items() for key, value in list(names.items())}
+
+
+_OWN_STATE = "cnncheck.tamper._TAKEN_BEFORE_ANY_SUBMISSION"  # set after the snapshot it holds
+
+
 def _hooks() -> dict[str, tuple[Any, ...]]:
     from cnncheck.plugins import plugin_manager
 
@@ -55,17 +62,32 @@ class Snapshot:
             pass
         self.modules = {name: module for name, module in sys.modules.items()
                         if name == "cnncheck" or name.startswith("cnncheck.")}
-        self.refs = {f"{space}.{key}": value for space, names in _watched_namespaces().items()
-                     for key, value in list(names.items())}
+        self.refs = {name: value for name, value in _watched_refs().items() if name != _OWN_STATE}
         self.hooks = _hooks()
 
     def changed(self) -> list[str]:
         """What is no longer the object it was: replaced or removed (new names are not changes)."""
         found = [f"sys.modules[{name!r}]" for name, module in self.modules.items() if sys.modules.get(name) is not module]
-        now = {f"{space}.{key}": value for space, names in _watched_namespaces().items()
-               for key, value in list(names.items())}
+        now = _watched_refs()
         found += [name for name, value in self.refs.items() if name not in now or now[name] is not value]
         hooks = _hooks()
         found += [f"the {name} hook's implementations" for name, impls in self.hooks.items()
                   if hooks.get(name) != impls]
         return found
+
+
+_TAKEN_BEFORE_ANY_SUBMISSION: Snapshot | None = None
+
+
+def take_server_snapshot() -> None:
+    """Called once in the fork server, before it forks any worker: workers inherit it, and it costs
+    them nothing (a snapshot takes about 0.1 s)."""
+    global _TAKEN_BEFORE_ANY_SUBMISSION
+    _TAKEN_BEFORE_ANY_SUBMISSION = Snapshot()
+
+
+def snapshot_before_submission(fresh: bool) -> Snapshot:
+    """The fork server's snapshot, or with ``fresh`` (plugins loaded in this worker) a new one."""
+    if fresh or _TAKEN_BEFORE_ANY_SUBMISSION is None:
+        return Snapshot()
+    return _TAKEN_BEFORE_ANY_SUBMISSION
