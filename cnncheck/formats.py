@@ -27,7 +27,8 @@ within the same id. Top-level object:
     ``input_shape`` (list of ints with the batch first, or null when unknown), ``device``,
     ``rules_run`` (ids), ``findings`` (see below), ``error`` (null, or why the model could not be
     checked), ``error_kind`` (null or one of ``import``, ``build``, ``input-shape``, ``device``,
-    ``unsupported``, ``forward``, ``timeout``, ``memory``, ``crash``, ``exit``, ``usage``), ``location`` (null or the student's ``file:line`` for an
+    ``unsupported``, ``forward``, ``timeout``, ``memory``, ``crash``, ``exit``, ``usage``,
+    ``no-model``, ``protocol``, ``tampered``), ``location`` (null or the student's ``file:line`` for an
     error), ``notes`` (list of strings), ``seconds`` (float, time spent on this model), ``outcomes``
     (one per rule run: ``rule``, ``status`` (``passed``, ``findings``, ``not-checked`` or ``crashed``)
     and ``reason`` (why it was not checked, the crash's error, or ``""``)), ``shape_note`` (why this
