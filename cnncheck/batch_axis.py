@@ -12,7 +12,7 @@ from torch.utils._pytree import tree_flatten
 
 from cnncheck.context import CheckContext
 from cnncheck.frames import function_name
-from cnncheck.ops import RESHAPES
+from cnncheck.ops import RESHAPES, requested_shape, shown_arguments
 from cnncheck.trace import Node
 
 
@@ -64,25 +64,18 @@ def hard_coded_batch(ctx: CheckContext) -> HardCodedBatch | None:
         if node.module is None and node.func_name in RESHAPES and node.inputs and node.outputs \
                 and node.inputs[0].dim() and node.inputs[0].shape[0] == 1 and node.outputs[0].dim() >= 2 \
                 and node.outputs[0].shape[0] == batch and _requested_rows(node.args) == batch:
-            return HardCodedBatch(f"{node.func_name}{_sizes(node.args)}", batch, node.scope, node.location,
+            return HardCodedBatch(f"{node.func_name}{shown_arguments(node.args)}", batch, node.scope, node.location,
                                   tuple(node.inputs[0].shape), tuple(node.outputs[0].shape))
     failed = trace.failed
     if failed is not None and failed.func is not None and function_name(failed.func) in RESHAPES \
             and failed.inputs and failed.inputs[0].dim() and failed.inputs[0].shape[0] == 1 \
             and _requested_rows(failed.args) == batch:
-        return HardCodedBatch(f"{function_name(failed.func)}{_sizes(failed.args)}", batch,
+        return HardCodedBatch(f"{function_name(failed.func)}{shown_arguments(failed.args)}", batch,
                               failed.module_stack[-1] if failed.module_stack else "", failed.location,
                               tuple(failed.inputs[0].shape), None)
     return None
 
 
 def _requested_rows(args: tuple[object, ...]) -> int | None:
-    """The first size a ``view``/``reshape`` call asks for: ``x.view(4, -1)`` or ``x.view((4, -1))``."""
-    sizes = args[1:2]
-    if sizes and isinstance(sizes[0], (tuple, list, torch.Size)):
-        sizes = tuple(sizes[0][:1])
-    return sizes[0] if sizes and isinstance(sizes[0], int) else None
-
-
-def _sizes(args: tuple[object, ...]) -> str:
-    return "(" + ", ".join(str(a) for a in args[1:] if isinstance(a, (int, tuple, list))) + ")"
+    sizes = requested_shape(args)
+    return sizes[0] if sizes else None

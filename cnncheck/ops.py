@@ -40,6 +40,20 @@ MODAL_FUNCTIONS = BATCH_NORM_FUNCTIONS | DROPOUT_FUNCTIONS | RANDOM_FUNCTIONS | 
 RESHAPES = frozenset({"view", "reshape", "flatten"})
 """Ops that regroup elements without moving them: the ones that can fold a batch or flatten a map."""
 
+
+def requested_shape(args: tuple[Any, ...]) -> list[int]:
+    """The sizes a ``view``/``reshape`` call asks for, given one by one (``x.view(4, -1)``) or as one
+    tuple (``x.view((4, -1))``); ``args[0]`` is the tensor."""
+    sizes = [a for a in args[1:] if isinstance(a, int)]
+    if sizes:
+        return sizes
+    return [int(a) for arg in args[1:2] if isinstance(arg, (tuple, list, torch.Size)) for a in arg]
+
+
+def shown_arguments(args: tuple[Any, ...]) -> str:
+    """A reshape's size arguments as the student wrote them: ``(4, -1)``, ``((4, -1))``."""
+    return "(" + ", ".join(str(a) for a in args[1:] if isinstance(a, (int, tuple, list))) + ")"
+
 LAYOUT_FUNCTIONS = RESHAPES | {
     "contiguous", "squeeze", "unsqueeze", "transpose", "permute", "flip", "roll", "t", "movedim",
     "swapaxes", "swapdims", "rot90", "view_as", "reshape_as", "clone", "detach", "__getitem__", "to",

@@ -16,7 +16,7 @@ from cnncheck.findings import Finding, Severity
 from cnncheck.formulas import output_size, output_size_text
 from cnncheck.frames import function_name
 from cnncheck.layers import LayerKind, as_tuple, short_repr
-from cnncheck.ops import RESHAPES
+from cnncheck.ops import RESHAPES, requested_shape, shown_arguments
 from cnncheck.rules import Diagnosis, Repair, Rule
 from cnncheck.trace import Node, Source
 
@@ -98,11 +98,9 @@ def _repair(ctx: CheckContext, failed: Any) -> Repair | None:
 
 def _flat_request(failed: Any) -> int | None:
     """K of a ``view(-1, K)`` or ``reshape(-1, K)`` call, else None."""
-    requested = [a for a in failed.args[1:] if isinstance(a, int)] or [
-        a for arg in failed.args[1:2] if isinstance(arg, (tuple, list, torch.Size)) for a in arg
-    ]
+    requested = requested_shape(failed.args)
     if len(requested) == 2 and requested[0] == -1 and requested[1] > 0:
-        return int(requested[1])
+        return requested[1]
     return None
 
 
@@ -146,7 +144,7 @@ def _batch_flattened(ctx: CheckContext, rule: Rule, failed: Any, x: torch.Tensor
         ctx.name_of(ctx.model) if failed.module is None else ctx.modules[failed.module].name)
     culprit = next((n for n in _chain(source) if n.module is None and n.func_name in RESHAPES
                     and n.inputs and n.inputs[0].dim() > 1 and n.inputs[0].shape[0] == batch), None)
-    how = f"{culprit.func_name}{_args(culprit)} " if culprit is not None else ""
+    how = f"{culprit.func_name}{shown_arguments(culprit.args)} " if culprit is not None else ""
     return rule.finding(
         target,
         f"{how}flattens the batch into the features: {target or ctx.model_name} gets one vector of "
@@ -338,7 +336,7 @@ def _folded_batch(ctx: CheckContext, rule: Rule) -> Finding | None:
     rows = f"one vector of {after.numel()}" if after.dim() == 1 else f"{after.shape[0]} rows of {after.shape[-1]}"
     return rule.finding(
         node.scope,
-        f"{node.func_name}{_args(node)} folds part of the batch into the features: "
+        f"{node.func_name}{shown_arguments(node.args)} folds part of the batch into the features: "
         f"{batch} samples of {per_sample} features become {rows}",
         expected=f"batch size {batch} kept: x.flatten(1) or x.view(x.size(0), -1) gives {batch}x{per_sample}",
         found=f"{tuple(before.shape)} -> {tuple(after.shape)}: the model's output has batch size "
@@ -365,9 +363,6 @@ def _hard_coded_batch(ctx: CheckContext, rule: Rule) -> Finding | None:
     )
 
 
-def _args(node: Node) -> str:
-    shown = [str(a) for a in node.args[1:] if isinstance(a, (int, tuple, list))]
-    return "(" + ", ".join(shown) + ")"
 
 
 RULE = Rule(
