@@ -143,11 +143,24 @@ def load_file(path: Path) -> Any:
     return module
 
 
+def is_module_target(target: str) -> bool:
+    """``package.module`` (of ``package.module:Name``) rather than a file or folder path."""
+    return Path(target).suffix != ".py" and not Path(target).exists()
+
+
+def import_failure(path: Path, exc: BaseException) -> str:
+    """Why a file could not be imported, as its row or error item says it."""
+    from cnncheck.exits import CodeExited
+
+    what = str(exc) if isinstance(exc, CodeExited) else f"{type(exc).__name__}: {exc}"
+    return f"cannot import {path.name}: {what}"
+
+
 def load_target(target: str) -> tuple[Any, Path]:
     """Import a file path, or a ``package.module`` name (a ``module:attr`` target), found from the current
     folder first, as ``python -m`` finds it."""
     path = Path(target)
-    if path.suffix == ".py" or path.exists():
+    if not is_module_target(target):
         return load_file(path), path
     here = str(Path.cwd())
     sys.path.insert(0, here)
@@ -168,7 +181,7 @@ def named_candidates(target: str, name: str) -> list[Candidate]:
     function, defined there or re-exported (``torchvision.models:AlexNet``), or for ``timm:NAME`` the model
     ``timm.create_model(NAME)`` builds. Raises NoSuchModel when there is none."""
     module, path = load_target(target)
-    by_module = None if Path(target).suffix == ".py" or Path(target).exists() else target
+    by_module = target if is_module_target(target) else None
     found = [replace(c, module_target=by_module) for c in candidates(module, path, include_all=True)
              if name in (c.name, c.label)]
     if found:

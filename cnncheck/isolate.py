@@ -57,8 +57,9 @@ class Job:
         ``file.py::Name`` or ``package.module:Name``."""
         if self.only is None:
             return f"{self.file}::<import>"
-        by_module = not self.file.endswith(".py") and not Path(self.file).exists()
-        return f"{self.file}:{self.only}" if by_module else f"{self.file}::{self.only}"
+        from cnncheck.discover import is_module_target
+
+        return f"{self.file}:{self.only}" if is_module_target(self.file) else f"{self.file}::{self.only}"
 
 
 @dataclass
@@ -324,7 +325,7 @@ def _worker(job: Job, conn: Any) -> None:
     import torch
 
     torch.set_num_threads(job.threads or 1)
-    from cnncheck.discover import NoSuchModel
+    from cnncheck.discover import NoSuchModel, import_failure
     from cnncheck.exits import CodeExited
 
     try:
@@ -341,7 +342,7 @@ def _worker(job: Job, conn: Any) -> None:
             module, path = load_target(job.file)
             found = candidates(module, path)
     except CodeExited as exc:
-        _send(conn, ("result", _error(job, job.target_id, "exit", f"cannot import {path.name}: {exc}",
+        _send(conn, ("result", _error(job, job.target_id, "exit", import_failure(path, exc),
                                     time.perf_counter() - start).to_dict()))
         _send(conn, ("done", None))
         return
@@ -351,9 +352,8 @@ def _worker(job: Job, conn: Any) -> None:
         _send(conn, ("done", None))
         return
     except BaseException as exc:  # the student's file does not import
-        _send(conn, ("result", _error(job, job.target_id, "import", f"cannot import "
-                                    f"{path.name}: {type(exc).__name__}: {exc}", time.perf_counter() - start,
-                                    traceback_location(exc)).to_dict()))
+        _send(conn, ("result", _error(job, job.target_id, "import", import_failure(path, exc),
+                                      time.perf_counter() - start, traceback_location(exc)).to_dict()))
         _send(conn, ("done", None))
         return
     from cnncheck.discover import is_test_file, no_model_reason

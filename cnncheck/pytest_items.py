@@ -64,20 +64,21 @@ class Collection:
         module's models join its tests."""
         if not isinstance(collector, pytest.Module) or collector.path.name in ("conftest.py", "__init__.py"):
             return (yield)
+        from cnncheck.discover import import_failure
         from cnncheck.exits import CodeExited, contained_exits
 
         try:
             with contained_exits(f"{collector.path.name}, while it is imported,"):
                 report = yield
         except CodeExited as exc:
-            return self._unimportable(collector, f"cannot import {collector.path.name}: {exc}", always_an_item=True)
+            return self._unimportable(collector, import_failure(collector.path, exc), always_an_item=True)
         test_file = self._test_file(collector.path)
         if report.failed and not test_file:  # a model file named on the command line: its error item
             call = getattr(report, "call", None)
             error = call.excinfo.value if call is not None and call.excinfo is not None else None
             cause = error.__cause__ if error is not None and error.__cause__ is not None else error
-            what = f"{type(cause).__name__}: {cause}" if cause is not None else str(report.longrepr)
-            return self._unimportable(collector, f"cannot import {collector.path.name}: {what}")
+            what = import_failure(collector.path, cause) if cause is not None else str(report.longrepr)
+            return self._unimportable(collector, what)
         if report.passed:
             report.result.extend(model_nodes(collector, collector.obj, self._entries_for(collector.path),
                                              discover=True, test_file=test_file))
@@ -141,17 +142,12 @@ class ModelFile(pytest.File):
         self.only_entries = only_entries
 
     def collect(self) -> Iterator[pytest.Collector | pytest.Item]:
-        from cnncheck.discover import load_file
-        from cnncheck.exits import CodeExited
+        from cnncheck.discover import import_failure, load_file
 
         try:
             module = load_file(self.path)
-        except CodeExited as exc:
-            yield BrokenModel.from_parent(self, name="import", error=f"cannot import {self.path.name}: {exc}")
-            return
-        except Exception as exc:  # the student's file does not import: one error item, others go on
-            yield BrokenModel.from_parent(self, name="import", error=f"cannot import {self.path.name}: "
-                                          f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # the student's file does not import (or exits): one error item, others go on
+            yield BrokenModel.from_parent(self, name="import", error=import_failure(self.path, exc))
             return
         yield from model_nodes(self, module, self.entries, discover=not self.only_entries)
 

@@ -20,12 +20,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _watched_namespaces() -> dict[str, dict[str, Any]]:
+def _import_all_of_cnncheck() -> None:
+    """Every cnncheck module, imported before the submission, so that each is watched from the start."""
     import cnncheck
 
     for info in pkgutil.walk_packages(cnncheck.__path__, "cnncheck."):
         if info.name not in ("cnncheck.__main__", "cnncheck._warmup"):
-            importlib.import_module(info.name)  # imported before the submission, so watched from the start
+            importlib.import_module(info.name)
+
+
+def _watched_namespaces() -> dict[str, dict[str, Any]]:
     spaces = {name: vars(module) for name, module in sys.modules.items()
               if module is not None and (name == "cnncheck" or name.startswith("cnncheck."))}
     spaces["torch"] = vars(torch)
@@ -60,6 +64,7 @@ class Snapshot:
             import torch._dynamo  # noqa: F401  (a library's own change, made before the snapshot)
         except ImportError:
             pass
+        _import_all_of_cnncheck()
         self.modules = {name: module for name, module in sys.modules.items()
                         if name == "cnncheck" or name.startswith("cnncheck.")}
         self.refs = {name: value for name, value in _watched_refs().items() if name != _OWN_STATE}
