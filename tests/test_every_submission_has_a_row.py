@@ -45,3 +45,16 @@ def test_every_submission_gets_a_row(tmp_path: Path, monkeypatch) -> None:
     assert rows["subs/dan::<no model>"]["error"] == "no model found in subs/dan: model.py defines no nn.Module subclass"
     assert rows["subs/empty::<no model>"]["error"] == "no model found in subs/empty: no Python file in subs/empty"
     assert {m["error_kind"] for i, m in rows.items() if i.endswith("<no model>")} == {"no-model"}
+
+
+def test_a_project_of_its_own_inside_the_folder_is_not_a_submission(tmp_path: Path, monkeypatch) -> None:
+    """examples/plugin/ (its own pyproject.toml) is skipped, as before: it gets no 'no model' row."""
+    (tmp_path / "subs" / "ann").mkdir(parents=True)
+    (tmp_path / "subs" / "ann" / "model.py").write_text(CLEAN)
+    (tmp_path / "subs" / "tooling").mkdir()
+    (tmp_path / "subs" / "tooling" / "pyproject.toml").write_text("[project]\nname = 'tooling'\n")
+    (tmp_path / "subs" / "tooling" / "helpers.py").write_text("def helper():\n    return 1\n")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "report.json"
+    assert main(["check", "subs", "--format", "json", "--output", str(out)]) == 0
+    assert [m["id"] for m in json.loads(out.read_text())["models"]] == ["subs/ann/model.py::ConvNet"]
