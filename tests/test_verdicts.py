@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 import pytest
 import torch
 import torch.nn.functional as F
+from test_pytest_plugin import CLEAN
 from torch import nn
 
 import cnncheck
@@ -36,22 +37,7 @@ def cnncheck_register_rules():
                  check=explode)]
 """
 
-CLEAN_MODEL = """
-import torch
-from torch import nn
-import cnncheck
-
-
-@cnncheck.model(input_shape=(2, 3, 8, 8))
-class Clean(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(4)
-
-    def forward(self, x):
-        return self.bn(self.conv(x)).mean(dim=(2, 3))
-"""
+CLEAN_MODEL = CLEAN  # one clean declared model for the plugin tests and these
 
 EVAL_CRASH_MODEL = """
 import torch
