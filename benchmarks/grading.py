@@ -1,7 +1,8 @@
 """Grading throughput: 200 small generated submissions checked by ``cnncheck check -j 2``.
 
-Reports models per second through the isolated workers, and the per-model overhead of isolation
-against checking the same models in this process. Run: ``python benchmarks/grading.py [--count N]``.
+Reports models per second through the isolated workers, with the bubblewrap sandbox (where it works
+here) and without, and the per-model overhead of isolation against checking the same models in this
+process. Run: ``python benchmarks/grading.py [--count N]``.
 """
 
 from __future__ import annotations
@@ -54,14 +55,20 @@ def main() -> None:
     import cnncheck
     from cnncheck.discover import candidates, load_file
     from cnncheck.isolate import Job, check_files
+    from cnncheck.sandbox import bwrap
 
+    timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         files = make_submissions(Path(tmp), args.count)
-        check_files([Job(str(files[0]))])  # start the fork server once, as a long grading run would
-
-        start = time.perf_counter()
-        results = check_files([Job(str(f), input_shape=(4, 1, 28, 28)) for f in files], workers=args.jobs)
-        isolated = time.perf_counter() - start
+        jobs = [Job(str(f), input_shape=(4, 1, 28, 28), unit=str(f.parent), cover=tmp) for f in files]
+        for sandbox in ("none", "bwrap") if bwrap() else ("none",):
+            mode = None if sandbox == "none" else sandbox
+            check_files(jobs[:1], sandbox=mode)  # start the fork server once, as a long grading run would
+            start = time.perf_counter()
+            results = check_files(jobs, workers=args.jobs, sandbox=mode)
+            timings[sandbox] = time.perf_counter() - start
+            assert all(r.error is None for r in results), [r.error for r in results if r.error][:3]
+        isolated = timings["none"]
 
         import torch
 
@@ -75,7 +82,10 @@ def main() -> None:
 
     flagged = sum(1 for r in results if not r.ok)
     print(f"{len(results)} models from {args.count} submissions ({flagged} with findings or errors)")
-    print(f"isolated, -j {args.jobs}: {isolated:.1f} s = {len(results) / isolated:.1f} models/s")
+    for sandbox, seconds in timings.items():
+        print(f"isolated, -j {args.jobs}, sandbox {sandbox}: {seconds:.1f} s = {len(results) / seconds:.1f} models/s")
+    if "bwrap" not in timings:
+        print("sandbox bwrap: not measured (bubblewrap is not usable here)")
     print(f"in-process, 1 thread, no isolation: {in_process:.1f} s = {len(results) / in_process:.1f} models/s")
     overhead = (isolated * args.jobs - in_process) / len(results)
     print(f"isolation overhead: {overhead * 1000:.0f} ms per model (worker time beyond the check itself)")

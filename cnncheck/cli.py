@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--timeout", type=_positive_seconds, default=60.0, help="seconds per model (default 60)")
     check.add_argument("--max-memory", type=_size, default=None, metavar="SIZE",
                        help="memory limit per worker, e.g. 4G (default: none)")
+    check.add_argument("--sandbox", choices=["auto", "bwrap", "none"], default="auto",
+                       help="confine each submission with bubblewrap: the system read-only, only its own "
+                       "folder, a private /tmp, no network (auto: when bwrap works here; default auto)")
     explain = sub.add_parser("explain", parents=[common],
                              help="a model layer by layer: output shapes and parameter formulas")
     explain.add_argument("model", help="path/to/file.py or path/to/file.py::ClassName")
@@ -229,6 +232,13 @@ def _check(args: argparse.Namespace) -> int:
         if problem is not None:
             print(f"cnncheck: {problem}", file=sys.stderr)
             return 2
+    from cnncheck.sandbox import SandboxUnavailable, resolve
+
+    try:
+        sandbox = resolve(args.sandbox)
+    except SandboxUnavailable as exc:
+        print(f"cnncheck: {exc}", file=sys.stderr)
+        return 2
     jobs = []
     for target in args.paths:
         file, only = _split_target(target)
@@ -242,8 +252,11 @@ def _check(args: argparse.Namespace) -> int:
         if only is not None:
             jobs.append(Job(file, **options))
         else:
-            jobs.extend(Job(str(path), **options) for path in python_files([file]))
-    results = _run_with_progress(jobs, args.jobs, quiet=args.format != "text" and not args.output)
+            for path in python_files([file]):
+                unit, cover = _submission_of(file, path)
+                jobs.append(Job(str(path), unit=unit, cover=cover, **options))
+    results = _run_with_progress(jobs, args.jobs, quiet=args.format != "text" and not args.output,
+                                 sandbox=sandbox)
     usage = next((r for r in results if r.error_kind == "usage"), None)
     if usage is not None:  # an option that fits no model: say it once, as argparse would
         print(f"cnncheck: {usage.error}", file=sys.stderr)
@@ -261,7 +274,7 @@ def _check(args: argparse.Namespace) -> int:
         print(f"cnncheck baseline: wrote {count} finding(s) to {args.baseline_write}", file=sys.stderr)
     if baseline is not None:
         _apply_baseline(baseline, results)
-    text = FORMATS[args.format](results, rules=rules, root=root)
+    text = FORMATS[args.format](results, rules=rules, root=root, sandbox=sandbox or "none")
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8", errors="backslashreplace")
     else:
@@ -303,6 +316,17 @@ def _split_target(target: str) -> tuple[str, str | None]:
         module, _, name = target.partition(":")
         return module, name
     return target, None
+
+
+def _submission_of(target: str, file: Path) -> tuple[str | None, str | None]:
+    """The submission ``file`` belongs to, as the sandbox shows it: in a folder of submissions, the
+    sub-folder it is in; a file directly in the folder given shares that folder with its neighbours."""
+    from pathlib import Path
+
+    inside = Path(file).relative_to(target).parts if Path(target).is_dir() else ()
+    if len(inside) > 1:
+        return str(Path(target) / inside[0]), target
+    return None, None
 
 
 def _one_row_per_submission(paths: list[str], results: list[ModelResult]) -> list[ModelResult]:
@@ -377,12 +401,12 @@ def _slug(model_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id).strip("_")
 
 
-def _run_with_progress(jobs: list[Job], workers: int, quiet: bool) -> list[ModelResult]:
+def _run_with_progress(jobs: list[Job], workers: int, quiet: bool, sandbox: str | None) -> list[ModelResult]:
     """A progress bar on a terminal (on stderr, so the report on stdout stays clean); none otherwise."""
     from cnncheck.isolate import check_files
 
     if quiet or not sys.stderr.isatty():
-        return check_files(jobs, workers)
+        return check_files(jobs, workers, sandbox=sandbox)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("cnncheck"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -396,4 +420,4 @@ def _run_with_progress(jobs: list[Job], workers: int, quiet: bool) -> list[Model
                 done.add(file)
                 progress.advance(task)
 
-        return check_files(jobs, workers, on_result=advance)
+        return check_files(jobs, workers, on_result=advance, sandbox=sandbox)

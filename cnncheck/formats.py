@@ -2,8 +2,10 @@
 
 Every renderer turns a list of :class:`~cnncheck.results.ModelResult` into one string that ends with
 a newline. :data:`FORMATS` maps each ``--format`` name to a callable with the common signature
-``(results, *, rules, root) -> str``: ``rules`` are the rules that were run (``cnncheck.all_rules()``
-after ``--select``/``--ignore``), ``root`` the folder that file paths are made relative to (SARIF).
+``(results, *, rules, root, sandbox) -> str``: ``rules`` are the rules that were run (``cnncheck.all_rules()``
+after ``--select``/``--ignore``), ``root`` the folder that file paths are made relative to (SARIF), and
+``sandbox`` the sandbox the submissions ran in (``"bwrap"`` or ``"none"``; None when no worker ran them,
+as for the API), which every format states.
 This module imports the standard library only: no torch, no third-party renderer.
 
 JSON report schema (``render_json``), ``"schema": "cnncheck-report/1"``
@@ -79,7 +81,13 @@ SRCROOT = "SRCROOT"  # SARIF uriBaseId of the `root` folder
 
 class Formatter(Protocol):
     def __call__(self, results: Sequence[ModelResult], *, rules: Sequence[Rule],
-                 root: str | os.PathLike[str] | None) -> str: ...
+                 root: str | os.PathLike[str] | None, sandbox: str | None = None) -> str: ...
+
+
+def _sandbox_line(sandbox: str | None) -> list[str]:
+    from cnncheck.sandbox import describe
+
+    return [] if sandbox is None else [f"sandbox: {describe(sandbox)}"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -221,9 +229,10 @@ def render_text_summary(results: Sequence[ModelResult]) -> str:
 
 
 def render_text(results: Sequence[ModelResult], *, rules: Sequence[Rule] = (),
-                root: str | os.PathLike[str] | None = None) -> str:
+                root: str | os.PathLike[str] | None = None, sandbox: str | None = None) -> str:
     """Every model as the CLI prints it, then the summary table. No colours: it must read in CI logs."""
-    parts = [render_text_result(r) + "\n" for r in results]
+    parts = [f"cnncheck: {line}\n" for line in _sandbox_line(sandbox)]
+    parts += [render_text_result(r) + "\n" for r in results]
     inferred = sum(1 for r in results if r.shape_note)
     once = [f"note: {inferred_shapes_note(inferred)}"] if inferred else []
     return "\n".join([*parts, render_text_summary(results), *once]) + "\n"
@@ -233,15 +242,19 @@ def render_text(results: Sequence[ModelResult], *, rules: Sequence[Rule] = (),
 # json
 
 
-def render_json(results: Sequence[ModelResult], *, rules: Sequence[Rule]) -> str:
+def render_json(results: Sequence[ModelResult], *, rules: Sequence[Rule], sandbox: str | None = None) -> str:
     """The ``cnncheck-report/1`` document described in this module's docstring."""
-    document = {
+    from cnncheck.sandbox import describe
+
+    document: dict[str, Any] = {
         "schema": JSON_SCHEMA_ID,
         "cnncheck_version": __version__,
         "rules": [{"id": r.id, "severity": str(r.severity), "summary": r.summary} for r in rules],
         "models": [r.to_dict() for r in results],
         "summary": _summary(results, _rule_ids([], rules) + _found_ids(results, rules)),
     }
+    if sandbox is not None:
+        document["sandbox"] = {"name": sandbox, "description": describe(sandbox)}
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -368,14 +381,15 @@ def _summary_cell(result: ModelResult, rule_id: str) -> str:
     return {RuleStatus.NOT_CHECKED: "not checked", RuleStatus.CRASHED: "crashed"}.get(result.state(rule_id).status, "✓")
 
 
-def render_markdown_summary(results: Sequence[ModelResult], *, rules: Sequence[Rule] | None = None) -> str:
+def render_markdown_summary(results: Sequence[ModelResult], *, rules: Sequence[Rule] | None = None,
+                            sandbox: str | None = None) -> str:
     """A table, submissions down and rules across (``✗ 2``: two findings, ``✓``: passed, ``–``: not
     selected, ``not checked`` / ``crashed``: see the model's report, ``error``: could not be checked),
     then a totals line."""
     ids = _rule_ids(results, rules)
-    lines = ["# cnncheck summary", "",
-             "| submission | " + " | ".join(_code(i) for i in ids) + " |",
-             "|---|" + "---|" * len(ids)]
+    lines = ["# cnncheck summary", ""]
+    lines += [item for line in _sandbox_line(sandbox) for item in (f"**Sandbox:** {_md(line.split(': ', 1)[1])}", "")]
+    lines += ["| submission | " + " | ".join(_code(i) for i in ids) + " |", "|---|" + "---|" * len(ids)]
     for r in results:
         lines.append(f"| {_code(r.id).replace('|', '&#124;')} | "
                      + " | ".join(_summary_cell(r, i) for i in ids) + " |")
@@ -387,9 +401,9 @@ def render_markdown_summary(results: Sequence[ModelResult], *, rules: Sequence[R
 
 
 def _render_markdown_all(results: Sequence[ModelResult], *, rules: Sequence[Rule],
-                         root: str | os.PathLike[str] | None = None) -> str:
+                         root: str | os.PathLike[str] | None = None, sandbox: str | None = None) -> str:
     reports = [render_markdown(r) for r in results]
-    return "\n---\n\n".join([render_markdown_summary(results, rules=rules), *reports])
+    return "\n---\n\n".join([render_markdown_summary(results, rules=rules, sandbox=sandbox), *reports])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -440,8 +454,12 @@ def _junit_error_case(suite: ET.Element, result: ModelResult) -> None:
     error.text = _xml("\n".join([result.error or "", *([f"at: {result.location}"] if result.location else [])]))
 
 
-def _junit_suite(parent: ET.Element, result: ModelResult, rules: Sequence[Rule]) -> Counter[str]:
+def _junit_suite(parent: ET.Element, result: ModelResult, rules: Sequence[Rule],
+                 sandbox: str | None = None) -> Counter[str]:
     suite = ET.SubElement(parent, "testsuite", name=_xml(result.id), time=f"{result.seconds:.3f}")
+    if sandbox is not None:
+        properties = ET.SubElement(suite, "properties")
+        ET.SubElement(properties, "property", name="cnncheck.sandbox", value=sandbox)
     counts: Counter[str] = Counter()
     if result.error is not None:
         _junit_error_case(suite, result)
@@ -455,7 +473,7 @@ def _junit_suite(parent: ET.Element, result: ModelResult, rules: Sequence[Rule])
     return counts
 
 
-def render_junit(results: Sequence[ModelResult], *, rules: Sequence[Rule]) -> str:
+def render_junit(results: Sequence[ModelResult], *, rules: Sequence[Rule], sandbox: str | None = None) -> str:
     """JUnit XML: a ``<testsuite>`` per model, a ``<testcase classname=MODEL_ID name=RULE_ID>`` per rule
     run on it (with a ``<failure>`` holding the rendered findings when the rule found something, a
     ``<skipped>`` with the reason when it could not be checked, an ``<error>`` when it crashed), and one
@@ -463,7 +481,7 @@ def render_junit(results: Sequence[ModelResult], *, rules: Sequence[Rule]) -> st
     root = ET.Element("testsuites", name="cnncheck")
     total: Counter[str] = Counter()
     for result in results:
-        total += _junit_suite(root, result, rules)
+        total += _junit_suite(root, result, rules, sandbox)
     root.attrib.update(tests=str(sum(total.values())), failures=str(total["failure"]), errors=str(total["error"]),
                        skipped=str(total["skipped"]), time=f"{sum(r.seconds for r in results):.3f}")
     ET.indent(root)
@@ -586,7 +604,7 @@ def _sarif_rule_notification(result: ModelResult, outcome: RuleOutcome, index: d
 
 
 def render_sarif(results: Sequence[ModelResult], *, rules: Sequence[Rule],
-                 root: str | os.PathLike[str] | None = None) -> str:
+                 root: str | os.PathLike[str] | None = None, sandbox: str | None = None) -> str:
     """SARIF 2.1.0: one run whose driver lists the rules, one result per finding, and one tool
     execution notification per model that could not be checked (``executionSuccessful`` is false when
     there is any). File URIs are relative to ``root`` (uriBaseId ``SRCROOT``) when possible."""
@@ -597,6 +615,10 @@ def render_sarif(results: Sequence[ModelResult], *, rules: Sequence[Rule],
     invocation: dict[str, Any] = {"executionSuccessful": not any(n["level"] == "error" for n in notifications)}
     if notifications:
         invocation["toolExecutionNotifications"] = notifications
+    if sandbox is not None:
+        from cnncheck.sandbox import describe
+
+        invocation["properties"] = {"sandbox": sandbox, "sandboxDescription": describe(sandbox)}
     driver = {
         "name": "cnncheck",
         "version": __version__,
@@ -630,13 +652,13 @@ def render_sarif(results: Sequence[ModelResult], *, rules: Sequence[Rule],
 
 
 def _format_json(results: Sequence[ModelResult], *, rules: Sequence[Rule],
-                 root: str | os.PathLike[str] | None = None) -> str:
-    return render_json(results, rules=rules)
+                 root: str | os.PathLike[str] | None = None, sandbox: str | None = None) -> str:
+    return render_json(results, rules=rules, sandbox=sandbox)
 
 
 def _format_junit(results: Sequence[ModelResult], *, rules: Sequence[Rule],
-                  root: str | os.PathLike[str] | None = None) -> str:
-    return render_junit(results, rules=rules)
+                  root: str | os.PathLike[str] | None = None, sandbox: str | None = None) -> str:
+    return render_junit(results, rules=rules, sandbox=sandbox)
 
 
 FORMATS: dict[str, Formatter] = {
@@ -646,4 +668,4 @@ FORMATS: dict[str, Formatter] = {
     "junit": _format_junit,
     "sarif": render_sarif,
 }
-"""``--format`` name -> ``fn(results, *, rules, root) -> str`` (text ending with a newline)."""
+"""``--format`` name -> ``fn(results, *, rules, root, sandbox) -> str`` (text ending with a newline)."""

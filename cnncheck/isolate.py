@@ -25,9 +25,11 @@ from typing import Any
 
 from cnncheck.frames import traceback_location
 from cnncheck.results import ModelResult
+from cnncheck.sandbox import Confinement, Plan
 
 _CONTEXT_LOCK = threading.Lock()
 _CONTEXT: Any = None
+_SERVER_PLAN: Plan | None = None  # the sandbox view the running fork server has, None outside one
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class Job:
     max_memory: int | None = None  # bytes of data segment for the worker process
     threads: int | None = None  # torch threads in the worker (default: the cores shared among workers)
     first_only: bool = False  # list the file's models, check the first; the others get workers of their own
+    unit: str | None = None  # the submission (folder or file) this file is part of; default: its folder
+    cover: str | None = None  # the folder of submissions it is one of; default: the unit's parent
+    confinement: Confinement | None = None  # set by check_files when the run is sandboxed
 
     @property
     def no_model_id(self) -> str:
@@ -87,10 +92,30 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
+_WORKER_NAME = "cnncheck-worker"
+
+
+def _without_main(get_preparation_data: Callable[[str], dict[str, Any]]) -> Callable[[str], dict[str, Any]]:
+    """multiprocessing runs the parent's ``__main__`` script again in every child it starts. Ours need
+    nothing from it: a grading script without an ``if __name__ == "__main__"`` guard would run again in
+    each worker, and in the sandbox the script is not even visible."""
+    def prepared(name: str) -> dict[str, Any]:
+        data = get_preparation_data(name)
+        if name == _WORKER_NAME:
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+
+    return prepared
+
+
 def _context() -> Any:
     global _CONTEXT
     with _CONTEXT_LOCK:
         if _CONTEXT is None:
+            from multiprocessing import spawn
+
+            spawn.get_preparation_data = _without_main(spawn.get_preparation_data)  # type: ignore[assignment]
             if "forkserver" in multiprocessing.get_all_start_methods():
                 _CONTEXT = multiprocessing.get_context("forkserver")
                 _CONTEXT.set_forkserver_preload(["torch", "torch._dynamo", "cnncheck.api", "cnncheck.tamper",
@@ -101,12 +126,24 @@ def _context() -> Any:
 
 
 def check_files(jobs: Iterable[Job], workers: int = 1,
-                on_result: Callable[[ModelResult], None] | None = None) -> list[ModelResult]:
-    """Check every job's file in its own worker, ``workers`` at a time; results in job order."""
+                on_result: Callable[[ModelResult], None] | None = None,
+                sandbox: str | None = None) -> list[ModelResult]:
+    """Check every job's file in its own worker, ``workers`` at a time; results in job order.
+    ``sandbox="bwrap"`` confines each worker to its own submission (see :mod:`cnncheck.sandbox`)."""
     jobs = list(jobs)
     lock = threading.Lock()
     share = max(1, (os.cpu_count() or 1) // max(1, workers))
     jobs = [job if job.threads else replace(job, threads=share) for job in jobs]
+    if sandbox == "bwrap":
+        from cnncheck import sandbox as bubblewrap
+
+        view = _use_server(bubblewrap.plan(pair for pair in map(_unit_and_cover, jobs) if pair is not None))
+        assert view is not None
+        jobs = [replace(job, confinement=view.confinement(*(pair or (None, None))))
+                for job, pair in zip(jobs, map(_unit_and_cover, jobs))]
+    else:
+        _use_server(None)
+        jobs = [replace(job, confinement=None) for job in jobs]
 
     def supervise(job: Job) -> list[ModelResult]:
         results = _per_model(job)
@@ -118,7 +155,45 @@ def check_files(jobs: Iterable[Job], workers: int = 1,
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         per_file = list(pool.map(supervise, jobs))
+    _REAPER.wait()
     return [result for results in per_file for result in results]
+
+
+def _unit_and_cover(job: Job) -> tuple[str, str] | None:
+    from cnncheck.discover import is_module_target
+
+    if job.only is not None and is_module_target(job.file):
+        return None  # an installed module: the environment is visible anyway
+    unit = job.unit or os.path.dirname(os.path.abspath(job.file))
+    return unit, job.cover or os.path.dirname(os.path.abspath(unit))
+
+
+def _use_server(view: Plan | None) -> Plan | None:
+    """A fork server with this sandbox view (or none): the running one if its view holds this one,
+    else a new one; returns the view it has. The executable stays set, so that a server a submission
+    killed is restarted in the same view."""
+    global _SERVER_PLAN
+    ctx = _context()
+    if ctx.get_start_method() != "forkserver":
+        if view is not None:
+            from cnncheck.sandbox import SandboxUnavailable
+
+            raise SandboxUnavailable("the sandbox needs the forkserver start method (Linux)")
+        return None
+    from multiprocessing import forkserver, spawn
+
+    with _CONTEXT_LOCK:
+        if view == _SERVER_PLAN or (view is not None and _SERVER_PLAN is not None and _SERVER_PLAN.covers_all(view)):
+            return _SERVER_PLAN
+        getattr(forkserver, "_forkserver")._stop()
+        if view is None:
+            spawn.set_executable(sys.executable)
+        else:
+            from cnncheck.sandbox import server_launcher
+
+            spawn.set_executable(server_launcher(view, sys.executable))
+        _SERVER_PLAN = view
+        return view
 
 
 def _per_model(job: Job) -> list[ModelResult]:
@@ -181,11 +256,11 @@ def _supervise(job: Job) -> _Progress:
                 progress.protocol_error = True
                 break
     finally:
-        process.join(5)
-        if process.is_alive():
-            _stop(process)
-        _kill_group(process)  # what the worker left running in its group
         receiver.close()
+        if finished:  # its results are in: the next worker starts while the kernel tears this one down
+            _REAPER.reap(process)
+        else:
+            _reap(process)
     if finished and not progress.listed and not progress.results:  # ours lists its models or reports why not
         progress.results.append(_error(job, job.target_id, "protocol", "the worker ended without listing "
                                        "its models or saying why it could not", time.perf_counter() - started))
@@ -263,12 +338,42 @@ def _start(ctx: Any, job: Job, sender: Any) -> Any:
     """A started worker; when the fork server has died (a submission can kill it), a second try, for
     which multiprocessing starts a new server."""
     try:
-        process = ctx.Process(target=_worker, args=(job, sender), daemon=True)
+        process = ctx.Process(target=_worker, args=(job, sender), daemon=True, name=_WORKER_NAME)
         process.start()
     except (OSError, EOFError, ConnectionError):
-        process = ctx.Process(target=_worker, args=(job, sender), daemon=True)
+        process = ctx.Process(target=_worker, args=(job, sender), daemon=True, name=_WORKER_NAME)
         process.start()
     return process
+
+
+def _reap(process: Any) -> None:
+    process.join(5)
+    if process.is_alive():
+        _stop(process)
+    _kill_group(process)  # what the worker left running in its group
+
+
+class _Reaper:
+    """Workers that have sent all their results, ended in the background; ``wait`` returns once every
+    one is gone, so that a run leaves no process behind."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cnncheck-reaper")
+        self._pending: list[Any] = []
+        self._lock = threading.Lock()
+
+    def reap(self, process: Any) -> None:
+        with self._lock:
+            self._pending.append(self._pool.submit(_reap, process))
+
+    def wait(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+
+_REAPER = _Reaper()
 
 
 def _next_unfinished(progress: _Progress) -> str | None:
@@ -314,10 +419,21 @@ def _died(job: Job, model_id: str, exitcode: int | None, seconds: float) -> Mode
 def _worker(job: Job, conn: Any) -> None:
     """Runs in the child: import the file, discover its models, check each, report each result."""
     _quiet()
-    try:
-        os.setsid()  # a session and group of its own: killing the group ends every child it starts
-    except OSError:
-        pass
+    if job.confinement is not None:  # a session of its own, and from here on the sandbox's view
+        from cnncheck.sandbox import confine
+
+        try:
+            confine(job.confinement, conn)
+        except Exception as exc:  # never run a submission unconfined when the sandbox was asked for
+            _send(conn, ("result", _error(job, job.target_id, "crash", f"cnncheck could not confine the worker "
+                                          f"to the sandbox ({exc})", 0.0).to_dict()))
+            _send(conn, ("done", None))
+            return
+    else:
+        try:
+            os.setsid()  # a session and group of its own: killing the group ends every child it starts
+        except OSError:
+            pass
     if job.max_memory:  # the hard limit too: a submission cannot raise the soft one back
         resource.setrlimit(resource.RLIMIT_DATA, (job.max_memory, job.max_memory))
     path = Path(job.file)
