@@ -28,7 +28,7 @@ UNITS = "/run/cnncheck/units"  # where the fork server sees each submission
 _STAGE = "/run/cnncheck/stage"  # a worker's private place for the mounts it moves
 MAX_PROCESSES = 512  # threads count too: torch's pool, plus what a submission may fairly start
 
-_CLONE_NEWNS, _CLONE_NEWPID = 0x00020000, 0x20000000
+_CLONE_NEWNS, _CLONE_NEWUSER, _CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
 _MS_REMOUNT, _MS_BIND, _MS_MOVE, _MS_REC, _MS_PRIVATE = 32, 4096, 8192, 16384, 1 << 18
 _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_CAPBSET_DROP, _PR_SET_NO_NEW_PRIVS = 1, 4, 24, 38
@@ -240,7 +240,7 @@ def _private_system(libc: ctypes.CDLL, keep: tuple[str, ...]) -> None:
     moved over into it."""
     _mount(libc, "proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
     for entry in ("sys", "sysrq-trigger", "irq", "bus"):
-        _read_only(libc, f"/proc/{entry}", _MS_NOEXEC)
+        _read_only(libc, f"/proc/{entry}")
     _mount(libc, "tmpfs", _STAGE, "tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=0700")
     for number, folder in enumerate(keep):
         os.makedirs(f"{_STAGE}/{number}")
@@ -268,14 +268,14 @@ def _own_submission(libc: ctypes.CDLL, confinement: Confinement) -> None:
         os.makedirs(confinement.unit, exist_ok=True)
         _mount(libc, staged, confinement.unit, None, _MS_MOVE)
         if confinement.base is not None:
-            _mount(libc, None, confinement.base, None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+            _remount_read_only(libc, confinement.base)
     try:
         os.makedirs(confinement.cwd, exist_ok=True)  # the report's relative paths start there
     except OSError:
         pass
     _mount(libc, "tmpfs", "/run", "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_RDONLY, b"mode=0755")
-    _mount(libc, None, "/", None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
-    _mount(libc, None, "/dev", None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID)
+    for shared in ("/", "/dev"):
+        _remount_read_only(libc, shared)
 
 
 def _drop_privileges(libc: ctypes.CDLL) -> None:
@@ -283,6 +283,7 @@ def _drop_privileges(libc: ctypes.CDLL) -> None:
     applies to every user but root)."""
     import resource
 
+    _own_user_namespace(libc)
     _call(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(no_new_privs)")
     last = int(Path("/proc/sys/kernel/cap_last_cap").read_text()) if os.path.exists(
         "/proc/sys/kernel/cap_last_cap") else 40
@@ -293,12 +294,33 @@ def _drop_privileges(libc: ctypes.CDLL) -> None:
     resource.setrlimit(resource.RLIMIT_NPROC, (MAX_PROCESSES, MAX_PROCESSES))
 
 
-def _read_only(libc: ctypes.CDLL, path: str, keep: int = 0) -> None:
-    """``path`` bound onto itself read-only (``keep``: the flags its mount has, which a remount in a
-    user namespace may not drop)."""
+def _own_user_namespace(libc: ctypes.CDLL) -> None:
+    """A user namespace of this worker's own, mapping only its own user: the kernel counts processes
+    per user and namespace, so a fork bomb spends this worker's RLIMIT_NPROC, not its neighbours'."""
+    uid, gid = os.getuid(), os.getgid()
+    _call(libc.unshare(_CLONE_NEWUSER), "unshare(user)")
+    Path("/proc/self/setgroups").write_text("deny")
+    Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
+    Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
+
+
+def _read_only(libc: ctypes.CDLL, path: str) -> None:
+    """``path`` bound onto itself, read-only."""
     if os.path.exists(path):
         _mount(libc, path, path, None, _MS_BIND | _MS_REC)
-        _mount(libc, None, path, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | keep)
+        _remount_read_only(libc, path)
+
+
+_KEPT_FLAGS = {os.ST_NOSUID: _MS_NOSUID, os.ST_NODEV: _MS_NODEV, os.ST_NOEXEC: _MS_NOEXEC,
+               os.ST_NOATIME: 1024, os.ST_NODIRATIME: 2048, os.ST_RELATIME: 1 << 21}
+
+
+def _remount_read_only(libc: ctypes.CDLL, path: str) -> None:
+    """The mount at ``path`` made read-only, with the flags it has: in a user namespace the kernel
+    refuses a remount that would drop one that a more privileged namespace set."""
+    current = os.statvfs(path).f_flag
+    kept = sum(flag for st, flag in _KEPT_FLAGS.items() if current & st)
+    _mount(libc, None, path, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | kept)
 
 
 def _make_mount_point(path: str, folder: bool) -> None:
