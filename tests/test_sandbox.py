@@ -26,33 +26,28 @@ from cnncheck import sandbox
 
 pytestmark = pytest.mark.skipif(sandbox.bwrap() is None, reason="bubblewrap cannot create namespaces here")
 
-NET = textwrap.dedent("""
-    import os, json
-    import torch
-    from torch import nn
-
-    seen = {{}}
+ATTEMPT = textwrap.dedent("""
+    import os
+    seen = {}
 
     def attempt(what, action):
         try:
             seen[what] = repr(action())[:80]
         except Exception as exc:
-            seen[what] = f"refused: {{type(exc).__name__}}"
-
-    {attack}
-
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(1, 4, 3, padding=1{bias})
-            self.bn = nn.BatchNorm2d(4)
-
-        def forward(self, x):
-            if seen:
-                raise RuntimeError("SEEN " + json.dumps(seen))
-            return self.bn(self.conv(x)).mean(dim=(2, 3))
+            seen[what] = f"refused: {type(exc).__name__}"
 """)
+REPORT_WHAT_WAS_SEEN = '        if seen:\n            raise RuntimeError("SEEN " + json.dumps(seen))'
+
+
+class _Net:
+    """The hostile channel's model, which reports in forward what its attack at import saw."""
+
+    @staticmethod
+    def format(attack: str, bias: str) -> str:
+        return CHANNEL_NET.format(attack=ATTEMPT + attack, bias=bias, in_forward=REPORT_WHAT_WAS_SEEN)
+
+
+NET = _Net()
 
 OTHER = "os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'clean', 'model.py')"
 ATTACKS = {
@@ -126,7 +121,7 @@ def run(tmp_path_factory) -> tuple[dict[str, dict], dict, Path, dict[str, str], 
     odd = Path(os.fsdecode(bytes(root) + b"/caf\xe9"))  # a Latin-1 folder name: not UTF-8
     odd.mkdir()
     (odd / "model.py").write_text(NET.format(attack="", bias=", bias=False").replace(
-        "if seen:", "if True:\n            raise ValueError('\\udcff')\n        if seen:"))
+        "        if seen:", "        if True:\n            raise ValueError('\\udcff')\n        if seen:"))
     for name, bias in (("clean", ", bias=False"), ("biased", "")):
         (root / name).mkdir()
         (root / name / "model.py").write_text(NET.format(attack="", bias=bias))
