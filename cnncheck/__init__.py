@@ -37,6 +37,12 @@ _EXPORTS = {
     "register": "cnncheck.plugins",
     "unregister": "cnncheck.plugins",
     "model_param_formulas": "cnncheck.explain",
+    "architecture": "cnncheck.layer_table",
+    "Architecture": "cnncheck.layer_table",
+    "Layer": "cnncheck.layer_table",
+    "assert_param_count": "cnncheck.invariants",
+    "assert_output_shape": "cnncheck.invariants",
+    "assert_architecture": "cnncheck.invariants",
 }
 
 __all__ = ["__version__", "hookimpl", "model", *_EXPORTS]
@@ -66,6 +72,8 @@ if TYPE_CHECKING:
     from cnncheck.explain import model_param_formulas
     from cnncheck.findings import Finding, Report, RuleOutcome, RuleStatus, Severity
     from cnncheck.formulas import conv_param_count
+    from cnncheck.invariants import assert_architecture, assert_output_shape, assert_param_count
+    from cnncheck.layer_table import Architecture, Layer, architecture
     from cnncheck.layers import LayerKind
     from cnncheck.plugins import all_rules, register, unregister
     from cnncheck.rules import Pass, Rule

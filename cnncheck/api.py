@@ -46,10 +46,11 @@ class CheckError(Exception):
 
 
 class CheckFailed(AssertionError):
-    """A cnncheck assertion found problems; ``.report`` holds every finding."""
+    """A cnncheck assertion failed: ``.report`` holds every finding of a rule assertion (None for an
+    architecture invariant, whose message says what was expected and what was found)."""
 
-    def __init__(self, report: Report) -> None:
-        super().__init__(str(report))
+    def __init__(self, report: Report | None = None, *, message: str | None = None) -> None:
+        super().__init__(message if message is not None else str(report))
         self.report = report
 
 

@@ -8,6 +8,9 @@ from typing import Any, NamedTuple, TypeVar
 T = TypeVar("T")
 
 MARK = "__cnncheck__"
+INVARIANTS = ("params", "max_params", "min_params", "trainable_params", "output_shape", "downsampling",
+              "no_kinds", "clean")
+"""The invariants ``cnncheck.assert_architecture`` takes (kept here: this module must not import torch)."""
 
 
 class ModelSpec(NamedTuple):
@@ -17,6 +20,7 @@ class ModelSpec(NamedTuple):
     input_shape: tuple[int, ...] | None = None
     ignore: tuple[str, ...] = ()
     variants: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    invariants: tuple[tuple[str, Any], ...] = ()  # assert_architecture's keywords: the invariants item
 
 
 def model(
@@ -24,11 +28,14 @@ def model(
     *,
     ignore: Sequence[str] = (),
     variants: Mapping[str, Mapping[str, Any]] | None = None,
+    **invariants: Any,
 ) -> Any:
     """Mark an ``nn.Module`` subclass or a factory function as a model for cnncheck to check.
 
     ``ignore`` lists rule ids not to check for this model. ``variants`` maps an id to the keyword
-    arguments of one variant; each variant is checked as its own model, ``name[id]``.
+    arguments of one variant; each variant is checked as its own model, ``name[id]``. Any invariant
+    of ``cnncheck.assert_architecture`` (``max_params=``, ``output_shape=``, ``downsampling=``,
+    ``no_kinds=``, ``clean=``, ...) becomes one more pytest item, ``MODEL::invariants[device]``.
 
     >>> @cnncheck.model(input_shape=(4, 1, 28, 28))
     ... class ConvNet(nn.Module): ...
@@ -36,11 +43,17 @@ def model(
     ... def make(width): ...
     """
 
+    unknown = sorted(set(invariants) - set(INVARIANTS))
+    if unknown:
+        raise TypeError(f"cnncheck.model: unknown invariant(s) {', '.join(unknown)}; the invariants are "
+                        f"{', '.join(INVARIANTS)}")
+
     def mark(target: T) -> T:
         spec = ModelSpec(
             tuple(input_shape) if input_shape else None,
             tuple(ignore),
             tuple((str(k), dict(v)) for k, v in (variants or {}).items()),
+            tuple(invariants.items()),
         )
         setattr(target, MARK, spec)
         return target

@@ -298,12 +298,15 @@ def parse_shape(text: str) -> tuple[int, ...]:
 class Entry:
     """One line of the ``cnncheck_models`` ini key: ``pkg.mod:Attr`` or ``path.py::Attr``, then an
     optional shape, then an optional ``ignore=RULE,RULE:layer-glob,...`` for this model only
-    (``ignore=*`` leaves the model out)."""
+    (``ignore=*`` leaves the model out), and any architecture invariants: ``max_params=N``,
+    ``params=N``, ``min_params=N``, ``trainable_params=N``, ``output_shape=*,10`` (``*``: any size),
+    ``downsampling=32``, ``no_kinds=dropout,pool``, ``clean=RULE,...``."""
 
     file: Path
     attr: str
     shape: tuple[int, ...] | None
     ignore: tuple[str, ...] = ()
+    invariants: tuple[tuple[str, Any], ...] = ()
 
     @property
     def left_out(self) -> bool:
@@ -314,15 +317,39 @@ def parse_entry(line: str, rootdir: Path) -> Entry:
     target, *rest = line.split()
     ignore: tuple[str, ...] = ()
     shape_parts = []
+    invariants: list[tuple[str, Any]] = []
     for part in rest:
+        key, sep, value = part.partition("=")
         if part.startswith("ignore="):
             ignore = tuple(p for p in part.removeprefix("ignore=").split(",") if p)
+        elif sep:
+            invariants.append((key, _invariant(key, value, line)))
         else:
             shape_parts.append(part)
     shape_text = " ".join(shape_parts)
     shape = parse_shape(shape_text) if shape_text.strip() else None
     entry = _entry_target(target, line, rootdir)
-    return Entry(entry.file, entry.attr, shape, ignore)
+    return Entry(entry.file, entry.attr, shape, ignore, tuple(invariants))
+
+
+def _invariant(key: str, value: str, line: str) -> Any:
+    """One ``key=value`` invariant of a ``cnncheck_models`` line, as ``assert_architecture`` takes it."""
+    from cnncheck.declare import INVARIANTS
+
+    if key not in INVARIANTS:
+        raise ValueError(f"cnncheck_models: {line.strip()!r}: unknown invariant {key!r}; the invariants are "
+                         f"{', '.join(INVARIANTS)} (and ignore=)")
+    parts = [p.strip() for p in value.strip("()[]").split(",") if p.strip()]
+    try:
+        if key in ("no_kinds", "clean"):
+            return tuple(parts)
+        if key == "output_shape":
+            return tuple(None if p in ("*", "None", "_") else int(p) for p in parts)
+        if key == "downsampling":
+            return int(parts[0]) if len(parts) == 1 else tuple(int(p) for p in parts)
+        return int(value.replace("_", ""))
+    except (ValueError, IndexError):
+        raise ValueError(f"cnncheck_models: {line.strip()!r}: {key}={value!r} is not a valid value") from None
 
 
 def _entry_target(target: str, line: str, rootdir: Path) -> Entry:

@@ -165,6 +165,7 @@ def model_nodes(parent: pytest.Collector, module: Any, entries: list[Any], *, di
     for candidate in candidates(module, path, test_file=test_file) if discover else []:
         found.setdefault(candidate.name, []).append(candidate)
     shapes: dict[str, tuple[int, ...] | None] = {}
+    invariants: dict[str, dict[str, Any]] = {}
     for entry in entries:
         if entry.left_out:  # ignore=*: this model of the ini key is not checked, even if discovered
             found.pop(entry.attr, None)
@@ -178,19 +179,23 @@ def model_nodes(parent: pytest.Collector, module: Any, entries: list[Any], *, di
         spec = spec._replace(ignore=(*spec.ignore, *entry.ignore))
         found[entry.attr] = [Candidate(path, entry.attr, target, spec, line=line_of(target))]
         shapes[entry.attr] = entry.shape
+        invariants[entry.attr] = dict(entry.invariants)
     for name, variants in found.items():
         shape = shapes.get(name) or variants[0].spec.input_shape or options.default_shape
-        yield ModelCollector.from_parent(parent, name=name, variants=variants, shape=shape)
+        yield ModelCollector.from_parent(parent, name=name, variants=variants, shape=shape,
+                                         invariants=invariants.get(name))
 
 
 class ModelCollector(pytest.Collector):
     """One model (or factory with variants): built and checked once per variant and device, and
     shared by its rule items ``RULE[device]`` / ``RULE[variant-device]``."""
 
-    def __init__(self, *, variants: list[Any], shape: tuple[int, ...] | None, **kwargs: Any) -> None:
+    def __init__(self, *, variants: list[Any], shape: tuple[int, ...] | None,
+                 invariants: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.variants = {c.variant: c for c in variants}
         self.spec = variants[0].spec
+        self.invariants = {**dict(self.spec.invariants), **(invariants or {})}
         self.line = variants[0].line
         self.shape = shape
         self.results: dict[tuple[str | None, str], Any] = {}
@@ -217,6 +222,15 @@ class ModelCollector(pytest.Collector):
                         item.add_marker(pytest.mark.skipif(not cuda_available(),
                                                            reason="CUDA is not available on this machine"))
                     yield item
+                if self.invariants:
+                    name = f"invariants[{param}]"
+                    invariants = InvariantsItem.from_parent(self, name=name, nodeid=f"{self.nodeid}::{name}",
+                                                            variant=variant, device=device)
+                    invariants.add_marker("cnncheck")
+                    if device == "cuda":
+                        invariants.add_marker(pytest.mark.skipif(not cuda_available(),
+                                                                 reason="CUDA is not available on this machine"))
+                    yield invariants
 
     def result(self, variant: str | None, device: str) -> Any:
         """The report (or the reason there is none) for one variant on one device, on first use."""
@@ -344,6 +358,52 @@ class RuleItem(pytest.Item):
         return self.path, self.parent.line, _domain(self)  # type: ignore[union-attr]
 
 
+class InvariantsFailed(Exception):
+    pass
+
+
+class InvariantsItem(pytest.Item):
+    """``MODEL::invariants[device]``: the architecture invariants declared with the model
+    (``@cnncheck.model(max_params=..., output_shape=...)`` or its ``cnncheck_models`` line), asserted
+    with ``cnncheck.assert_architecture``."""
+
+    def __init__(self, *, variant: str | None, device: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.variant = variant
+        self.device = device
+        self.user_properties.append(("cnncheck_invariants", self.parent.nodeid))  # type: ignore[union-attr]
+
+    def runtest(self) -> None:
+        from cnncheck.api import CheckError, CheckFailed
+        from cnncheck.invariants import assert_architecture
+
+        collector: ModelCollector = self.parent  # type: ignore[assignment]
+        candidate = collector.variants[self.variant]
+        shape = collector.shape or candidate.spec.input_shape
+        if shape is None:
+            raise ModelUnusable(f"{collector.name}: its invariants need an input shape: declare "
+                                f"@cnncheck.model(input_shape=...) or set cnncheck_input_shape")
+        try:
+            model = candidate.build()
+        except Exception as exc:
+            raise ModelUnusable(f"{collector.name} could not be built: {type(exc).__name__}: {exc}") from None
+        try:
+            with _cores_shared_among_xdist_workers():
+                assert_architecture(model, shape, device=self.device, **collector.invariants)
+        except CheckFailed as exc:
+            raise InvariantsFailed(str(exc)) from None
+        except (CheckError, TypeError, ValueError) as exc:
+            raise ModelUnusable(f"{collector.name}'s invariants could not be checked: {exc}") from None
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | TerminalRepr:
+        if isinstance(excinfo.value, (InvariantsFailed, ModelUnusable)):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, self.parent.line, _domain(self)  # type: ignore[union-attr]
+
+
 class BrokenModel(pytest.Item):
     """A file or declared model that cannot even be collected: one error item that says why."""
 
@@ -394,6 +454,7 @@ class Reporter:
         self.checked: set[tuple[str, str]] = set()
         self.baselined = 0
         self.unfinished: Counter[str] = Counter()  # rule items not checked or crashed, by state
+        self.invariants: Counter[str] = Counter()  # invariants items, by outcome
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props: dict[str, Any] = dict(report.user_properties)
@@ -401,6 +462,8 @@ class Reporter:
             return
         if "cnncheck_unusable" in props:
             self.unusable.add(str(props["cnncheck_unusable"]))
+        if "cnncheck_invariants" in props:
+            self.invariants["held" if report.passed else "broken" if report.failed else "skipped"] += 1
         if "cnncheck_checked" not in props:
             return
         self.models.add(str(props["cnncheck_model"]))
@@ -425,7 +488,7 @@ class Reporter:
             writer.write_sep("=", "cnncheck warnings (passing: --cnncheck-fail-on=error)")
             for text in self.passing_warnings:
                 writer.write_line(text)
-        if not self.models and not self.unusable and not self.options.baseline_write:
+        if not self.models and not self.unusable and not self.invariants and not self.options.baseline_write:
             return  # nothing ran (--collect-only, or every cnncheck item deselected)
         per_rule = ", ".join(f"{rule}: {n}" for rule, n in sorted(self.findings.items())) or "none"
         unusable = f", {len(self.unusable)} could not be checked" if self.unusable else ""
@@ -435,6 +498,9 @@ class Reporter:
             states = ", ".join(f"{n} {state}" for state, n in sorted(self.unfinished.items()))
             writer.write_line(f"cnncheck: rule items that did not pass for lack of a verdict: {states} "
                               f"(the reasons: pytest -rs, and the failures above)")
+        if self.invariants:
+            counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(self.invariants.items()))
+            writer.write_line(f"cnncheck: architecture invariants: {counts}")
         for note in self.notes:
             writer.write_line(f"cnncheck: {note}")
         if self.inferred_shapes:

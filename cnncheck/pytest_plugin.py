@@ -8,7 +8,7 @@ or when a test asks for a cnncheck fixture.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -126,6 +126,19 @@ def cnncheck(request: pytest.FixtureRequest) -> Checker:
     from cnncheck.pytest_items import Checker
 
     return Checker(request.config.stash[OPTIONS])
+
+
+@pytest.fixture
+def cnncheck_snapshot(request: pytest.FixtureRequest) -> Any:
+    """syrupy's ``snapshot``, storing an architecture as its stable layer table in a ``.txt`` file:
+    ``assert cnncheck.architecture(model, x) == cnncheck_snapshot`` (needs ``cnncheck[snapshot]``)."""
+    try:
+        snapshot = request.getfixturevalue("snapshot")
+    except pytest.FixtureLookupError:
+        raise pytest.UsageError("cnncheck_snapshot needs syrupy: pip install 'cnncheck[snapshot]'") from None
+    from cnncheck.snapshot import ArchitectureSnapshot
+
+    return snapshot.use_extension(ArchitectureSnapshot)
 
 
 @pytest.fixture

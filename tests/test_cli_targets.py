@@ -112,8 +112,10 @@ def test_a_file_without_a_model_given_alone(tmp_path: Path, capsys: pytest.Captu
 def test_explain_says_where_forward_raised(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["explain", str(SEED)]) == 0
     rows = capsys.readouterr().out.splitlines()
-    assert any(row.startswith("fc1 (forward raised here)") for row in rows), rows
-    assert any(row.startswith("fc2 (not run by forward)") for row in rows), rows
+    assert any(row.startswith("fc1 ") and "(forward raised here)" in row for row in rows), rows
+    assert any(row.startswith("fc2 ") and "(not run by forward)" in row for row in rows), rows
+    assert any(row.startswith("forward stopped: RuntimeError") for row in rows), rows
+    assert any("576" in row and "3136" in row for row in rows)  # feature-size-mismatch's diagnosis
 
 
 def test_reports_hold_no_absolute_paths_of_the_teacher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -124,3 +124,27 @@ def test_check_command_missing_baseline_is_a_usage_error(tmp_path, capsys) -> No
     nets.write_text(VGG_LIKE.format(first=False, second=False))
     assert main(["check", str(nets), "--baseline", str(tmp_path / "nope.json")]) == 2
     assert "nope.json does not exist; create it with" in capsys.readouterr().err
+
+
+def test_the_api_reference_covers_every_public_name() -> None:
+    import cnncheck
+
+    reference = (ROOT / "docs" / "api.md").read_text()
+    headings = [line for line in reference.splitlines() if line.startswith("### ")]
+    missing = [name for name in cnncheck.__all__ if not any(f"`{name}" in h or f", `{name}`" in h for h in headings)]
+    assert not missing, f"docs/api.md has no heading for {missing}"
+
+
+def test_the_architecture_guide_runs_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    guide = (ROOT / "docs" / "testing-your-architecture.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", guide, re.S)
+    namespace: dict[str, object] = {}
+    for block in blocks:
+        exec(compile(block, "testing-your-architecture.md", "exec"), namespace)  # noqa: S102
+    printed = capsys.readouterr().out
+    table = re.search(r"```text\n(ConvNet on input.*?)```", guide, re.S)
+    assert table is not None and table.group(1) in printed  # the table shown is the table printed
+    assert "65978 too many" in printed and "downsampling: 4, expected 2" in printed
+    assert "test_the_architecture_we_reviewed" in namespace  # the snapshot test is defined, run by pytest itself

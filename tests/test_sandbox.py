@@ -147,8 +147,13 @@ def run(tmp_path_factory) -> tuple[dict[str, dict], dict, Path, dict[str, str], 
 
 
 def _tmp_parents(run) -> set[str]:
-    root = run[2]
-    return {root.parts[2]} if root.parts[1] == "tmp" else set()
+    """The top folders in /tmp that a worker sees there: those of the paths it is given (its cwd) and
+    of the Python environment, when they are in /tmp (a clean clone in /tmp has its venv there)."""
+    import cnncheck
+
+    paths = [run[2], sys.prefix, os.path.dirname(cnncheck.__file__), *sys.path]
+    return {Path(p).resolve().parts[2] for p in paths if p and len(Path(p).resolve().parts) > 2
+            and Path(p).resolve().parts[1] == "tmp"}
 
 
 def _seen(row: dict) -> dict[str, str]:

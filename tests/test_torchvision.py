@@ -113,3 +113,15 @@ def test_inception_v3_train_output_is_a_namedtuple() -> None:
     with torch.no_grad():
         out = model(torch.randn(2, 3, 299, 299))
     assert isinstance(out, tuple) and hasattr(out, "_fields"), type(out)
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_architecture_table_counts_what_torchvision_states(name: str) -> None:
+    model = build(name)
+    side = MODELS[name][2]
+    arch = cnncheck.architecture(model, (1, 3, side, side))
+    expected = getattr(tvm, MODELS[name][1]).DEFAULT.meta["num_params"]
+    assert arch.total_params == expected == sum(layer.params for layer in arch)
+    assert arch.output_shape == (1, 1000)
+    assert all(layer.formula_count in (None, layer.params) or layer.kind == "parameters" for layer in arch), name
+    assert str(arch) == str(cnncheck.architecture(build(name), (1, 3, side, side)))  # whatever the weights
