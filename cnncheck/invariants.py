@@ -162,7 +162,7 @@ def assert_architecture(model: nn.Module, example_input: Any, *, device: Any = N
         same = found == wanted or (isinstance(found, tuple) and len(set(found)) == 1 and found[0] == wanted)
         if not same:
             problems.append(f"downsampling: {_factor(found)}, expected {_factor(wanted)} "
-                            f"(input {_text(arch.input_shape)}, last feature map {_last_map(arch)})")
+                            f"(input {_text(arch.input_shape)}, the last conv or pool gives {_last_map(arch)})")
     for kind in no_kinds:
         found_layers = arch.where(kind=kind)
         ran = [layer for layer in found_layers if layer.status is None]
@@ -185,8 +185,8 @@ def _factor(value: Any) -> str:
 
 def _last_map(arch: Architecture) -> str:
     rank = len(arch.input_shape or ())
-    maps = [layer for layer in arch.layers if layer.output_shape is not None and len(layer.output_shape) == rank
-            and any(s > 1 for s in layer.output_shape[2:])]
+    maps = [layer for layer in arch.layers if layer.kind.startswith(("conv", "pool")) and layer.output_shape is not None
+            and len(layer.output_shape) == rank and any(s > 1 for s in layer.output_shape[2:])]
     return f"{_text(maps[-1].output_shape)} after {maps[-1].label}" if maps else "none"
 
 

@@ -20,6 +20,7 @@ from torch import nn
 FUNCTION = "function"  # the kind of a functional op that changes a shape (F.max_pool2d, flatten)
 PARAMETERS = "parameters"  # the kind of a module that owns parameters but is not itself a layer of the trace
 NOT_RUN = "not run by forward"
+USED = "not called; forward uses its parameters"
 RAISED = "forward raised here"
 
 
@@ -36,7 +37,7 @@ class Layer:
     trainable: int  # of which requires_grad
     formula: str | None = None  # the textbook formula with the layer's numbers, e.g. "(3*3*1 + 1) * 8"
     formula_count: int | None = None  # what the formula gives
-    status: str | None = None  # None when it ran; NOT_RUN or RAISED
+    status: str | None = None  # None when it ran; NOT_RUN, USED or RAISED
 
     @property
     def label(self) -> str:
@@ -297,13 +298,16 @@ def _table(model: nn.Module, name: str, args: tuple[Any, ...], kwargs: dict[str,
     for qualified, module in model.named_modules():  # parameters that no row holds yet
         if qualified in shown or not owned.get(qualified):
             continue
-        if qualified in formulas or not list(module.children()):  # a layer that forward never ran, or that raised
-            rows.append(replace(_layer(qualified, module, classify(module).value, None, owned, formulas),
-                                status=RAISED if qualified in raised_in else NOT_RUN))
-        else:  # a container with parameters of its own (a class token, a layer scale)
-            ran = any(n.startswith(f"{qualified}.") for n in shown) or (not qualified and bool(shown))
-            rows.append(replace(_layer(qualified, module, PARAMETERS, None, owned, formulas),
-                                status=None if ran else NOT_RUN))
+        inside = [n for n in trace.nodes if not qualified or n.scope == qualified or n.scope.startswith(f"{qualified}.")]
+        layer = qualified in formulas or not list(module.children())
+        kind = classify(module).value if layer else PARAMETERS
+        if inside:  # it ran, as a block of ops (a norm written with F.layer_norm and a cast, say)
+            status, shape = None, inside[-1].out_shape
+        elif _parameters_read(trace, owned[qualified]):  # F.linear(x, self.qkv.weight): used, never called
+            status, shape = USED, None
+        else:
+            status, shape = (RAISED if qualified in raised_in else NOT_RUN), None
+        rows.append(replace(_layer(qualified, module, kind, shape if layer else None, owned, formulas), status=status))
     unique = {id(p): p for p in model.parameters()}
     return Architecture(
         model=name,
@@ -315,6 +319,11 @@ def _table(model: nn.Module, name: str, args: tuple[Any, ...], kwargs: dict[str,
         downsampling=_downsampling(args, trace) if trace.error is None else None,
         stopped=_stopped(trace),
     )
+
+
+def _parameters_read(trace: Any, parameters: list[nn.Parameter]) -> bool:
+    wanted = {id(p) for p in parameters}
+    return any(id(value) in wanted for node in trace.nodes for value in (*node.args, *node.kwargs.values()))
 
 
 def _stopped(trace: Any) -> str | None:
@@ -367,19 +376,23 @@ def _kind(node: Any) -> str:
 
 
 def _downsampling(args: tuple[Any, ...], trace: Any) -> int | float | tuple[int | float, ...] | None:
-    """The input's spatial size over that of the last feature map of the same rank (224 -> 7: 32); a
-    global pool's 1x1 output is not a feature map."""
+    """The input's spatial size over that of the last convolution's or pooling's output (224 -> 7: 32).
+    A global pool's 1x1 output is not a feature map, and neither is a transformer's attention map."""
     import torch
+
+    from cnncheck.layers import LayerKind
 
     if not args or not isinstance(args[0], torch.Tensor) or args[0].dim() < 3:
         return None
     first = tuple(args[0].shape[2:])
     last = None
     for node in trace.nodes:
-        for out in node.outputs:
-            if isinstance(out, torch.Tensor) and out.dim() == args[0].dim() and any(s > 1 for s in out.shape[2:]):
-                last = tuple(out.shape[2:])
-    if last is None or any(s == 0 for s in last):
+        if node.kind not in (LayerKind.CONV, LayerKind.POOL):
+            continue
+        out = node.outputs[0] if node.outputs else None
+        if isinstance(out, torch.Tensor) and out.dim() == args[0].dim() and any(s > 1 for s in out.shape[2:]):
+            last = tuple(out.shape[2:])
+    if last is None:
         return None
     factors = tuple(a // b if a % b == 0 else a / b for a, b in zip(first, last))
     return factors[0] if len(set(factors)) == 1 else factors

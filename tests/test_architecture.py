@@ -109,10 +109,35 @@ def test_the_model_is_left_as_it_was() -> None:
     model = _fixed().train()
     model.fc1.weight.grad = torch.ones_like(model.fc1.weight)
     state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
     cnncheck.architecture(model, SHAPE)
+    assert torch.equal(torch.get_rng_state(), rng)
     assert model.training and all(m.training for m in model.modules())
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
     assert torch.equal(model.fc1.weight.grad, torch.ones_like(model.fc1.weight))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
+def test_on_cuda_a_copy_runs_and_the_model_stays_where_it_was() -> None:
+    model = _fixed()
+    arch = cnncheck.architecture(model, SHAPE, device="cuda")
+    assert arch == cnncheck.architecture(model, SHAPE)  # the same table on either device
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_a_layer_used_through_its_parameters_is_not_called_not_run() -> None:
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = nn.Linear(6, 6)
+            self.unused = nn.Linear(6, 6)
+
+        def forward(self, x):
+            return nn.functional.linear(x, self.qkv.weight, self.qkv.bias)
+
+    arch = cnncheck.architecture(Functional(), (2, 6))
+    assert arch["qkv"].status == "not called; forward uses its parameters" and arch["qkv"].params == 42
+    assert arch["unused"].status == "not run by forward"
 
 
 def test_a_forward_that_raises_is_a_check_error_naming_the_model() -> None:
@@ -176,7 +201,7 @@ def test_assert_architecture_reports_every_broken_invariant() -> None:
     lines = str(failed.value).splitlines()
     assert lines[0] == "ConvNet does not hold its architecture invariants:"
     assert lines[1].startswith("  - has 3199106 parameters, expected at most 1000000 (2199106 too many)")
-    assert lines[2] == "  - downsampling: 4, expected 2 (input 4x1x28x28, last feature map 4x64x7x7 after layer2.2)"
+    assert lines[2] == "  - downsampling: 4, expected 2 (input 4x1x28x28, the last conv or pool gives 4x64x7x7 after layer2.2)"
     assert lines[3] == "  - no_kinds: forward runs 1 dropout layer(s): dropout Dropout(p=0.5)"
     assert len(lines) == 4  # the output shape and the clean rule hold
 

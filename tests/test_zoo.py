@@ -70,3 +70,30 @@ def test_pytorchcv(name: str, redundant: int) -> None:
     assert report.crashes == []
     assert {f.rule for f in report.findings} <= {REDUNDANT}, str(report)
     assert len(report.findings) == redundant, str(report)
+
+
+def _table_holds(name: str) -> None:
+    """The layer table of a real architecture: every parameter in exactly one row, the text the same for
+    a second instance, and no layer called "not run" that forward ran (a norm written as a block of ops)."""
+    import cnncheck
+    from cnncheck.layer_table import NOT_RUN
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, again = build(name), build(name)
+    arch = cnncheck.architecture(model, zoo_input_shape(name))
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    assert arch.total_params == total == sum(layer.params for layer in arch)
+    assert [layer.label for layer in arch if layer.status == NOT_RUN] == []
+    assert str(arch) == str(cnncheck.architecture(again, zoo_input_shape(name)))
+
+
+@pytest.mark.parametrize("name", FAST_SAMPLE)
+def test_timm_sample_layer_table(name: str) -> None:
+    _table_holds(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [name for _, name in ZOO if name not in FAST_SAMPLE])
+def test_timm_family_layer_table(name: str) -> None:
+    _table_holds(name)
