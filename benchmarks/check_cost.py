@@ -3,7 +3,8 @@
 For each model, at input (2, 3, 224, 224) on CPU: the median time of ``check_model`` divided by the
 median time of one plain forward + backward in train mode, both measured in this run (one warm-up
 each, then interleaved repeats). Run: ``python benchmarks/check_cost.py [--repeats N] [model ...]``;
-``--memory`` prints the peak memory of a check against that of one forward + backward instead.
+``--memory`` prints the peak memory of a check against that of one forward + backward instead, and
+``--architecture`` times ``cnncheck.architecture`` (the layer table) in place of ``check_model``.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ def _train_step(model: nn.Module, x: torch.Tensor) -> None:
     model(x).sum().backward()
 
 
-def measure(name: str, repeats: int) -> tuple[float, float]:
-    """(median seconds of check_model, median seconds of one forward+backward)."""
+def measure(name: str, repeats: int, table: bool = False) -> tuple[float, float]:
+    """(median seconds of check_model, or of architecture with ``table``, median seconds of one
+    forward+backward)."""
     import torchvision.models as tvm
 
     torch.manual_seed(0)
@@ -44,7 +46,8 @@ def measure(name: str, repeats: int) -> tuple[float, float]:
         model: nn.Module = getattr(tvm, name)(weights=None)
     x = torch.randn(SHAPE)
     model.train()
-    check = lambda: cnncheck.check_model(model, SHAPE)  # noqa: E731
+    check = (lambda: cnncheck.architecture(model, SHAPE)) if table else (  # noqa: E731
+        lambda: cnncheck.check_model(model, SHAPE))
     step = lambda: _train_step(model, x)  # noqa: E731
     check(), step()  # warm-up: allocator, oneDNN primitive caches, lazy imports
     checks, steps = [], []
@@ -79,6 +82,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory", action="store_true",
                         help="also the peak memory of a check against one plain forward+backward")
+    parser.add_argument("--architecture", action="store_true",
+                        help="time cnncheck.architecture (the layer table) instead of check_model")
     args = parser.parse_args()
     if args.memory:
         print(f"{'model':<14} {'check peak':>11} {'fwd+bwd peak':>13} {'ratio':>7}")
@@ -88,9 +93,9 @@ def main() -> None:
         return
     print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads, input {SHAPE}, "
           f"median of {args.repeats}")
-    print(f"{'model':<14} {'check_model':>12} {'fwd+bwd':>10} {'ratio':>7}")
+    print(f"{'model':<14} {'architecture' if args.architecture else 'check_model':>12} {'fwd+bwd':>10} {'ratio':>7}")
     for name in args.models:
-        check, step = measure(name, args.repeats)
+        check, step = measure(name, args.repeats, args.architecture)
         print(f"{name:<14} {check:>11.3f}s {step:>9.3f}s {check / step:>6.1f}x", flush=True)
 
 
