@@ -232,6 +232,24 @@ def architecture(model: nn.Module, example_input: Any, *, device: Any = None) ->
 def build(model: nn.Module, example_input: Any, *, device: Any = None) -> Architecture:
     """As :func:`architecture`, but a forward that raises gives the table up to where it raised, with
     ``stopped`` saying why (``cnncheck explain`` shows it)."""
+    run = traced(model, example_input, device=device)
+    output = _output_structure(run.trace.output) if run.trace.error is None else None
+    return _table(run.model, run.name, run.args, run.kwargs, run.trace, output)
+
+
+@dataclass(frozen=True)
+class Traced:
+    """One traced eval forward: the model it ran (a copy on another device), its inputs and the trace."""
+
+    model: nn.Module
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    trace: Any
+
+
+def traced(model: nn.Module, example_input: Any, *, device: Any = None) -> Traced:
+    """Run one eval forward of ``model`` under the trace, leaving the model exactly as it was."""
     import copy
 
     import torch
@@ -255,8 +273,7 @@ def build(model: nn.Module, example_input: Any, *, device: Any = None) -> Archit
         modules = module_inventory(work)
         with preserved(modules):
             trace = run_trace(work, args, modules, kwargs=kwargs, before=work.eval)
-        output = _output_structure(trace.output) if trace.error is None else None
-        return _table(work, name, args, kwargs, trace, output)
+    return Traced(work, name, args, kwargs, trace)
 
 
 def _output_structure(output: Any) -> Any:
