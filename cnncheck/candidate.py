@@ -17,15 +17,18 @@ from cnncheck.results import ModelResult
 
 
 def check_candidate(candidate: Any, *, shape: tuple[int, ...] | None, device: str | None,
-                    select: Sequence[str] | None, ignore: Sequence[str]) -> ModelResult:
+                    select: Sequence[str] | None, ignore: Sequence[str], drawn: bool = False) -> ModelResult:
     """The result of checking one candidate; student code that raises, even ``sys.exit``, becomes the
-    result's ``error`` (with ``error_kind`` and the student's line), never an exception."""
+    result's ``error`` (with ``error_kind`` and the student's line), never an exception. ``drawn`` adds
+    the layer table and the data flow that the HTML report draws (one more eval forward)."""
     start = time.perf_counter()
     result = ModelResult(candidate.id, str(candidate.file), candidate.name)
     label = candidate.name + (f"[{candidate.variant}]" if candidate.variant else "")
     try:
         with contained_exits(label):
-            _check_into(result, candidate, label, shape, device, select, ignore)
+            model = _check_into(result, candidate, label, shape, device, select, ignore)
+            if drawn and model is not None and result.input_shape is not None:
+                _draw_into(result, model, result.input_shape, device)
     except CodeExited as exc:
         result.error, result.error_kind = str(exc), "exit"
     finally:
@@ -33,8 +36,22 @@ def check_candidate(candidate: Any, *, shape: tuple[int, ...] | None, device: st
     return result
 
 
+def _draw_into(result: ModelResult, model: Any, shape: tuple[int, ...], device: str | None) -> None:
+    """The table and flow of one eval forward; a model that cannot be drawn simply has no picture."""
+    from cnncheck.flow import flow_of
+    from cnncheck.layer_table import _output_structure, _table, traced
+
+    try:
+        run = traced(model, shape, device=device)
+        output = _output_structure(run.trace.output) if run.trace.error is None else None
+        result.architecture = _table(run.model, run.name, run.args, run.kwargs, run.trace, output).to_dict()
+        result.flow = flow_of(run).to_dict()
+    except Exception as exc:  # a picture is an extra: its absence is noted, the verdict stands
+        result.notes.append(f"no picture: {type(exc).__name__}: {exc}")
+
+
 def _check_into(result: ModelResult, candidate: Any, label: str, shape: tuple[int, ...] | None,
-                device: str | None, select: Sequence[str] | None, ignore: Sequence[str]) -> None:
+                device: str | None, select: Sequence[str] | None, ignore: Sequence[str]) -> Any:
     from cnncheck.api import CheckError, check_model
     from cnncheck.discover import infer_input_shape
 
@@ -45,7 +62,7 @@ def _check_into(result: ModelResult, candidate: Any, label: str, shape: tuple[in
         except Exception as exc:  # the student's constructor raised
             result.error_kind, result.error = _failure(exc, f"cannot build {label}: ")
             result.location = traceback_location(exc)
-            return
+            return None
         shape = shape or candidate.spec.input_shape
         if shape is None:
             inferred = infer_input_shape(model)
@@ -54,7 +71,7 @@ def _check_into(result: ModelResult, candidate: Any, label: str, shape: tuple[in
                 result.error = (f"no input shape for {label} and no conv to infer one from; declare it with "
                                 f"@cnncheck.model(input_shape=...), --input-shape or the cnncheck_input_shape "
                                 f"ini key")
-                return
+                return None
             shape, result.shape_note = inferred
         result.input_shape = tuple(shape)
         # the model's own ignores suppress findings rather than skip the rule, so that an ignore that
@@ -67,17 +84,20 @@ def _check_into(result: ModelResult, candidate: Any, label: str, shape: tuple[in
         result.notes += [f"unused ignore {p!r}: it matches no finding; remove it" for p in report.unused_ignores]
         result.notes += [str(p) for p in report.plugin_problems]
         result.notes += report.notes
+        return model
     except CheckError as exc:
         result.error, result.error_kind = str(exc), exc.stage
         result.location = traceback_location(exc.__cause__)
         wrong_rank = _wrong_rank(model, given) if given is not None and exc.__cause__ is not None else None
         if wrong_rank is not None:  # the option fits no conv: a usage error, not the model's
             result.error, result.error_kind, result.location = wrong_rank, "usage", None
+        return model if exc.stage == "forward" else None  # drawn up to where forward raised
     except MemoryError as exc:
         result.error, result.error_kind = f"out of memory: {exc}", "memory"
     except Exception as exc:  # anything else from student code outside forward
         result.error_kind, result.error = _failure(exc)
         result.location = traceback_location(exc)
+    return None
 
 
 _CONV_INPUT = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}

@@ -72,10 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--device", default=None, help="cpu, cuda, ... (default: where the model is)")
     check.add_argument("--select", action="append", default=None, help="rule id or prefix (repeatable)")
     check.add_argument("--ignore", action="append", default=[], help="rule id or prefix (repeatable)")
-    check.add_argument("--format", default="text", choices=["text", "json", "markdown", "junit", "sarif"],
-                       help="report format (default: text)")
+    check.add_argument("--format", default="text", choices=["text", "json", "markdown", "junit", "sarif", "html"],
+                       help="report format (default: text); html draws each model")
     check.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
-    check.add_argument("--per-model-dir", metavar="DIR", help="also write one Markdown report per model into DIR")
+    check.add_argument("--per-model-dir", metavar="DIR",
+                       help="also write one report per model into DIR (HTML with --format html, else Markdown)")
     check.add_argument("--baseline", metavar="FILE",
                        help="report only findings not recorded in this baseline file (pytest's format)")
     check.add_argument("--baseline-write", metavar="FILE",
@@ -92,6 +93,10 @@ def _parser() -> argparse.ArgumentParser:
                              help="a model layer by layer: output shapes and parameter formulas")
     explain.add_argument("model", help="path/to/file.py or path/to/file.py::ClassName")
     explain.add_argument("--input-shape", type=_shape, help="input shape with the batch first, e.g. 4,1,28,28")
+    explain.add_argument("--format", default="text", choices=["text", "svg", "html"],
+                         help="text: the layer table (default); svg: the picture of one model; html: a page "
+                         "with the picture, the findings and the table")
+    explain.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
     rules = sub.add_parser("rules", parents=[common], help="list the rules, or show one rule's documentation")
     rules.add_argument("id", nargs="?", help="a rule id, or a prefix such as bn (as --select takes)")
     rules.add_argument("--write-docs", metavar="DIR", help="write one Markdown page per rule into DIR")
@@ -178,6 +183,13 @@ def _explain(args: argparse.Namespace) -> int:
         what = f"no model {wanted!r} in {path}" if wanted else f"no model found in {path}: {MODEL_DEFINITION}"
         print(f"cnncheck: {what}", file=sys.stderr)
         return 2
+    if args.format == "svg" and len(found) > 1:
+        names = ", ".join(c.name for c in found)
+        print(f"cnncheck: {path} has {len(found)} models ({names}): name one, as {path}::{found[0].name}",
+              file=sys.stderr)
+        return 2
+    pieces: list[str] = []
+    results = []
     for candidate in found:
         model = candidate.build()
         shape = args.input_shape or candidate.spec.input_shape
@@ -187,9 +199,44 @@ def _explain(args: argparse.Namespace) -> int:
                 print(f"cnncheck: {candidate.id}: pass --input-shape", file=sys.stderr)
                 return 2
             shape, note = inferred
-            print(f"({note})")
-        print(explain_model(model, shape).render() + "\n")
+            if args.format == "text":
+                pieces.append(f"({note})")
+        if args.format == "text":
+            pieces.append(explain_model(model, shape).render() + "\n")
+        else:
+            from cnncheck.candidate import check_candidate
+
+            results.append(check_candidate(candidate, shape=tuple(shape), device=None, select=None, ignore=(),
+                                           drawn=True))
+    text = "\n".join(pieces) if args.format == "text" else _drawn(args.format, results)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8", errors="backslashreplace")
+    else:
+        _write_stdout(text if text.endswith("\n") else text + "\n")
     return 0
+
+
+def _drawn(fmt: str, results: list[ModelResult]) -> str:
+    """``cnncheck explain --format svg|html``: the picture of one model, or the HTML page of them all."""
+    if fmt == "html":
+        from cnncheck.html_report import render_html
+
+        return render_html(results)
+    from cnncheck.flow import Flow
+    from cnncheck.picture import finding_marks, render_svg
+
+    result = results[0]
+    if result.flow is None:
+        reason = result.error or "; ".join(result.notes) or "forward did not run"
+        return (f'<svg xmlns="http://www.w3.org/2000/svg" width="600" height="40"><text x="8" y="24">'
+                f"no picture of {_xml_text(result.id)}: {_xml_text(reason)}</text></svg>")
+    return render_svg(Flow.from_dict(result.flow), finding_marks(result.findings))
+
+
+def _xml_text(text: str) -> str:
+    from xml.sax.saxutils import escape
+
+    return escape(text)
 
 
 def _write_docs(directory: str) -> int:
@@ -248,7 +295,7 @@ def _check(args: argparse.Namespace) -> int:
         options = dict(only=only, input_shape=args.input_shape, device=args.device,
                        select=tuple(args.select) if args.select else None, ignore=tuple(args.ignore),
                        plugins=tuple(args.plugin), disabled_plugins=tuple(args.disable_plugin),
-                       timeout=args.timeout, max_memory=args.max_memory)
+                       timeout=args.timeout, max_memory=args.max_memory, drawn=args.format == "html")
         if only is not None:
             jobs.append(Job(file, **options))
         else:
@@ -283,8 +330,12 @@ def _check(args: argparse.Namespace) -> int:
         folder = Path(args.per_model_dir)
         folder.mkdir(parents=True, exist_ok=True)
         for result in results:
-            (folder / (_slug(result.id) + ".md")).write_text(render_markdown(result), encoding="utf-8",
-                                                             errors="backslashreplace")
+            if args.format == "html":
+                page = FORMATS["html"]([result], rules=rules, root=root, sandbox=sandbox or "none")
+                (folder / (_slug(result.id) + ".html")).write_text(page, encoding="utf-8", errors="backslashreplace")
+            else:
+                (folder / (_slug(result.id) + ".md")).write_text(render_markdown(result), encoding="utf-8",
+                                                                 errors="backslashreplace")
     if args.baseline_write:  # the findings are recorded, not failures; what could not be checked still is
         return exit_code(Verdict.CLEAN if r.verdict is Verdict.FINDINGS else r.verdict for r in results)
     return exit_code(r.verdict for r in results)

@@ -46,7 +46,7 @@ class Flow:
     @classmethod
     def from_dict(cls, data: Any) -> Flow:
         """A flow from untrusted data (a grading worker's message): every field checked, else ValueError."""
-        if not isinstance(data, dict) or not isinstance(data.get("nodes"), list) or len(data["nodes"]) > MAX_NODES:
+        if not isinstance(data, dict) or not isinstance(data.get("nodes"), (list, tuple)) or len(data["nodes"]) > MAX_NODES:
             raise ValueError("not a flow")
         nodes = []
         for i, raw in enumerate(data["nodes"]):
@@ -77,8 +77,8 @@ def _str(value: Any) -> str:
     return value
 
 
-def _list(value: Any) -> list[Any]:
-    if not isinstance(value, list) or len(value) > MAX_NODES:
+def _list(value: Any) -> list[Any] | tuple[Any, ...]:
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_NODES:
         raise ValueError("not a list")
     return value
 

@@ -1,4 +1,5 @@
-"""Output formats for ``cnncheck check --format NAME``: text, json, markdown, junit and sarif.
+"""Output formats for ``cnncheck check --format NAME``: text, json, markdown, junit, sarif and html
+(:mod:`cnncheck.html_report`).
 
 Every renderer turns a list of :class:`~cnncheck.results.ModelResult` into one string that ends with
 a newline. :data:`FORMATS` maps each ``--format`` name to a callable with the common signature
@@ -661,11 +662,19 @@ def _format_junit(results: Sequence[ModelResult], *, rules: Sequence[Rule],
     return render_junit(results, rules=rules, sandbox=sandbox)
 
 
+def _format_html(results: Sequence[ModelResult], *, rules: Sequence[Rule],
+                 root: str | os.PathLike[str] | None = None, sandbox: str | None = None) -> str:
+    from cnncheck.html_report import render_html
+
+    return render_html(results, rules=rules, root=root, sandbox=sandbox)
+
+
 FORMATS: dict[str, Formatter] = {
     "text": render_text,
     "json": _format_json,
     "markdown": _render_markdown_all,
     "junit": _format_junit,
     "sarif": render_sarif,
+    "html": _format_html,
 }
 """``--format`` name -> ``fn(results, *, rules, root, sandbox) -> str`` (text ending with a newline)."""

@@ -51,6 +51,7 @@ class Job:
     unit: str | None = None  # the submission (folder or file) this file is part of; default: its folder
     cover: str | None = None  # the folder of submissions it is one of; default: the unit's parent
     confinement: Confinement | None = None  # set by check_files when the run is sandboxed
+    drawn: bool = False  # also the layer table and data flow, for the HTML report
 
     @property
     def no_model_id(self) -> str:
@@ -495,7 +496,8 @@ def _worker(job: Job, conn: Any) -> None:
 def _check_one(job: Job, candidate: Any) -> ModelResult:
     from cnncheck.candidate import check_candidate
 
-    return check_candidate(candidate, shape=job.input_shape, device=job.device, select=job.select, ignore=job.ignore)
+    return check_candidate(candidate, shape=job.input_shape, device=job.device, select=job.select, ignore=job.ignore,
+                           drawn=job.drawn)
 
 
 def _apply_plugins(job: Job) -> None:

@@ -16,7 +16,7 @@ from xml.sax.saxutils import escape
 
 from cnncheck.flow import INPUT, MERGE, Flow, FlowNode
 
-LANE_WIDTH = 380
+LANE_WIDTH = 470
 MARGIN = 16
 COLOURS = {"conv": "#4f81bd", "conv (reparametrised)": "#4f81bd", "pool": "#9bbb59", "batch_norm": "#f79646",
            "instance_norm": "#f7b446", "other_norm": "#f7c96e", "linear": "#8064a2", "dropout": "#b0b0b0",

@@ -200,6 +200,7 @@ class ModelCollector(pytest.Collector):
         self.shape = shape
         self.results: dict[tuple[str | None, str], Any] = {}
         self.error_reported_by: dict[tuple[str | None, str], str] = {}
+        self.reported_to_html: dict[tuple[str | None, str], str] = {}
 
     def collect(self) -> Iterator[pytest.Item]:
         from cnncheck.plugins import all_rules
@@ -245,7 +246,7 @@ class ModelCollector(pytest.Collector):
         options = self.config.stash[OPTIONS]
         with _cores_shared_among_xdist_workers():
             return check_candidate(candidate, shape=self.shape, device=device, select=options.select,
-                                   ignore=options.ignore)
+                                   ignore=options.ignore, drawn=bool(options.html))
 
 
 @contextlib.contextmanager
@@ -301,6 +302,9 @@ class RuleItem(pytest.Item):
     def runtest(self) -> None:
         collector: ModelCollector = self.parent  # type: ignore[assignment]
         result = collector.result(self.variant, self.device)
+        options = self.config.stash[OPTIONS]
+        if options.html and collector.reported_to_html.setdefault((self.variant, self.device), self.nodeid) == self.nodeid:
+            self.user_properties.append(("cnncheck_result", json.dumps(result.to_dict())))  # for --cnncheck-html
         if result.error is not None:
             self.user_properties.append(("cnncheck_unusable", self.parent.nodeid))  # type: ignore[union-attr]
             first = collector.error_reported_by.setdefault((self.variant, self.device), self.nodeid)
@@ -455,6 +459,7 @@ class Reporter:
         self.baselined = 0
         self.unfinished: Counter[str] = Counter()  # rule items not checked or crashed, by state
         self.invariants: Counter[str] = Counter()  # invariants items, by outcome
+        self.html_results: dict[str, dict[str, Any]] = {}  # --cnncheck-html: each model's result, by id
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props: dict[str, Any] = dict(report.user_properties)
@@ -462,6 +467,9 @@ class Reporter:
             return
         if "cnncheck_unusable" in props:
             self.unusable.add(str(props["cnncheck_unusable"]))
+        if "cnncheck_result" in props:
+            data = json.loads(str(props["cnncheck_result"]))
+            self.html_results.setdefault(f"{data['id']}@{data.get('device', '')}", data)
         if "cnncheck_invariants" in props:
             self.invariants["held" if report.passed else "broken" if report.failed else "skipped"] += 1
         if "cnncheck_checked" not in props:
@@ -508,8 +516,22 @@ class Reporter:
 
             writer.write_line(f"cnncheck: {inferred_shapes_note(len(self.inferred_shapes))}")
         self._baseline_summary(writer)
+        if self.options.html:
+            writer.write_line(f"cnncheck: {self._write_html()}")
         if self.findings:
             writer.write_line("cnncheck: `cnncheck rules RULE-ID` explains a rule and how to fix it")
+
+    def _write_html(self) -> str:
+        from cnncheck.html_report import render_html
+        from cnncheck.plugins import all_rules
+        from cnncheck.results import ModelResult
+        from cnncheck.rules import select_rules
+
+        results = [ModelResult.from_dict(data) for data in self.html_results.values()]
+        rules = select_rules(all_rules(problems=[]), self.options.select, self.options.ignore)
+        Path(self.options.html).write_text(render_html(results, rules=rules), encoding="utf-8",
+                                           errors="backslashreplace")
+        return f"wrote the HTML report of {len(results)} model(s) to {self.options.html}"
 
     def _baseline_summary(self, writer: Any) -> None:
         if self.options.baseline:

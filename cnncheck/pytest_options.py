@@ -44,6 +44,7 @@ class Options(NamedTuple):
     disabled: list[str]
     baseline: str
     baseline_write: str
+    html: str = ""
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Options:
@@ -70,7 +71,7 @@ class Options(NamedTuple):
         return cls(enabled, device, select, list(pick("cnncheck_ignore") or []), fail_on, default_shape,
                    list(config.getini("cnncheck_models")), list(pick("cnncheck_plugins") or []),
                    list(pick("cnncheck_disable_plugins") or []), pick("cnncheck_baseline") or "",
-                   config.getoption("cnncheck_baseline_write") or "")
+                   config.getoption("cnncheck_baseline_write") or "", config.getoption("cnncheck_html") or "")
 
     def devices(self) -> list[str]:
         if self.device in ("cpu", "cuda"):

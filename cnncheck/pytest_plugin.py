@@ -39,6 +39,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     metavar="NAME", help="disable a cnncheck plugin by name, e.g. an entry point (repeatable)")
     group.addoption("--cnncheck-baseline", dest="cnncheck_baseline", default=None, metavar="FILE",
                     help="fail only on findings not recorded in this baseline file")
+    group.addoption("--cnncheck-html", dest="cnncheck_html", default=None, metavar="FILE",
+                    help="also write the HTML report (a picture of each model) of this run's models to FILE")
     group.addoption("--cnncheck-baseline-write", dest="cnncheck_baseline_write", default=None, metavar="FILE",
                     help="record every finding of this run in a baseline file")
     parser.addini("cnncheck_enable", type="bool", default=False, help="run cnncheck as if --cnncheck were given")

@@ -32,6 +32,10 @@ class ModelResult:
     seconds: float = 0.0
     outcomes: list[RuleOutcome] = field(default_factory=list)  # one per rule run: passed, findings, ...
     shape_note: str = ""  # why this input shape, when it was inferred rather than declared
+    # for the HTML report (``drawn``): the layer table (Architecture.to_dict) and the data flow
+    # (Flow.to_dict); plain data, drawn by the process that writes the report
+    architecture: dict[str, Any] | None = None
+    flow: dict[str, Any] | None = None
 
     @property
     def verdict(self) -> Verdict:
@@ -73,6 +77,9 @@ class ModelResult:
         data["input_shape"] = list(self.input_shape) if self.input_shape else None
         data["rules_run"] = list(self.rules_run)
         data["outcomes"] = [{"rule": o.rule, "status": str(o.status), "reason": o.reason} for o in self.outcomes]
+        for drawn in ("architecture", "flow"):
+            if data[drawn] is None:
+                del data[drawn]
         return data
 
     @classmethod
