@@ -85,7 +85,7 @@ def _list(value: Any) -> list[Any] | tuple[Any, ...]:
 
 def flow_of(run: Any) -> Flow:
     """The flow of one traced forward (:func:`cnncheck.layer_table.traced`)."""
-    from cnncheck.layer_table import _owned_parameters
+    from cnncheck.layer_table import _owned_parameters, stable_text
     from cnncheck.layers import short_repr
 
     trace = run.trace
@@ -131,8 +131,7 @@ def flow_of(run: Any) -> Flow:
             first = node.name not in seen_modules
             seen_modules.add(node.name)
             params = sum(p.numel() for p in owned.get(node.name, [])) if first else 0
-            repr_ = short_repr(node.module)
-            config = repr_[len(type(node.module).__name__) + 1:-1]
+            config = stable_text(short_repr(node.module)[len(type(node.module).__name__) + 1:-1])
             by_trace[id(node)] = (place(node.name, node.kind.value, type(node.module).__name__, config,
                                         node.out_shape, params, sources),)
             continue
@@ -150,7 +149,7 @@ def flow_of(run: Any) -> Flow:
         sources = tuple(dict.fromkeys(s for src in failed.sources for s in resolve(src)))
         if failed.module is not None:
             name = failed.module_stack[-1] if failed.module_stack else ""
-            config = short_repr(failed.module)[len(type(failed.module).__name__) + 1:-1]
+            config = stable_text(short_repr(failed.module)[len(type(failed.module).__name__) + 1:-1])
             params = sum(p.numel() for p in owned.get(name, [])) if name not in seen_modules else 0
             place(name, failed.module and _kind_of(failed.module), type(failed.module).__name__, config, None, params,
                   sources, "forward raised here")

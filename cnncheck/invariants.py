@@ -34,24 +34,40 @@ def _largest(model: nn.Module, count: int = 3) -> str:
                      for n, name in sizes)
 
 
+def _count(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a whole number of parameters, got {type(value).__name__} {value!r}")
+    return value
+
+
 def _count_problems(model: nn.Module, expected: int | None, most: int | None, least: int | None,
-                    trainable: int | None) -> list[str]:
+                    trainable: int | None) -> str | None:
+    """What is wrong with the model's parameter counts, in one sentence, or None."""
+    expected, most, least, trainable = (_count(v, n) for v, n in ((expected, "expected"), (most, "max"),
+                                                                   (least, "min"), (trainable, "trainable")))
+    if most is not None and least is not None and least > most:
+        raise ValueError(f"min={least} is more than max={most}: no parameter count can hold both")
     unique = {id(p): p for p in model.parameters()}
     total = sum(p.numel() for p in unique.values())
     learnable = sum(p.numel() for p in unique.values() if p.requires_grad)
-    problems = []
+    wrong = []
     if expected is not None and total != expected:
-        problems.append(f"{total} parameters, expected {expected} ({_by(total - expected)})")
+        wrong.append(f"expected {expected} ({_by(total - expected)})")
     if most is not None and total > most:
-        problems.append(f"{total} parameters, expected at most {most} ({total - most} too many)")
+        wrong.append(f"expected at most {most} ({total - most} too many)")
     if least is not None and total < least:
-        problems.append(f"{total} parameters, expected at least {least} ({least - total} too few)")
+        wrong.append(f"expected at least {least} ({least - total} too few)")
+    sentence = f"{total} parameters, " + "; ".join(wrong) if wrong else ""
     if trainable is not None and learnable != trainable:
-        problems.append(f"{learnable} trainable parameters, expected {trainable} ({_by(learnable - trainable)}; "
-                        f"{total - learnable} are frozen)")
-    if problems:
-        problems[-1] += f"; the largest layers: {_largest(model)}"
-    return problems
+        sentence += ("; and " if sentence else "") + (
+            f"{learnable} trainable parameters, expected {trainable} ({_by(learnable - trainable)}; "
+            f"{total - learnable} are frozen)")
+    if not sentence:
+        return None
+    largest = _largest(model)
+    return sentence + (f"; the largest layers: {largest}" if largest else "")
 
 
 def _by(difference: int) -> str:
@@ -71,10 +87,18 @@ def assert_param_count(model: nn.Module, expected: int | None = None, *, max: in
         raise TypeError(f"cnncheck.assert_param_count expects a torch.nn.Module, got {type(model).__name__}")
     if expected is max is min is trainable is None:
         raise TypeError("cnncheck.assert_param_count: give expected, max, min or trainable")
-    problems = _count_problems(model, expected, max, min, trainable)
-    if problems:
-        _failed(f"{type(model).__name__} has " + "; and ".join(problems))
+    model = _unwrapped(model)
+    problem = _count_problems(model, expected, max, min, trainable)
+    if problem:
+        _failed(f"{type(model).__name__} has {problem}")
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """A ``torch.compile``'d model's own module, as every cnncheck function sees it."""
+    from cnncheck.api import _uncompiled
+
+    return _uncompiled(model)[0]
 
 
 def _shape_problem(found: Any, expected: Any, where: str = "output") -> str | None:
@@ -84,9 +108,15 @@ def _shape_problem(found: Any, expected: Any, where: str = "output") -> str | No
             return f"{where} is {_text(found)}, expected keys {sorted(map(str, expected))}"
         return next((p for k in expected if (p := _shape_problem(found[str(k)], expected[k], f"{where}[{k!r}]"))), None)
     if isinstance(expected, (tuple, list)) and expected and all(isinstance(e, (tuple, list, dict)) for e in expected):
+        if isinstance(found, tuple) and all(isinstance(s, int) for s in found):
+            return f"{where} is one tensor of shape {_text(found)}, expected {len(expected)} outputs"
         if not isinstance(found, (tuple, list)) or len(found) != len(expected):
             return f"{where} is {_text(found)}, expected {len(expected)} outputs"
         return next((p for i, e in enumerate(expected) if (p := _shape_problem(found[i], e, f"{where}[{i}]"))), None)
+    if not isinstance(expected, (tuple, list)) or not all(e is None or (isinstance(e, int) and not isinstance(e, bool)
+                                                                   and e >= 0) for e in expected):
+        raise TypeError(f"expected output shape {expected!r}: give a tuple of sizes, None for any size, e.g. "
+                        f"(None, 10), or a tuple/dict of them for several outputs")
     wanted = tuple(expected)
     if not isinstance(found, tuple) or not all(isinstance(s, int) for s in found):
         return f"{where} is {_text(found)}, expected a tensor of shape {_wanted(wanted)}"
@@ -103,7 +133,7 @@ def _text(shape: Any) -> str:
 
 
 def _wanted(shape: tuple[Any, ...]) -> str:
-    return "x".join("*" if s is None else str(s) for s in shape)
+    return "x".join("*" if s is None else str(s) for s in shape) or "a scalar"
 
 
 def _last_layer(arch: Architecture) -> str:
@@ -123,10 +153,10 @@ def assert_output_shape(model: nn.Module, example_input: Any, expected: Any, *, 
     >>> cnncheck.assert_output_shape(model, (4, 1, 28, 28), (None, 10))
     """
     __tracebackhide__ = True
-    arch = architecture(model, example_input, device=device)
-    problem = _shape_problem(arch.output_shape, expected)
+    arch = architecture(_unwrapped(model), example_input, device=device)
+    problem = _shape_problem(arch.output_shape, expected, f"output on input {_text(arch.input_shape)}")
     if problem:
-        _failed(f"{arch.model}'s {problem} on input {_text(arch.input_shape)}{_last_layer(arch)}")
+        _failed(f"{arch.model}'s {problem}{_last_layer(arch)}")
     return arch
 
 
@@ -150,31 +180,44 @@ def assert_architecture(model: nn.Module, example_input: Any, *, device: Any = N
     ...                              downsampling=32, no_kinds=("dropout",), clean=("bn",))
     """
     __tracebackhide__ = True
+    from cnncheck.layer_table import check_kinds, of_kind
+
+    no_kinds = check_kinds(no_kinds)
+    clean = (clean,) if isinstance(clean, str) else tuple(clean)
+    model = _unwrapped(model)
     arch = architecture(model, example_input, device=device)
-    problems = [f"has {p}" for p in _count_problems(model, params, max_params, min_params, trainable_params)]
+    count = _count_problems(model, params, max_params, min_params, trainable_params)
+    problems = [f"has {count}"] if count else []
     if output_shape is not None:
-        problem = _shape_problem(arch.output_shape, output_shape)
+        problem = _shape_problem(arch.output_shape, output_shape, f"output on input {_text(arch.input_shape)}")
         if problem:
             problems.append(f"output_shape: its {problem}{_last_layer(arch)}")
     if downsampling is not None:
         wanted = tuple(downsampling) if isinstance(downsampling, Sequence) else downsampling
         found = arch.downsampling
-        same = found == wanted or (isinstance(found, tuple) and len(set(found)) == 1 and found[0] == wanted)
-        if not same:
+        rank = max(1, len(arch.input_shape or ()) - 2)
+        if not _same_factor(found, wanted, rank):
             problems.append(f"downsampling: {_factor(found)}, expected {_factor(wanted)} "
                             f"(input {_text(arch.input_shape)}, the last conv or pool gives {_last_map(arch)})")
     for kind in no_kinds:
-        found_layers = arch.where(kind=kind)
-        ran = [layer for layer in found_layers if layer.status is None]
+        ran = [layer for layer in arch.layers if of_kind(layer, kind) and layer.status is None]
         if ran:
-            named = ", ".join(f"{layer.label} {layer.type}({layer.config})" for layer in ran[:5])
+            named = ", ".join(f"{layer.label} {layer.type}({layer.config})" if layer.config or layer.kind != kind
+                              or layer.name in ("", ) else f"{layer.label}" for layer in ran[:5])
             problems.append(f"no_kinds: forward runs {len(ran)} {kind} layer(s): {named}")
-    clean = tuple(clean)
     if clean:
         problems += _unclean(model, example_input, clean, device)
     if problems:
         _failed(f"{arch.model} does not hold its architecture invariants:\n" + "\n".join(f"  - {p}" for p in problems))
     return arch
+
+
+def _same_factor(found: Any, wanted: Any, rank: int) -> bool:
+    """Whether two downsampling factors agree, one number standing for the same factor on every axis."""
+    def axes(value: Any) -> tuple[Any, ...]:
+        return tuple(value) if isinstance(value, tuple) else (value,) * rank
+
+    return found is not None and axes(found) == axes(wanted)
 
 
 def _factor(value: Any) -> str:

@@ -11,13 +11,15 @@ of one architecture give the same text whatever their weights or seed, so it can
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from torch import nn
 
-FUNCTION = "function"  # the kind of a functional op that changes a shape (F.max_pool2d, flatten)
+FUNCTION = "function"  # the kind of a functional op that changes a shape (flatten, mean)
+FUNCTIONAL_ROWS = ("dropout", "batch_norm", "instance_norm")  # functional layers shown even when they keep the shape
 PARAMETERS = "parameters"  # the kind of a module that owns parameters but is not itself a layer of the trace
 NOT_RUN = "not run by forward"
 USED = "not called; forward uses its parameters"
@@ -74,8 +76,11 @@ class Architecture:
         return len(self.layers)
 
     def where(self, *, kind: str | None = None, type: str | None = None) -> list[Layer]:  # noqa: A002
-        """The layers of this kind (``"conv"``, ``"batch_norm"``, ...) and/or type name (``"Conv2d"``)."""
-        return [layer for layer in self.layers if (kind is None or layer.kind == kind)
+        """The layers of this kind (``"conv"``, ``"batch_norm"``, ...; ``"conv"`` includes the
+        reparametrised ones) and/or type name (``"Conv2d"``). An unknown kind is a ValueError."""
+        if kind is not None:
+            check_kinds([kind])
+        return [layer for layer in self.layers if (kind is None or of_kind(layer, kind))
                 and (type is None or layer.type == type)]
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,7 +101,28 @@ class Architecture:
     def __str__(self) -> str:
         return render(self)
 
-    __repr__ = __str__  # so that a plain syrupy snapshot stores the table too
+    __repr__ = __str__  # the table, in a REPL and in pytest's assertion messages
+
+
+def kinds() -> tuple[str, ...]:
+    """Every kind a row can have."""
+    from cnncheck.layers import LayerKind
+
+    return (*(k.value for k in LayerKind), "conv (reparametrised)", FUNCTION, PARAMETERS)
+
+
+def check_kinds(wanted: Any) -> tuple[str, ...]:
+    """``wanted`` as a tuple of kinds (one string is one kind); a kind no row can have is a ValueError
+    that lists them, so that a typo does not pass as 'no such layer'."""
+    names = (wanted,) if isinstance(wanted, str) else tuple(wanted)
+    unknown = [k for k in names if k not in kinds()]
+    if unknown:
+        raise ValueError(f"unknown layer kind(s) {', '.join(map(repr, unknown))}; the kinds are {', '.join(kinds())}")
+    return names
+
+
+def of_kind(layer: Layer, kind: str) -> bool:
+    return layer.kind == kind or layer.kind.startswith(f"{kind} (")
 
 
 def _shape(shape: Any) -> str:
@@ -296,35 +322,46 @@ def _table(model: nn.Module, name: str, args: tuple[Any, ...], kwargs: dict[str,
 
     owned = _owned_parameters(model)
     formulas = {c.name: c for c in model_param_formulas(model)}
-    rows: list[Layer] = []
+    placed: list[tuple[float, Layer]] = []  # (where in forward it ran, row): the rows in forward order
     shown: set[str] = set()
     calls: dict[str, int] = {}
     for node in trace.nodes:
         if node.module is None:
-            if node.in_shape is not None and node.in_shape != node.out_shape:
+            layer_op = node.kind.value in FUNCTIONAL_ROWS
+            if (node.in_shape is not None and node.in_shape != node.out_shape) or layer_op:
                 op = f"{node.scope}.{node.func_name}()" if node.scope else f"{node.func_name}()"
                 calls[op] = calls.get(op, 0) + 1
                 label = op if calls[op] == 1 else f"{op}[{calls[op]}]"
-                rows.append(Layer(label, FUNCTION, node.func_name, "", node.out_shape, 0, 0))
+                kind = node.kind.value if node.kind.value in FUNCTIONAL_ROWS or node.kind.value in (
+                    "conv", "pool", "linear") else FUNCTION
+                placed.append((node.index, Layer(label, kind, node.func_name, "", node.out_shape, 0, 0)))
             continue
-        if node.name in shown:
+        calls[node.name] = calls.get(node.name, 0) + 1
+        if node.name in shown:  # a module run again (a shared activation, a recurrent block): a row per call
+            again = _layer(node.name, node.module, _kind(node), node.out_shape, {}, {})
+            placed.append((node.index, replace(again, name=f"{node.name}[{calls[node.name]}]")))
             continue
         shown.add(node.name)
-        rows.append(_layer(node.name, node.module, _kind(node), node.out_shape, owned, formulas))
+        placed.append((node.index, _layer(node.name, node.module, _kind(node), node.out_shape, owned, formulas)))
     raised_in = set(trace.failed.module_stack) if trace.failed is not None else set()
+    last = float(len(trace.nodes))
     for qualified, module in model.named_modules():  # parameters that no row holds yet
         if qualified in shown or not owned.get(qualified):
             continue
         inside = [n for n in trace.nodes if not qualified or n.scope == qualified or n.scope.startswith(f"{qualified}.")]
         layer = qualified in formulas or not list(module.children())
         kind = classify(module).value if layer else PARAMETERS
+        reading = [n.index for n in trace.nodes if _reads(n, owned[qualified])]
         if inside:  # it ran, as a block of ops (a norm written with F.layer_norm and a cast, say)
-            status, shape = None, inside[-1].out_shape
-        elif _parameters_read(trace, owned[qualified]):  # F.linear(x, self.qkv.weight): used, never called
-            status, shape = USED, None
+            first = reading[0] if reading and not layer else inside[0].index  # a holder: where its parameter is used
+            status, shape, at = None, inside[-1].out_shape, first - 0.5
+        elif reading:  # F.linear(x, self.qkv.weight): used, never called
+            status, shape, at = USED, None, reading[0] - 0.5
         else:
-            status, shape = (RAISED if qualified in raised_in else NOT_RUN), None
-        rows.append(replace(_layer(qualified, module, kind, shape if layer else None, owned, formulas), status=status))
+            status, shape, at = (RAISED if qualified in raised_in else NOT_RUN), None, last
+        placed.append((at, replace(_layer(qualified, module, kind, shape if layer else None, owned, formulas),
+                                   status=status)))
+    rows = [row for _, row in sorted(placed, key=lambda pair: pair[0])]  # sorted() is stable: ties keep their order
     unique = {id(p): p for p in model.parameters()}
     return Architecture(
         model=name,
@@ -338,9 +375,19 @@ def _table(model: nn.Module, name: str, args: tuple[Any, ...], kwargs: dict[str,
     )
 
 
-def _parameters_read(trace: Any, parameters: list[nn.Parameter]) -> bool:
+def _reads(node: Any, parameters: list[nn.Parameter]) -> bool:
     wanted = {id(p) for p in parameters}
-    return any(id(value) in wanted for node in trace.nodes for value in (*node.args, *node.kwargs.values()))
+    return any(id(value) in wanted for value in (*node.args, *node.kwargs.values()))
+
+
+_ADDRESS = re.compile(r"\s*at 0x[0-9a-fA-F]+|0x[0-9a-fA-F]{6,}")
+_PATH = re.compile(r"(?:[A-Za-z]:)?[\\/](?:[^\s,()'\"<>]+[\\/])+([^\s,()'\"<>/\\]+)")
+
+
+def stable_text(text: str) -> str:
+    """A module's repr as the table shows it: no memory address, no folder of a file path (a custom
+    ``extra_repr`` may print a function or a path), so that the text is the same in every run."""
+    return _PATH.sub(r"\1", _ADDRESS.sub("", text))
 
 
 def _stopped(trace: Any) -> str | None:
@@ -375,7 +422,7 @@ def _layer(qualified: str, module: nn.Module, kind: str, shape: tuple[int, ...] 
     if count:  # with parameters beyond the layer's formula, counted as they are (a reparametrising gain)
         formula = count.formula + "".join(f" + {c.count} ({c.name.rsplit('.', 1)[-1]})" for c in loose)
         formula_count = count.count + sum(c.count for c in loose)
-    config = short_repr(module)[len(type(module).__name__) + 1:-1]
+    config = stable_text(short_repr(module)[len(type(module).__name__) + 1:-1])
     return Layer(qualified, kind, type(module).__name__, config, shape, sum(p.numel() for p in params),
                  sum(p.numel() for p in params if p.requires_grad), formula, formula_count)
 
@@ -394,7 +441,8 @@ def _kind(node: Any) -> str:
 
 def _downsampling(args: tuple[Any, ...], trace: Any) -> int | float | tuple[int | float, ...] | None:
     """The input's spatial size over that of the last convolution's or pooling's output (224 -> 7: 32).
-    A global pool's 1x1 output is not a feature map, and neither is a transformer's attention map."""
+    A global pool's 1x1 output is not a feature map (a strided conv's is), and neither is a
+    transformer's attention map."""
     import torch
 
     from cnncheck.layers import LayerKind
@@ -407,7 +455,9 @@ def _downsampling(args: tuple[Any, ...], trace: Any) -> int | float | tuple[int 
         if node.kind not in (LayerKind.CONV, LayerKind.POOL):
             continue
         out = node.outputs[0] if node.outputs else None
-        if isinstance(out, torch.Tensor) and out.dim() == args[0].dim() and any(s > 1 for s in out.shape[2:]):
+        if not isinstance(out, torch.Tensor) or out.dim() != args[0].dim():
+            continue
+        if node.kind is LayerKind.CONV or any(s > 1 for s in out.shape[2:]):  # a global pool's 1x1 is no map
             last = tuple(out.shape[2:])
     if last is None:
         return None

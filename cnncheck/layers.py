@@ -214,11 +214,11 @@ def as_tuple(value: Any, rank: int) -> tuple[int, ...]:
 
 
 _DEFAULTS = re.compile(
-    r",?\s*\b(padding=0|padding=\(0(, 0)*\)|dilation=1|dilation=\(1(, 1)*\)|ceil_mode=False|bias=True|"
-    r"inplace=False|stride=\(1(, 1)*\)|return_indices=False|count_include_pad=True|affine=True|"
+    r",?\s*\b(padding=0|padding=\(0(, 0)*,?\)|dilation=1|dilation=\(1(, 1)*,?\)|ceil_mode=False|bias=True|"
+    r"inplace=False|stride=\(1(, 1)*,?\)|return_indices=False|count_include_pad=True|affine=True|"
     r"track_running_stats=True|eps=1e-05|momentum=0.1)(?=,|$)"
 )
-_SQUARE = re.compile(r"\((\d+)(?:, \1)+\)")
+_SQUARE = re.compile(r"\((\d+)(?:(?:, \1)+|,)\)")
 
 
 def short_repr(module: nn.Module) -> str:

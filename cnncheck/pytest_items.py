@@ -384,7 +384,10 @@ class InvariantsItem(pytest.Item):
         collector: ModelCollector = self.parent  # type: ignore[assignment]
         candidate = collector.variants[self.variant]
         shape = collector.shape or candidate.spec.input_shape
-        if shape is None:
+        counts_only = set(collector.invariants) <= {"params", "max_params", "min_params", "trainable_params"}
+        if shape is None and not counts_only:  # the shape the rule items inferred from the first conv
+            shape = collector.result(self.variant, self.device).input_shape
+        if shape is None and not counts_only:
             raise ModelUnusable(f"{collector.name}: its invariants need an input shape: declare "
                                 f"@cnncheck.model(input_shape=...) or set cnncheck_input_shape")
         try:
@@ -393,7 +396,14 @@ class InvariantsItem(pytest.Item):
             raise ModelUnusable(f"{collector.name} could not be built: {type(exc).__name__}: {exc}") from None
         try:
             with _cores_shared_among_xdist_workers():
-                assert_architecture(model, shape, device=self.device, **collector.invariants)
+                if shape is None:  # parameter counts need no input
+                    from cnncheck.invariants import assert_param_count
+
+                    counts = collector.invariants
+                    assert_param_count(model, counts.get("params"), max=counts.get("max_params"),
+                                       min=counts.get("min_params"), trainable=counts.get("trainable_params"))
+                else:
+                    assert_architecture(model, shape, device=self.device, **collector.invariants)
         except CheckFailed as exc:
             raise InvariantsFailed(str(exc)) from None
         except (CheckError, TypeError, ValueError) as exc:

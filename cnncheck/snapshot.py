@@ -4,7 +4,7 @@
 ``.txt`` file of its own under ``__snapshots__``; when the architecture changes, the failure names the
 changed layers (``conv1: kernel_size 3 -> 5, params 72 -> 200``) before the line diff. Update a
 snapshot after a reviewed change with ``pytest --snapshot-update``. A plain ``snapshot`` fixture works
-too: it stores the same table inside syrupy's ``.ambr`` file, with syrupy's own line diff.
+too: syrupy's ``.ambr`` file then holds every field of the architecture, with syrupy's own diff.
 """
 
 from __future__ import annotations

@@ -961,9 +961,11 @@ class FuncNet(nn.Module):
         self.bns: list[nn.Module] = []
         self.count = 0
         self.program = [self.compile(step) for step in steps]
-        if len(steps) == 1 and steps[0].kind == "norm" and self.program[0].get("forced") and not _has_children(self):
-            # nothing but F.batch_norm(training=True) on its input, with gamma, beta and running
-            # statistics of its own: this block is a BatchNorm layer that ignores self.training
+        if (steps and steps[0].kind == "norm" and self.program[0].get("forced") and not _has_children(self)
+                and all(step.kind == "act" for step in steps[1:])):
+            # F.batch_norm(training=True) on its input, with gamma, beta and running statistics of its
+            # own, then at most activations (timm's BatchNormAct2d): this block is a BatchNorm layer
+            # that ignores self.training (cnncheck.recognize keeps such a block one layer)
             steps[0].expect = {BN_EVAL}
 
     def extra_repr(self) -> str:

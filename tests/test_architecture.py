@@ -180,13 +180,13 @@ def test_assert_output_shape_with_free_dimensions_and_several_outputs() -> None:
     assert cnncheck.assert_output_shape(_fixed(), SHAPE, (None, 10)).output_shape == (4, 10)
     with pytest.raises(CheckFailed) as failed:
         cnncheck.assert_output_shape(_fixed(), SHAPE, (None, 1000))
-    assert str(failed.value) == ("ConvNet's output has shape 4x10, expected *x1000: dimension 1 is 10, not 1000 "
-                                 "on input 4x1x28x28; the last layer is fc2 Linear(in_features=1000, out_features=10)")
+    assert str(failed.value) == ("ConvNet's output on input 4x1x28x28 has shape 4x10, expected *x1000: dimension 1 "
+                                 "is 10, not 1000; the last layer is fc2 Linear(in_features=1000, out_features=10)")
     with pytest.raises(CheckFailed, match=r"expected 4x10x1 \(2 dimensions, not 3\)"):
         cnncheck.assert_output_shape(_fixed(), SHAPE, (4, 10, 1))
     heads = TwoHeads()
     cnncheck.assert_output_shape(heads, (2, 3, 16, 16), {"logits": (None, 5), "boxes": ((None, 4), (None, 8))})
-    with pytest.raises(CheckFailed, match=r"output\['boxes'\]\[0\] has shape 2x4, expected \*x5"):
+    with pytest.raises(CheckFailed, match=r"output on input 2x3x16x16\['boxes'\]\[0\] has shape 2x4, expected \*x5"):
         cnncheck.assert_output_shape(heads, (2, 3, 16, 16), {"logits": (None, 5), "boxes": ((None, 5), (None, 8))})
 
 
@@ -204,6 +204,77 @@ def test_assert_architecture_reports_every_broken_invariant() -> None:
     assert lines[2] == "  - downsampling: 4, expected 2 (input 4x1x28x28, the last conv or pool gives 4x64x7x7 after layer2.2)"
     assert lines[3] == "  - no_kinds: forward runs 1 dropout layer(s): dropout Dropout(p=0.5)"
     assert len(lines) == 4  # the output shape and the clean rule hold
+
+
+class Strided(nn.Module):
+    """Two stride-2 convs on a 28x56 input: 7x14 after the second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, stride=2, padding=1)
+        self.body = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return nn.functional.dropout(self.body(self.stem(x)), 0.5).mean(dim=(2, 3))  # F.dropout: on in eval too
+
+
+def test_what_a_reviewer_found_one_number_is_every_axis_and_kinds_are_checked() -> None:
+    arch = cnncheck.assert_architecture(Strided(), (2, 1, 28, 56), downsampling=(4, 4))
+    assert arch.downsampling == 4
+    cnncheck.assert_architecture(Strided(), (2, 1, 28, 56), downsampling=4)
+    with pytest.raises(CheckFailed, match=r"no_kinds: forward runs 1 dropout layer"):  # the functional one too
+        cnncheck.assert_architecture(Strided(), (2, 1, 28, 56), no_kinds="dropout")  # one string: one kind
+    with pytest.raises(ValueError, match="unknown layer kind.s. 'batchnorm'; the kinds are conv, pool, batch_norm"):
+        cnncheck.assert_architecture(Strided(), (2, 1, 28, 56), no_kinds=("batchnorm",))
+    with pytest.raises(ValueError, match="unknown layer kind"):
+        arch.where(kind="Dropout")
+    with pytest.raises(ValueError, match="min=10 is more than max=5"):
+        cnncheck.assert_param_count(Strided(), min=10, max=5)
+    with pytest.raises(TypeError, match="expected must be a whole number of parameters, got str"):
+        cnncheck.assert_param_count(Strided(), "1450")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="give a tuple of sizes, None for any size"):
+        cnncheck.assert_output_shape(Strided(), (2, 1, 28, 56), None)
+    with pytest.raises(CheckFailed, match="is one tensor of shape 2x16, expected 2 outputs"):
+        cnncheck.assert_output_shape(Strided(), (2, 1, 28, 56), ((None, 16), (None, 16)))
+
+
+def test_a_strided_conv_s_1x1_map_counts_and_a_global_pool_s_does_not() -> None:
+    tvm = pytest.importorskip("torchvision.models")
+    assert cnncheck.architecture(tvm.resnet18(num_classes=10), (2, 3, 32, 32)).downsampling == 32  # layer4: 1x1
+    assert cnncheck.architecture(tvm.resnet18(), (1, 3, 224, 224)).downsampling == 32  # avgpool's 1x1 is not
+
+
+def test_rows_follow_forward_and_a_module_run_twice_has_a_row_per_call() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv2d(3, 3, 3, stride=2, padding=1)
+            self.pool = nn.MaxPool2d(2)
+            self.scale = nn.Parameter(torch.ones(3, 1, 1))  # a loose parameter, used after the second pool
+
+        def forward(self, x):
+            return self.pool(self.c(self.pool(self.c(x)))) * self.scale
+
+    arch = cnncheck.architecture(Twice(), (1, 3, 64, 64))
+    assert [layer.name for layer in arch] == ["c", "pool", "c[2]", "pool[2]", ""]
+    assert arch["c[2]"].output_shape == (1, 3, 8, 8) and arch["c[2]"].params == 0
+    assert arch.total_params == sum(layer.params for layer in arch) == 84 + 3
+
+
+def test_the_text_has_no_address_and_no_folder_even_when_a_repr_prints_them() -> None:
+    class MyConv(nn.Conv2d):
+        def extra_repr(self) -> str:
+            return super().extra_repr() + f", init={nn.init.kaiming_normal_}, source={__file__}"
+
+    text = str(cnncheck.architecture(nn.Sequential(MyConv(3, 4, 3)), (1, 3, 8, 8)))
+    assert "0x" not in text and "/" not in text
+    assert "init=<function kaiming_normal_>, source=test_architecture.py" in text
+
+
+def test_compiled_models_are_counted_as_their_module() -> None:
+    compiled = torch.compile(_fixed())
+    with pytest.raises(CheckFailed, match=r"^ConvNet has 3199106 parameters.*the largest layers: fc1 Linear"):
+        cnncheck.assert_param_count(compiled, max=10)
 
 
 def test_assert_architecture_requires_clean_rules_to_have_checked() -> None:
@@ -311,11 +382,20 @@ def test_declared_invariants_become_one_item_per_model_and_device(pytester: pyte
                                  "*models.py::Dropped::invariants[[]cpu[]] FAILED*",
                                  "*models.py::Plain::invariants[[]cpu[]] FAILED*"])
     out = result.stdout.str()
-    assert "output_shape: its output has shape 2x10, expected *x12: dimension 1 is 10, not 12" in out
+    assert "output_shape: its output on input 2x1x28x28 has shape 2x10, expected *x12: dimension 1 is 10, not 12" in out
     assert "no_kinds: forward runs 1 dropout layer(s): drop Dropout(p=0.5)" in out
     assert "Plain does not hold its architecture invariants:\n  - has 94 parameters, expected at most 10" in out
     result.stdout.fnmatch_lines(["cnncheck: architecture invariants: 2 broken, 1 held"])
     assert "Traceback" not in out
+
+
+def test_a_parameter_count_invariant_needs_no_input_shape(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(models=DECLARED.replace("@cnncheck.model(input_shape=(2, 1, 28, 28), max_params=1000,"
+                                                " output_shape=(None, 10), no_kinds=(\"dropout\",))",
+                                                "@cnncheck.model(max_params=50)"))
+    result = pytester.runpytest("--cnncheck", "-p", "no:randomly", "-v", "models.py")
+    result.stdout.fnmatch_lines(["*models.py::Small::invariants[[]cpu[]] FAILED*"])
+    assert "Small has 94 parameters, expected at most 50 (44 too many)" in result.stdout.str()
 
 
 def test_an_invariant_the_ini_key_does_not_know_is_a_usage_error(pytester: pytest.Pytester) -> None:

@@ -149,3 +149,20 @@ def test_the_architecture_guide_runs_as_written(capsys: pytest.CaptureFixture[st
     assert "65978 too many" in printed
     assert "downsampling: 4, expected 2 (input 4x1x28x28, the last conv or pool gives 4x128x7x7 after body)" in printed
     assert "test_the_architecture_we_reviewed" in namespace  # the snapshot test is defined, run by pytest itself
+    from torch import nn
+
+    import cnncheck
+    from cnncheck.layer_table import describe_changes
+
+    wider = namespace["ConvNet"]()
+    wider.stem = nn.Conv2d(1, 8, 5, stride=2, padding=2, bias=False)  # the change the guide's diff shows
+    before = cnncheck.architecture(namespace["ConvNet"](), (4, 1, 28, 28))
+    for line in describe_changes(str(before), str(cnncheck.architecture(wider, (4, 1, 28, 28)))):
+        assert f"  {line}\n" in guide, line
+
+
+def test_the_docs_site_lists_every_page_and_every_rule() -> None:
+    config = (ROOT / "mkdocs.yml").read_text()
+    pages = sorted(str(p.relative_to(ROOT / "docs")) for p in (ROOT / "docs").rglob("*.md"))
+    assert [page for page in pages if page not in config] == []
+    assert all(f"rules/{rule.id}.md" in config for rule in all_rules())

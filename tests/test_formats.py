@@ -302,7 +302,7 @@ def test_split_location(location, parts) -> None:
 
 
 def test_every_format_has_the_common_signature(results, rules) -> None:
-    assert set(formats.FORMATS) == {"text", "json", "markdown", "junit", "sarif"}
+    assert set(formats.FORMATS) == {"text", "json", "markdown", "junit", "sarif", "html"}
     for name, render in formats.FORMATS.items():
         text = render(results, rules=rules, root=HERE)
         assert isinstance(text, str) and text.endswith("\n"), name
