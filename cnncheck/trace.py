@@ -61,6 +61,7 @@ class Node:
     location: str | None = None
     saved_input: torch.Tensor | None = None
     unregistered: nn.Module | None = None  # the torch layer built in forward that made this call
+    call_site: str | None = None  # a module node's: the student's line that called it (norms only)
     inner: list[Node] = field(default_factory=list)  # the ops a layer that is not torch's own ran inside
 
     @property
@@ -115,6 +116,7 @@ class Trace:
     error: BaseException | None = None
     failed: FailedCall | None = None
     truncated: bool = False  # stopped recording at MAX_NODES ops or MAX_KEPT_BYTES of their outputs
+    called: set[int] = field(default_factory=set)  # id() of every module whose forward ran, light pass or not
     _consumers: dict[int, list[Node]] | None = None
 
     def consumers(self, node: Node) -> list[Node]:
@@ -261,6 +263,7 @@ class _Frame:
     # a layer that is not torch's own is traced inside from here until it returns (cnncheck.recognize)
     first_inner: int | None = None
     batch_norm: Node | None = None  # its call of torch's batch_norm with its own running statistics
+    call_site: str | None = None  # the student's line that called it (kept for norms: bn-reused reads it)
 
 
 class _Tracer(TorchFunctionMode):
@@ -386,6 +389,8 @@ class _Tracer(TorchFunctionMode):
             inputs = _tensors((args, kwargs)) if recording else []
             sources = [self.source_of(t) for t in inputs]
             frame = _Frame(module, info, recording, inputs, sources, module.training)
+            if recording and info is not None and info.kind is LayerKind.BATCH_NORM:
+                frame.call_site = user_location()
             if recording and info is not None:
                 if own_code and inputs:
                     frame.input_version = _version(inputs[0])
@@ -435,6 +440,7 @@ class _Tracer(TorchFunctionMode):
                 outputs=outputs if self.only is None or not from_torch(module) else _shapes_only(outputs),
                 training=frame.training,
                 inner=inner,
+                call_site=frame.call_site,
             )
             node.saved_input = frame.saved_input
             if (node.saved_input is None and frame.first_inner is not None and info.kind in self.save_inputs
@@ -520,6 +526,8 @@ def run_trace(
         handles.append(module.register_forward_pre_hook(tracer.pre_hook, with_kwargs=True))
         handles.append(module.register_forward_hook(tracer.post_hook, with_kwargs=True))
     trace = Trace(nodes=tracer.nodes, modules=modules)
+    handles.append(torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda module, _: trace.called.add(id(module))))  # one global hook: cheap, and sees every module
     try:
         if before is not None:
             before()

@@ -1,0 +1,324 @@
+"""The structural rules: ``layer-not-used``, ``bn-reused`` and ``parameter-without-gradient``.
+
+Not yet among the built-in rules: this module is a plugin of its own until the reports, the examples
+and the generator know them (``cnncheck check --plugin cnncheck.checks.structure``,
+``check_model(..., plugins=[cnncheck.checks.structure])``).
+
+Each reads the dataflow of the traced forwards (which layers ran, which tensors each op received), not
+the order of an ``nn.Sequential`` or a count of hook calls: a layer called through a custom forward, a
+weight read with ``F.linear(x, self.fc.weight)`` and a BatchNorm called in a loop are all seen.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnncheck.context import CheckContext
+from cnncheck.findings import Finding, Severity
+from cnncheck.hookspecs import hookimpl
+from cnncheck.layers import LayerKind, layer_label, running_buffers, short_repr
+from cnncheck.rules import Pass, Rule
+from cnncheck.trace import Node, Trace
+
+
+def _tensors(node: Node) -> Iterator[torch.Tensor]:
+    for value in (*node.inputs, *node.args, *node.kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            yield from (v for v in value if isinstance(v, torch.Tensor))
+
+
+def _ran(traces: Iterable[Trace]) -> tuple[set[str], set[int]]:
+    """The names of the modules that ran (called, or ops of theirs recorded inside them), and the ids
+    of the tensors that any op received."""
+    names: set[str] = set()
+    read: set[int] = set()
+    for trace in traces:
+        for node in trace.nodes:
+            names.add(node.name if node.module is not None else node.scope)
+            read.update(id(t) for t in _tensors(node))
+    return names, read
+
+
+def _inside(name: str, names: set[str]) -> bool:
+    if not name:
+        return bool(names)
+    return any(n == name or n.startswith(f"{name}.") for n in names)
+
+
+# -- layer-not-used -----------------------------------------------------------------------------------------
+def check_not_used(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
+    traces = [ctx.train_trace, ctx.eval_trace]
+    names, read = _ran(traces)
+    shared = _shared_parameters(ctx.model)
+    for module, info in ctx.modules.items():
+        if info.hidden:  # kept in a plain list: mode-not-propagated's case, and not in model.parameters()
+            continue
+        own = [p for p in module._parameters.values() if p is not None]
+        stateful = info.kind in (LayerKind.DROPOUT, LayerKind.BATCH_NORM) and not list(module.children())
+        if not own and not stateful:
+            continue
+        if _inside(info.name, names) or any(id(module) in trace.called for trace in traces):
+            continue  # it ran (a container ran when one of its children did)
+        if any(id(p) in read for p in own) or any(id(q) in read for p in own for q in shared.get(id(p), ())):
+            continue  # its parameters are used without calling it: F.linear(x, self.fc.weight), tied weights
+        if info.kind is LayerKind.DROPOUT and _rate_handed_to_an_op(ctx.train_trace, info.name, module):
+            continue  # F.scaled_dot_product_attention(..., dropout_p=self.attn_drop.p): its rate is used
+        count = sum(p.numel() for p in own)
+        what = f"{count} parameter(s) that never train" if count else "it does nothing"
+        yield rule.finding(
+            info.name,
+            f"{layer_label(info.name, module)} is never used: forward does not run it in train or eval mode",
+            expected="every layer built in __init__ is run by forward (or its parameters read)",
+            found=f"{short_repr(module)}: not called in a train or an eval forward, and no op reads its "
+            f"parameters; {what}" + (", and they inflate the model's parameter count" if count else ""),
+            location=ctx.location_of(module),
+        )
+
+
+def _rate_handed_to_an_op(trace: Trace, name: str, module: nn.Module) -> bool:
+    """Whether an op in the dropout's parent passed its rate as ``dropout_p`` (fused attention)."""
+    parent = name.rpartition(".")[0]
+    rate = getattr(module, "p", None)
+    for node in trace.nodes:
+        if node.module is None and (node.scope == parent or node.scope.startswith(f"{parent}.") or not parent):
+            given = node.kwargs.get("dropout_p", node.args[4] if node.func_name == "scaled_dot_product_attention"
+                                    and len(node.args) > 4 else None)
+            if given is not None and given == rate:
+                return True
+    return False
+
+
+def _shared_parameters(model: nn.Module) -> dict[int, list[nn.Parameter]]:
+    """Parameters that are one tensor under two names, or views of one storage: tied weights."""
+    by_storage: dict[int, list[nn.Parameter]] = defaultdict(list)
+    for p in model.parameters(recurse=True):
+        by_storage[p.untyped_storage().data_ptr()].append(p)
+    return {id(p): group for group in by_storage.values() for p in group if len(group) > 1}
+
+
+NOT_USED = Rule(
+    id="layer-not-used",
+    summary="A layer with parameters (or a dropout or BatchNorm) that no pass of forward runs, in train "
+    "or eval mode, and whose parameters no op reads.",
+    why=(
+        "A layer built in `__init__` and never called still counts in `sum(p.numel())`, still goes to the "
+        "optimizer and still fills the checkpoint, but it never changes the output and never trains. "
+        "Almost always a call was forgotten (`x = self.bn2(x)` left out of forward), so the model trained "
+        "is not the model designed."
+    ),
+    fix="Call the layer where forward should use it, or delete it from `__init__`.",
+    severity=Severity.WARNING,
+    check=check_not_used,
+    needs=frozenset({Pass.TRAIN, Pass.EVAL}),
+    compares_values=False,
+    flagged_example="""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3)
+        self.bn = nn.BatchNorm2d(8)       # built ...
+        self.fc = nn.Linear(8, 10)
+    def forward(self, x):
+        x = F.relu(self.conv(x))         # ... but never called
+        return self.fc(x.mean(dim=(2, 3)))
+""",
+    clean_example="x = F.relu(self.bn(self.conv(x)))",
+    limits="Used means: called in the traced train or eval forward (a layer run only in train mode, like "
+    "inception's aux head, is used), a child of it ran, or an op read one of its parameters (a weight "
+    "passed to `F.linear`, a table indexed by a method, a tied weight); a dropout whose rate an op of its "
+    "parent receives (`F.scaled_dot_product_attention(..., dropout_p=self.attn_drop.p)`, as timm's "
+    "attention does) is used too. A layer that only a branch the "
+    "example input does not reach would run looks unused: give an input that takes that branch, or "
+    "ignore the rule for that layer.",
+)
+
+
+# -- bn-reused ------------------------------------------------------------------------------------------------
+def check_reused(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
+    calls: dict[int, list[Node]] = defaultdict(list)
+    for node in ctx.train_trace.nodes:
+        if node.module is not None and node.kind is LayerKind.BATCH_NORM and running_buffers(node.module) \
+                and _tracks(node.module):
+            calls[id(node.module)].append(node)
+    for nodes in calls.values():
+        if len(nodes) < 2:
+            continue
+        module = nodes[0].module
+        assert module is not None
+        name = nodes[0].name
+        places = list(dict.fromkeys(n.call_site or "?" for n in nodes))
+        shapes = list(dict.fromkeys(str(tuple(n.inputs[0].shape)) for n in nodes if n.inputs))
+        in_loop = len(places) == 1
+        message = (f"{layer_label(name, module)} runs {len(nodes)} times in one forward"
+                   + (", step after step at one line (a loop)" if in_loop else f", at {len(places)} places"))
+        yield rule.finding(
+            name,
+            message,
+            expected="one BatchNorm per place it normalises: its running statistics describe one layer's "
+            "activations, updated once per training step",
+            found=f"{len(nodes)} calls in one train forward (inputs {', '.join(shapes)}): its running mean and "
+            f"variance mix the distributions of {'every step of the loop' if in_loop else 'different layers'} "
+            f"and move {len(nodes)} times per step",
+            fix="Build one BatchNorm for each place (an nn.ModuleList of them for a loop, one per step) "
+            "instead of calling the same one again." if in_loop else None,
+            location=ctx.location_of(module),
+            details=[f"called at {place}" for place in places[:5]],
+        )
+
+
+def _tracks(module: nn.Module) -> bool:
+    return getattr(module, "track_running_stats", True) is not False
+
+
+REUSED = Rule(
+    id="bn-reused",
+    summary="One BatchNorm (or any norm with running statistics) runs at more than one place in one "
+    "forward, or at every step of a loop.",
+    why=(
+        "A BatchNorm's running mean and variance estimate the distribution of one layer's activations; "
+        "eval mode normalises with them. Called at two places, it averages two different distributions, "
+        "so in eval mode neither place is normalised right, and it updates its statistics twice per "
+        "training step. In a loop, each step's activations differ too, and one set of statistics serves "
+        "none of them."
+    ),
+    fix="Build one BatchNorm for each place it normalises (`self.bn1`, `self.bn2`), and keep each "
+    "call to its own.",
+    severity=Severity.WARNING,
+    check=check_reused,
+    compares_values=False,
+    flagged_example="""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+    def forward(self, x):
+        x = F.relu(self.bn(self.conv1(x)))
+        return F.relu(self.bn(self.conv2(x)))     # the same BatchNorm again
+""",
+    clean_example="self.bn1, self.bn2 = nn.BatchNorm2d(16), nn.BatchNorm2d(16)",
+    limits="Counted in the traced train forward, for modules that keep running statistics "
+    "(`track_running_stats=False` keeps none, and a LayerNorm or GroupNorm keeps none: sharing those only "
+    "shares weights). A functional `F.batch_norm` handed the same buffers twice is `bn-train-behaviour`'s case.",
+)
+
+
+# -- parameter-without-gradient -------------------------------------------------------------------------------
+def check_no_gradient(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
+    trace = ctx.train_trace
+    names, read = _ran([trace])
+    outputs = [t for t in _leaves(trace.output) if t.requires_grad and t.is_floating_point()]
+    used: list[tuple[str, nn.Module, str, nn.Parameter]] = []
+    seen: set[int] = set()
+    for module, info in ctx.modules.items():
+        for pname, p in module._parameters.items():
+            if p is None or id(p) in seen or not p.requires_grad:
+                continue
+            seen.add(id(p))
+            if not info.hidden and (_inside(info.name, names) and _called(info.name, trace) or id(p) in read):
+                used.append((info.name, module, pname, p))
+    if not used or not outputs:
+        return
+    grads = ctx.local_gradients([p for *_, p in used], outputs)
+    if ctx.backward_error is not None:
+        return
+    missing: dict[str, list[tuple[str, nn.Parameter]]] = defaultdict(list)
+    owners: dict[str, nn.Module] = {}
+    for (name, module, pname, p), grad in zip(used, grads):
+        if grad is None:
+            missing[name].append((pname, p))
+            owners[name] = module
+    for name, params in missing.items():
+        module = owners[name]
+        listing = ", ".join(f"{pname} {tuple(p.shape)}" for pname, p in params)
+        count = sum(p.numel() for _, p in params)
+        named = ", ".join(f"'{_join(name, pname)}'" for pname, _ in params)
+        subject = f"parameter {named} gets" if len(params) == 1 else f"parameters {named} get"
+        yield rule.finding(
+            name,
+            f"{layer_label(name, module)} is used by forward, but its {subject} no gradient in a train step, "
+            f"so {'it never trains' if len(params) == 1 else 'they never train'}",
+            expected="every parameter with requires_grad=True that forward uses gets a gradient from the loss",
+            found=f"no gradient reaches {listing} ({count} values): the graph from "
+            f"{'it' if len(params) == 1 else 'them'} to the output is cut ({_cut_hint(trace, name)})",
+            location=ctx.location_of(module),
+        )
+
+
+def _join(module: str, parameter: str) -> str:
+    return f"{module}.{parameter}" if module else parameter
+
+
+def _called(name: str, trace: Trace) -> bool:
+    """Whether the module, or one inside it, ran in this trace."""
+    return any(n.module is not None and (n.name == name or n.name.startswith(f"{name}.")) or
+               (n.scope == name or n.scope.startswith(f"{name}.")) for n in trace.nodes) if name else True
+
+
+def _cut_hint(trace: Trace, name: str) -> str:
+    """Where the gradient is likely cut, from the ops recorded in the layer: a detach, .data, an integer
+    cast, or none of them (then torch.no_grad() around the call)."""
+    inside = [n for n in trace.nodes if n.scope == name or n.name == name or n.scope.startswith(f"{name}.")]
+    ops = {n.func_name for n in inside}
+    if {"detach", "detach_"} & ops:
+        return "a .detach() in its forward"
+    integer = [n for n in inside for t in n.outputs if isinstance(t, torch.Tensor) and not t.is_floating_point()
+               and not t.is_complex()]
+    if integer:
+        return f"an integer cast ({integer[0].func_name}) in its forward"
+    return "its forward runs under torch.no_grad(), reads .data, or its output is detached later"
+
+
+def _leaves(obj: Any) -> list[torch.Tensor]:
+    from torch.utils._pytree import tree_flatten
+
+    leaves, _ = tree_flatten(obj)
+    return [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+
+
+NO_GRADIENT = Rule(
+    id="parameter-without-gradient",
+    summary="A parameter with `requires_grad=True` that forward uses, but that gets no gradient in a "
+    "train step, so it never trains.",
+    why=(
+        "The optimizer only moves parameters that receive a gradient. A `.detach()`, a `.data`, a "
+        "`torch.no_grad()` block inside forward or an integer cast cuts the graph between a parameter and "
+        "the loss: the parameter looks trainable (`requires_grad=True`, counted, given to the optimizer) "
+        "and silently keeps its initial value. A gradient that is zero for one batch is not this: the "
+        "parameter is still in the graph."
+    ),
+    fix="Remove the `.detach()`, `.data` or `torch.no_grad()` around the layer's computation, or, if the "
+    "parameter is meant to stay fixed, freeze it (`p.requires_grad_(False)`) or make it a buffer.",
+    severity=Severity.ERROR,
+    check=check_no_gradient,
+    needs=frozenset({Pass.TRAIN, Pass.GRADIENTS}),
+    flagged_example="""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3)
+        self.scale = nn.Parameter(torch.ones(8, 1, 1))
+        self.fc = nn.Linear(8, 10)
+    def forward(self, x):
+        x = self.conv(x) * self.scale.detach()    # scale never trains
+        return self.fc(x.mean(dim=(2, 3)))
+""",
+    clean_example="x = self.conv(x) * self.scale",
+    limits="Checked with one backward pass from the train forward's outputs to every parameter that forward "
+    "used (a layer it called, or a tensor an op read): a parameter with no gradient at all is flagged, one "
+    "whose gradient is zero is not. Frozen parameters, buffers and layers forward never uses "
+    "(`layer-not-used`) are left out.",
+)
+
+
+@hookimpl
+def cnncheck_register_rules() -> list[Rule]:
+    return [NOT_USED, REUSED, NO_GRADIENT]
