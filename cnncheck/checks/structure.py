@@ -227,13 +227,11 @@ def check_no_gradient(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
                 used.append((info.name, module, pname, p))
     if not used or not outputs:
         return
-    grads = ctx.local_gradients([p for *_, p in used], outputs)
-    if ctx.backward_error is not None:
-        return
+    reached = _reached_leaves(outputs)
     missing: dict[str, list[tuple[str, nn.Parameter]]] = defaultdict(list)
     owners: dict[str, nn.Module] = {}
-    for (name, module, pname, p), grad in zip(used, grads):
-        if grad is None:
+    for name, module, pname, p in used:
+        if id(p) not in reached:
             missing[name].append((pname, p))
             owners[name] = module
     for name, params in missing.items():
@@ -251,6 +249,25 @@ def check_no_gradient(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
             f"{'it' if len(params) == 1 else 'them'} to the output is cut ({_cut_hint(trace, name)})",
             location=ctx.location_of(module),
         )
+
+
+def _reached_leaves(outputs: list[torch.Tensor]) -> set[int]:
+    """The ids of the leaf tensors a backward from ``outputs`` would give a gradient (maybe a zero one):
+    the variables of the autograd graph's AccumulateGrad nodes, found by walking the graph, which costs
+    no backward pass."""
+    reached = {id(t) for t in outputs if t.grad_fn is None and t.requires_grad}
+    stack: list[Any] = [t.grad_fn for t in outputs if t.grad_fn is not None]
+    seen: set[int] = set()
+    while stack:
+        function = stack.pop()
+        if function is None or id(function) in seen:
+            continue
+        seen.add(id(function))
+        variable = getattr(function, "variable", None)
+        if variable is not None:
+            reached.add(id(variable))
+        stack.extend(next_function for next_function, _ in function.next_functions)
+    return reached
 
 
 def _join(module: str, parameter: str) -> str:
@@ -312,9 +329,9 @@ class Net(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 """,
     clean_example="x = self.conv(x) * self.scale",
-    limits="Checked with one backward pass from the train forward's outputs to every parameter that forward "
-    "used (a layer it called, or a tensor an op read): a parameter with no gradient at all is flagged, one "
-    "whose gradient is zero is not. Frozen parameters, buffers and layers forward never uses "
+    limits="Checked on the autograd graph of the train forward's outputs (walked, not run backward): a "
+    "parameter that forward used (a layer it called, or a tensor an op read) and that the graph does not "
+    "reach gets no gradient at all and is flagged; one whose gradient is zero is in the graph and is not. Frozen parameters, buffers and layers forward never uses "
     "(`layer-not-used`) are left out.",
 )
 
