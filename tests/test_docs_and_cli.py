@@ -36,6 +36,12 @@ def test_docs_page_is_rendered_from_the_rule(rule) -> None:
         assert heading in page.read_text(encoding="utf-8")
 
 
+@pytest.mark.parametrize("rule", __import__("cnncheck.checks.structure", fromlist=["x"]).cnncheck_register_rules(),
+                         ids=lambda r: r.id)
+def test_the_preview_rules_have_pages_rendered_from_them(rule) -> None:
+    assert (DOCS / f"{rule.id}.md").read_text(encoding="utf-8") == render_markdown(rule)
+
+
 def test_docs_index_lists_every_rule() -> None:
     assert (DOCS / "index.md").read_text(encoding="utf-8") == render_index(all_rules())
 

@@ -325,3 +325,32 @@ def test_a_missing_gradient_names_the_parameters_and_the_cut() -> None:
     stem = check(NoGradInForward(), (2, 1, 8, 8), checks=["parameter-without-gradient"], plugins=[structure])
     assert "weight (8, 1, 3, 3), bias (8,)" in stem.findings[0].found
     assert "torch.no_grad()" in stem.findings[0].found
+
+
+def test_the_command_runs_them_as_a_plugin(tmp_path) -> None:
+    import json
+    import textwrap
+
+    from cnncheck.cli import main
+
+    (tmp_path / "model.py").write_text(textwrap.dedent("""
+        import torch.nn.functional as F
+        from torch import nn
+
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(1, 8, 3)
+                self.bn = nn.BatchNorm2d(8)
+                self.fc = nn.Linear(8, 10)
+
+            def forward(self, x):
+                return self.fc(F.relu(self.conv(x)).mean(dim=(2, 3)))
+    """))
+    out = tmp_path / "report.json"
+    assert main(["check", str(tmp_path / "model.py"), "--plugin", "cnncheck.checks.structure", "--input-shape",
+                 "2,1,8,8", "--format", "json", "-o", str(out)]) == 1
+    model = json.loads(out.read_text())["models"][0]
+    assert [(f["rule"], f["module"]) for f in model["findings"]] == [("layer-not-used", "bn")]
+    assert {"layer-not-used", "bn-reused", "parameter-without-gradient"} <= set(model["rules_run"])

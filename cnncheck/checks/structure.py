@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnncheck.context import CheckContext
+from cnncheck.context import CheckContext, _leaves
 from cnncheck.findings import Finding, Severity
 from cnncheck.hookspecs import hookimpl
 from cnncheck.layers import LayerKind, layer_label, running_buffers, short_repr
@@ -292,13 +292,6 @@ def _cut_hint(trace: Trace, name: str) -> str:
     if integer:
         return f"an integer cast ({integer[0].func_name}) in its forward"
     return "its forward runs under torch.no_grad(), reads .data, or its output is detached later"
-
-
-def _leaves(obj: Any) -> list[torch.Tensor]:
-    from torch.utils._pytree import tree_flatten
-
-    leaves, _ = tree_flatten(obj)
-    return [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
 
 
 NO_GRADIENT = Rule(
