@@ -39,12 +39,11 @@ def check_candidate(candidate: Any, *, shape: tuple[int, ...] | None, device: st
 def _draw_into(result: ModelResult, model: Any, shape: tuple[int, ...], device: str | None) -> None:
     """The table and flow of one eval forward; a model that cannot be drawn simply has no picture."""
     from cnncheck.flow import flow_of
-    from cnncheck.layer_table import _output_structure, _table, traced
+    from cnncheck.layer_table import table_of, traced
 
-    try:
+    try:  # its own eval forward: the check's train trace ran with repairs (fc1 fed as if it fitted)
         run = traced(model, shape, device=device)
-        output = _output_structure(run.trace.output) if run.trace.error is None else None
-        result.architecture = _table(run.model, run.name, run.args, run.kwargs, run.trace, output).to_dict()
+        result.architecture = table_of(run).to_dict()
         result.flow = flow_of(run).to_dict()
     except Exception as exc:  # a picture is an extra: its absence is noted, the verdict stands
         result.notes.append(f"no picture: {type(exc).__name__}: {exc}")

@@ -56,6 +56,7 @@ def _size(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from cnncheck import __version__
+    from cnncheck.sandbox import MODES as sandbox_modes
 
     parser = argparse.ArgumentParser(prog="cnncheck", description="Check PyTorch CNNs for correctness.")
     parser.add_argument("--version", action="version", version=f"cnncheck {__version__}")
@@ -86,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--timeout", type=_positive_seconds, default=60.0, help="seconds per model (default 60)")
     check.add_argument("--max-memory", type=_size, default=None, metavar="SIZE",
                        help="memory limit per worker, e.g. 4G (default: none)")
-    check.add_argument("--sandbox", choices=["auto", "bwrap", "none"], default="auto",
+    check.add_argument("--sandbox", choices=sandbox_modes, default="auto",
                        help="confine each submission with bubblewrap: the system read-only, only its own "
                        "folder, a private /tmp, no network (auto: when bwrap works here; default auto)")
     explain = sub.add_parser("explain", parents=[common],
@@ -227,16 +228,12 @@ def _drawn(fmt: str, results: list[ModelResult]) -> str:
 
     result = results[0]
     if result.flow is None:
+        from xml.sax.saxutils import escape
+
         reason = result.error or "; ".join(result.notes) or "forward did not run"
         return (f'<svg xmlns="http://www.w3.org/2000/svg" width="600" height="40"><text x="8" y="24">'
-                f"no picture of {_xml_text(result.id)}: {_xml_text(reason)}</text></svg>")
+                f"no picture of {escape(result.id)}: {escape(reason)}</text></svg>")
     return render_svg(Flow.from_dict(result.flow), finding_marks(result.findings))
-
-
-def _xml_text(text: str) -> str:
-    from xml.sax.saxutils import escape
-
-    return escape(text)
 
 
 def _write_docs(directory: str) -> int:

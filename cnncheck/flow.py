@@ -85,8 +85,8 @@ def _list(value: Any) -> list[Any] | tuple[Any, ...]:
 
 def flow_of(run: Any) -> Flow:
     """The flow of one traced forward (:func:`cnncheck.layer_table.traced`)."""
-    from cnncheck.layer_table import _owned_parameters, stable_text
-    from cnncheck.layers import short_repr
+    from cnncheck.layer_table import _kind, _owned_parameters, changes_shape, module_config, op_label
+    from cnncheck.layers import classify
 
     trace = run.trace
     owned = _owned_parameters(run.model)
@@ -131,16 +131,12 @@ def flow_of(run: Any) -> Flow:
             first = node.name not in seen_modules
             seen_modules.add(node.name)
             params = sum(p.numel() for p in owned.get(node.name, [])) if first else 0
-            config = stable_text(short_repr(node.module)[len(type(node.module).__name__) + 1:-1])
-            by_trace[id(node)] = (place(node.name, node.kind.value, type(node.module).__name__, config,
-                                        node.out_shape, params, sources),)
+            by_trace[id(node)] = (place(node.name, _kind(node), type(node.module).__name__,
+                                        module_config(node.module), node.out_shape, params, sources),)
             continue
-        name = node.func_name
-        if len(sources) >= 2 and name in MERGE_OPS:
-            by_trace[id(node)] = (place(f"{node.scope}.{name}()" if node.scope else f"{name}()", MERGE, name, "",
-                                        node.out_shape, 0, sources),)
-        elif node.in_shape is not None and node.in_shape != node.out_shape and sources:
-            by_trace[id(node)] = (place(f"{node.scope}.{name}()" if node.scope else f"{name}()", "function", name, "",
+        merges = len(sources) >= 2 and node.func_name in MERGE_OPS
+        if merges or (changes_shape(node) and sources):
+            by_trace[id(node)] = (place(op_label(node), MERGE if merges else "function", node.func_name, "",
                                         node.out_shape, 0, sources),)
         else:  # an op the picture does not draw (relu, a view that keeps the shape): it passes its sources on
             by_trace[id(node)] = sources
@@ -149,22 +145,15 @@ def flow_of(run: Any) -> Flow:
         sources = tuple(dict.fromkeys(s for src in failed.sources for s in resolve(src)))
         if failed.module is not None:
             name = failed.module_stack[-1] if failed.module_stack else ""
-            config = stable_text(short_repr(failed.module)[len(type(failed.module).__name__) + 1:-1])
             params = sum(p.numel() for p in owned.get(name, [])) if name not in seen_modules else 0
-            place(name, failed.module and _kind_of(failed.module), type(failed.module).__name__, config, None, params,
-                  sources, "forward raised here")
+            place(name, classify(failed.module).value, type(failed.module).__name__, module_config(failed.module),
+                  None, params, sources, "forward raised here")
         else:
             from cnncheck.frames import function_name
 
             op = function_name(failed.func) if failed.func is not None else "forward"
             place(f"{op}()", "function", op, "", None, 0, sources, "forward raised here")
     return Flow(run.name, tuple(nodes), cut)
-
-
-def _kind_of(module: Any) -> str:
-    from cnncheck.layers import classify
-
-    return str(classify(module).value)
 
 
 def _input_shape(run: Any, source: str) -> tuple[int, ...] | None:

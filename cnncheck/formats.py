@@ -371,15 +371,23 @@ def render_markdown(result: ModelResult) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _summary_cell(result: ModelResult, rule_id: str) -> str:
+def rule_cell(result: ModelResult, rule_id: str) -> tuple[str, str]:
+    """One rule's state on one model, as a summary cell shows it: ``(state, text)``, the state one of
+    ``passed``, ``findings``, ``not-checked``, ``crashed``, ``error`` (the model could not be checked)
+    or ``not-run`` (not selected)."""
     if result.error is not None:
-        return "error"
+        return "error", "error"
     n = sum(f.rule == rule_id for f in result.findings)
     if n:
-        return f"✗ {n}"
+        return "findings", f"✗ {n}"
     if rule_id not in result.rules_run:
-        return "–"
-    return {RuleStatus.NOT_CHECKED: "not checked", RuleStatus.CRASHED: "crashed"}.get(result.state(rule_id).status, "✓")
+        return "not-run", "–"
+    status = result.state(rule_id).status
+    if status is RuleStatus.NOT_CHECKED:
+        return "not-checked", "not checked"
+    if status is RuleStatus.CRASHED:
+        return "crashed", "crashed"
+    return "passed", "✓"
 
 
 def render_markdown_summary(results: Sequence[ModelResult], *, rules: Sequence[Rule] | None = None,
@@ -393,7 +401,7 @@ def render_markdown_summary(results: Sequence[ModelResult], *, rules: Sequence[R
     lines += ["| submission | " + " | ".join(_code(i) for i in ids) + " |", "|---|" + "---|" * len(ids)]
     for r in results:
         lines.append(f"| {_code(r.id).replace('|', '&#124;')} | "
-                     + " | ".join(_summary_cell(r, i) for i in ids) + " |")
+                     + " | ".join(rule_cell(r, i)[1] for i in ids) + " |")
     lines += ["", f"**Totals:** {_totals_sentence(results)}."]
     inferred = sum(1 for r in results if r.shape_note)
     if inferred:

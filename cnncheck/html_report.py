@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from cnncheck.findings import Finding, RuleStatus, docs_url
-from cnncheck.formats import _rule_ids, _totals_sentence, _unfinished, _unfinished_reason
+from cnncheck.findings import Finding, docs_url
+from cnncheck.formats import _rule_ids, _totals_sentence, _unfinished, _unfinished_reason, rule_cell
 from cnncheck.results import ModelResult
 
 if TYPE_CHECKING:
@@ -69,23 +69,6 @@ def _anchor(index: int) -> str:
     return f"model-{index}"
 
 
-def _cell(result: ModelResult, rule_id: str) -> tuple[str, str]:
-    """(state, text) of one overview cell."""
-    if result.error is not None:
-        return "error", "error"
-    found = sum(f.rule == rule_id for f in result.findings)
-    if found:
-        return "findings", f"✗ {found}"
-    if rule_id not in result.rules_run:
-        return "not-run", "–"
-    status = result.state(rule_id).status
-    if status is RuleStatus.NOT_CHECKED:
-        return "not-checked", "not checked"
-    if status is RuleStatus.CRASHED:
-        return "crashed", "crashed"
-    return "passed", "✓"
-
-
 def _verdict_text(result: ModelResult) -> str:
     if result.error is not None:
         return f"could not be checked ({result.error_kind})" if result.error_kind else "could not be checked"
@@ -100,7 +83,7 @@ def _overview(results: Sequence[ModelResult], ids: list[str]) -> str:
     for index, result in enumerate(results):
         cells = []
         for rule_id in ids:
-            state, text = _cell(result, rule_id)
+            state, text = rule_cell(result, rule_id)
             counts[state] += 1
             order = STATES.index(state)
             cells.append(f'<td class="{state}" data-key="{order}" title="{_e(rule_id)}: {state}">{_e(text)}</td>')

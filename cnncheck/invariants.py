@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from cnncheck.layer_table import Architecture, architecture
+from cnncheck.layer_table import Architecture, architecture, shape_text
 
 
 def _failed(message: str) -> None:
@@ -105,13 +105,13 @@ def _shape_problem(found: Any, expected: Any, where: str = "output") -> str | No
     """Why ``found`` (a shape or a structure of shapes) is not ``expected`` (None: any size), or None."""
     if isinstance(expected, dict):
         if not isinstance(found, dict) or set(found) != set(map(str, expected)):
-            return f"{where} is {_text(found)}, expected keys {sorted(map(str, expected))}"
+            return f"{where} is {shape_text(found)}, expected keys {sorted(map(str, expected))}"
         return next((p for k in expected if (p := _shape_problem(found[str(k)], expected[k], f"{where}[{k!r}]"))), None)
     if isinstance(expected, (tuple, list)) and expected and all(isinstance(e, (tuple, list, dict)) for e in expected):
         if isinstance(found, tuple) and all(isinstance(s, int) for s in found):
-            return f"{where} is one tensor of shape {_text(found)}, expected {len(expected)} outputs"
+            return f"{where} is one tensor of shape {shape_text(found)}, expected {len(expected)} outputs"
         if not isinstance(found, (tuple, list)) or len(found) != len(expected):
-            return f"{where} is {_text(found)}, expected {len(expected)} outputs"
+            return f"{where} is {shape_text(found)}, expected {len(expected)} outputs"
         return next((p for i, e in enumerate(expected) if (p := _shape_problem(found[i], e, f"{where}[{i}]"))), None)
     if not isinstance(expected, (tuple, list)) or not all(e is None or (isinstance(e, int) and not isinstance(e, bool)
                                                                    and e >= 0) for e in expected):
@@ -119,17 +119,11 @@ def _shape_problem(found: Any, expected: Any, where: str = "output") -> str | No
                         f"(None, 10), or a tuple/dict of them for several outputs")
     wanted = tuple(expected)
     if not isinstance(found, tuple) or not all(isinstance(s, int) for s in found):
-        return f"{where} is {_text(found)}, expected a tensor of shape {_wanted(wanted)}"
+        return f"{where} is {shape_text(found)}, expected a tensor of shape {_wanted(wanted)}"
     if len(found) != len(wanted):
-        return f"{where} has shape {_text(found)}, expected {_wanted(wanted)} ({len(found)} dimensions, not {len(wanted)})"
+        return f"{where} has shape {shape_text(found)}, expected {_wanted(wanted)} ({len(found)} dimensions, not {len(wanted)})"
     wrong = [f"dimension {i} is {f}, not {w}" for i, (f, w) in enumerate(zip(found, wanted)) if w is not None and f != w]
-    return f"{where} has shape {_text(found)}, expected {_wanted(wanted)}: {'; '.join(wrong)}" if wrong else None
-
-
-def _text(shape: Any) -> str:
-    from cnncheck.layer_table import _shape
-
-    return _shape(shape)
+    return f"{where} has shape {shape_text(found)}, expected {_wanted(wanted)}: {'; '.join(wrong)}" if wrong else None
 
 
 def _wanted(shape: tuple[Any, ...]) -> str:
@@ -154,7 +148,7 @@ def assert_output_shape(model: nn.Module, example_input: Any, expected: Any, *, 
     """
     __tracebackhide__ = True
     arch = architecture(_unwrapped(model), example_input, device=device)
-    problem = _shape_problem(arch.output_shape, expected, f"output on input {_text(arch.input_shape)}")
+    problem = _shape_problem(arch.output_shape, expected, f"output on input {shape_text(arch.input_shape)}")
     if problem:
         _failed(f"{arch.model}'s {problem}{_last_layer(arch)}")
     return arch
@@ -189,7 +183,7 @@ def assert_architecture(model: nn.Module, example_input: Any, *, device: Any = N
     count = _count_problems(model, params, max_params, min_params, trainable_params)
     problems = [f"has {count}"] if count else []
     if output_shape is not None:
-        problem = _shape_problem(arch.output_shape, output_shape, f"output on input {_text(arch.input_shape)}")
+        problem = _shape_problem(arch.output_shape, output_shape, f"output on input {shape_text(arch.input_shape)}")
         if problem:
             problems.append(f"output_shape: its {problem}{_last_layer(arch)}")
     if downsampling is not None:
@@ -198,7 +192,7 @@ def assert_architecture(model: nn.Module, example_input: Any, *, device: Any = N
         rank = max(1, len(arch.input_shape or ()) - 2)
         if not _same_factor(found, wanted, rank):
             problems.append(f"downsampling: {_factor(found)}, expected {_factor(wanted)} "
-                            f"(input {_text(arch.input_shape)}, the last conv or pool gives {_last_map(arch)})")
+                            f"(input {shape_text(arch.input_shape)}, the last conv or pool gives {_last_map(arch)})")
     for kind in no_kinds:
         ran = [layer for layer in arch.layers if of_kind(layer, kind) and layer.status is None]
         if ran:
@@ -230,7 +224,7 @@ def _last_map(arch: Architecture) -> str:
     rank = len(arch.input_shape or ())
     maps = [layer for layer in arch.layers if layer.kind.startswith(("conv", "pool")) and layer.output_shape is not None
             and len(layer.output_shape) == rank and any(s > 1 for s in layer.output_shape[2:])]
-    return f"{_text(maps[-1].output_shape)} after {maps[-1].label}" if maps else "none"
+    return f"{shape_text(maps[-1].output_shape)} after {maps[-1].label}" if maps else "none"
 
 
 def _unclean(model: nn.Module, example_input: Any, rules: tuple[str, ...], device: Any) -> list[str]:

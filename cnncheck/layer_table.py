@@ -125,15 +125,16 @@ def of_kind(layer: Layer, kind: str) -> bool:
     return layer.kind == kind or layer.kind.startswith(f"{kind} (")
 
 
-def _shape(shape: Any) -> str:
+def shape_text(shape: Any) -> str:
+    """A shape as the table writes it (``4x10``), or a structure of them for several outputs."""
     if shape is None:
         return "-"
     if isinstance(shape, tuple) and all(isinstance(s, int) for s in shape):
         return "x".join(map(str, shape)) or "scalar"
     if isinstance(shape, dict):
-        return "{" + ", ".join(f"{k}: {_shape(v)}" for k, v in shape.items()) + "}"
+        return "{" + ", ".join(f"{k}: {shape_text(v)}" for k, v in shape.items()) + "}"
     if isinstance(shape, (tuple, list)):
-        return "(" + ", ".join(_shape(s) for s in shape) + ")"
+        return "(" + ", ".join(shape_text(s) for s in shape) + ")"
     return str(shape)
 
 
@@ -150,7 +151,7 @@ def table_rows(arch: Architecture) -> list[tuple[str, ...]]:
     """The table's cells, one tuple per layer, in :data:`HEADER` order."""
     rows: list[tuple[str, ...]] = []
     for layer in arch.layers:
-        output = f"({layer.status})" if layer.status else _shape(layer.output_shape)
+        output = f"({layer.status})" if layer.status else shape_text(layer.output_shape)
         formula = f"{layer.formula} = {layer.formula_count}" if layer.formula else "-"
         typed = f"{layer.type}({layer.config})" if layer.kind != FUNCTION else layer.type
         rows.append((layer.label, typed, layer.kind, output, str(layer.params), formula))
@@ -160,7 +161,7 @@ def table_rows(arch: Architecture) -> list[tuple[str, ...]]:
 def render(arch: Architecture) -> str:
     """The stable table: a header line, then one aligned row per layer (columns two spaces apart)."""
     extra = f", downsampling {_factor(arch.downsampling)}x" if arch.downsampling is not None else ""
-    head = (f"{arch.model} on input {_shape(arch.input_shape)}: output {_shape(arch.output_shape)}, "
+    head = (f"{arch.model} on input {shape_text(arch.input_shape)}: output {shape_text(arch.output_shape)}, "
             f"{arch.total_params} parameters ({arch.trainable_params} trainable){extra}")
     rows = [HEADER, *table_rows(arch)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
@@ -251,14 +252,18 @@ def architecture(model: nn.Module, example_input: Any, *, device: Any = None) ->
     if arch.stopped is not None:
         from cnncheck.api import CheckError
 
-        raise CheckError(f"{arch.model}.forward does not run on {_shape(arch.input_shape)}: {arch.stopped}")
+        raise CheckError(f"{arch.model}.forward does not run on {shape_text(arch.input_shape)}: {arch.stopped}")
     return arch
 
 
 def build(model: nn.Module, example_input: Any, *, device: Any = None) -> Architecture:
     """As :func:`architecture`, but a forward that raises gives the table up to where it raised, with
     ``stopped`` saying why (``cnncheck explain`` shows it)."""
-    run = traced(model, example_input, device=device)
+    return table_of(traced(model, example_input, device=device))
+
+
+def table_of(run: Traced) -> Architecture:
+    """The table of one traced forward (the picture draws the same run: :func:`cnncheck.flow.flow_of`)."""
     output = _output_structure(run.trace.output) if run.trace.error is None else None
     return _table(run.model, run.name, run.args, run.kwargs, run.trace, output)
 
@@ -327,13 +332,11 @@ def _table(model: nn.Module, name: str, args: tuple[Any, ...], kwargs: dict[str,
     calls: dict[str, int] = {}
     for node in trace.nodes:
         if node.module is None:
-            layer_op = node.kind.value in FUNCTIONAL_ROWS
-            if (node.in_shape is not None and node.in_shape != node.out_shape) or layer_op:
-                op = f"{node.scope}.{node.func_name}()" if node.scope else f"{node.func_name}()"
+            if changes_shape(node) or node.kind.value in FUNCTIONAL_ROWS:
+                op = op_label(node)
                 calls[op] = calls.get(op, 0) + 1
                 label = op if calls[op] == 1 else f"{op}[{calls[op]}]"
-                kind = node.kind.value if node.kind.value in FUNCTIONAL_ROWS or node.kind.value in (
-                    "conv", "pool", "linear") else FUNCTION
+                kind = node.kind.value if node.kind.value in (*FUNCTIONAL_ROWS, "conv", "pool", "linear") else FUNCTION
                 placed.append((node.index, Layer(label, kind, node.func_name, "", node.out_shape, 0, 0)))
             continue
         calls[node.name] = calls.get(node.name, 0) + 1
@@ -411,7 +414,6 @@ def _owned_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 
 def _layer(qualified: str, module: nn.Module, kind: str, shape: tuple[int, ...] | None,
            owned: dict[str, list[nn.Parameter]], formulas: dict[str, Any]) -> Layer:
-    from cnncheck.layers import short_repr
 
     params = owned.get(qualified, [])
     count = formulas.get(qualified)
@@ -422,9 +424,25 @@ def _layer(qualified: str, module: nn.Module, kind: str, shape: tuple[int, ...] 
     if count:  # with parameters beyond the layer's formula, counted as they are (a reparametrising gain)
         formula = count.formula + "".join(f" + {c.count} ({c.name.rsplit('.', 1)[-1]})" for c in loose)
         formula_count = count.count + sum(c.count for c in loose)
-    config = stable_text(short_repr(module)[len(type(module).__name__) + 1:-1])
-    return Layer(qualified, kind, type(module).__name__, config, shape, sum(p.numel() for p in params),
+    return Layer(qualified, kind, type(module).__name__, module_config(module), shape, sum(p.numel() for p in params),
                  sum(p.numel() for p in params if p.requires_grad), formula, formula_count)
+
+
+def module_config(module: nn.Module) -> str:
+    """A module's arguments as the table and the picture show them: its repr inside the parentheses,
+    without the defaults, an address or a folder."""
+    from cnncheck.layers import short_repr
+
+    return stable_text(short_repr(module)[len(type(module).__name__) + 1:-1])
+
+
+def op_label(node: Any) -> str:
+    """A functional op's row name: ``scope.op()``, after the module whose forward called it."""
+    return f"{node.scope}.{node.func_name}()" if node.scope else f"{node.func_name}()"
+
+
+def changes_shape(node: Any) -> bool:
+    return node.in_shape is not None and node.in_shape != node.out_shape
 
 
 def _kind(node: Any) -> str:

@@ -118,9 +118,9 @@ def _node(node: FlowNode, top: float, marks: list[tuple[str, str, bool]],
     labels = [(rule, message) for rule, message, named in marks if named]
     stroke = BLAMED if blamed else "#333"
     thick = 3 if blamed else 1
-    title = escape("\n".join([f"{node.name}: {node.type}({node.config})" if node.config or node.kind not in (
-        INPUT, MERGE, "function") else f"{node.name}: {node.type}", _shape_text(node.shape),
-        *(f"{rule}: {message}" for rule, message, _ in marks)]))
+    described = f"{node.type}({node.config})" if node.config or node.kind not in (INPUT, MERGE, "function") else node.type
+    title = escape("\n".join([f"{node.name}: {described}", _shape_text(node.shape),
+                              *(f"{rule}: {message}" for rule, message, _ in marks)]))
     parts = [f'<g class="node{" blamed" if blamed else ""}" data-name="{escape(node.name, {chr(34): "&quot;"})}">'
              f"<title>{title}</title>"]
     if node.kind == MERGE:
@@ -145,7 +145,6 @@ def _node(node: FlowNode, top: float, marks: list[tuple[str, str, bool]],
         anchors[node.id] = (fx + w / 2, fy, fy + h)
         text_x, text_y = x + w + d + 8, top + 10
     heading = node.name if node.kind != INPUT else "input"
-    described = f"{node.type}({node.config})" if node.config or node.kind not in (INPUT, MERGE, "function") else node.type
     if len(described) > 48:
         described = described[:47] + "…"
     figures = " · ".join(p for p in (_shape_text(node.shape), f"{node.params} params" if node.params else "",

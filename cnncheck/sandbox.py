@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-MODES = ("auto", "bwrap", "none")
+MODES = ("auto", "bwrap", "none")  # --sandbox
 UNITS = "/run/cnncheck/units"  # where the fork server sees each submission
 _STAGE = "/run/cnncheck/stage"  # a worker's private place for the mounts it moves
 MAX_PROCESSES = 512  # threads count too: torch's pool, plus what a submission may fairly start
@@ -31,7 +31,7 @@ MAX_PROCESSES = 512  # threads count too: torch's pool, plus what a submission m
 _CLONE_NEWNS, _CLONE_NEWUSER, _CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
 _MS_REMOUNT, _MS_BIND, _MS_MOVE, _MS_REC, _MS_PRIVATE = 32, 4096, 8192, 16384, 1 << 18
-_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_CAPBSET_DROP, _PR_SET_NO_NEW_PRIVS = 1, 4, 24, 38
+_PR_SET_PDEATHSIG, _PR_CAPBSET_DROP, _PR_SET_NO_NEW_PRIVS = 1, 24, 38
 _SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/sys")
 _ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "passwd", "group", "nsswitch.conf", "localtime",
         "alternatives", "fonts", "mime.types")  # what Python and torch read; not the whole of /etc
@@ -321,14 +321,6 @@ def _remount_read_only(libc: ctypes.CDLL, path: str) -> None:
     current = os.statvfs(path).f_flag
     kept = sum(flag for st, flag in _KEPT_FLAGS.items() if current & st)
     _mount(libc, None, path, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | kept)
-
-
-def _make_mount_point(path: str, folder: bool) -> None:
-    if folder:
-        os.makedirs(path, exist_ok=True)
-    else:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        Path(path).touch()
 
 
 def _call(result: int, what: str) -> None:

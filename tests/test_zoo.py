@@ -18,10 +18,14 @@ from zoo_models import CONFIRMED, FAST_SAMPLE, ZOO, build, zoo_input_shape
 REDUNDANT = "redundant-bias-before-bn"
 
 
-def _verdict_holds(name: str) -> None:
+def _built(name: str):  # type: ignore[no-untyped-def]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = build(name)
+        return build(name)
+
+
+def _verdict_holds(name: str) -> None:
+    model = _built(name)
     report = check_unmodified(model, zoo_input_shape(name))
     assert report.crashes == [], report.crashes
     expected, why = CONFIRMED.get(name, (0, "no finding"))
@@ -78,9 +82,7 @@ def _table_holds(name: str) -> None:
     import cnncheck
     from cnncheck.layer_table import NOT_RUN
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model, again = build(name), build(name)
+    model, again = _built(name), _built(name)
     arch = cnncheck.architecture(model, zoo_input_shape(name))
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     assert arch.total_params == total == sum(layer.params for layer in arch)

@@ -46,10 +46,9 @@ def _ran(traces: Iterable[Trace]) -> tuple[set[str], set[int]]:
     return names, read
 
 
-def _inside(name: str, names: set[str]) -> bool:
-    if not name:
-        return bool(names)
-    return any(n == name or n.startswith(f"{name}.") for n in names)
+def _inside(name: str, names: Iterable[str]) -> bool:
+    """Whether any of ``names`` is the module ``name`` or one inside it (the model, ``""``, holds all)."""
+    return any(not name or n == name or n.startswith(f"{name}.") for n in names)
 
 
 # -- layer-not-used -----------------------------------------------------------------------------------------
@@ -223,7 +222,7 @@ def check_no_gradient(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
             if p is None or id(p) in seen or not p.requires_grad:
                 continue
             seen.add(id(p))
-            if not info.hidden and (_inside(info.name, names) and _called(info.name, trace) or id(p) in read):
+            if not info.hidden and (_inside(info.name, names) or id(p) in read):
                 used.append((info.name, module, pname, p))
     if not used or not outputs:
         return
@@ -274,16 +273,10 @@ def _join(module: str, parameter: str) -> str:
     return f"{module}.{parameter}" if module else parameter
 
 
-def _called(name: str, trace: Trace) -> bool:
-    """Whether the module, or one inside it, ran in this trace."""
-    return any(n.module is not None and (n.name == name or n.name.startswith(f"{name}.")) or
-               (n.scope == name or n.scope.startswith(f"{name}.")) for n in trace.nodes) if name else True
-
-
 def _cut_hint(trace: Trace, name: str) -> str:
     """Where the gradient is likely cut, from the ops recorded in the layer: a detach, .data, an integer
     cast, or none of them (then torch.no_grad() around the call)."""
-    inside = [n for n in trace.nodes if n.scope == name or n.name == name or n.scope.startswith(f"{name}.")]
+    inside = [n for n in trace.nodes if _inside(name, (n.scope, n.name if n.module is not None else n.scope))]
     ops = {n.func_name for n in inside}
     if {"detach", "detach_"} & ops:
         return "a .detach() in its forward"
