@@ -81,7 +81,8 @@ def _check_into(result: ModelResult, candidate: Any, label: str, shape: tuple[in
         result.findings = list(report.findings)
         result.outcomes = list(report.outcomes)
         result.notes += [f"unused ignore {p!r}: it matches no finding; remove it" for p in report.unused_ignores]
-        result.notes += [str(p) for p in report.plugin_problems]
+        result.plugin_problems = [str(p) for p in report.plugin_problems]
+        result.notes += result.plugin_problems
         result.notes += report.notes
         return model
     except CheckError as exc:

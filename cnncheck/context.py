@@ -92,12 +92,32 @@ class CheckContext:
     def location_of(self, module: nn.Module) -> str | None:
         return creation_site(self.model, self.name_of(module))
 
+    def layer_parameters(self, module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        """A layer's parameters by name, without those of a sub-module that the train forward neither ran
+        nor read a parameter of: a child forward forgot belongs to ``layer-not-used``, and would make a
+        pool that runs no child "own" its parameters, or a conv count them."""
+        named = list(module.named_parameters())
+        parts = [m for name, m in module.named_modules() if name and m._parameters]
+        if not parts:
+            return named
+        trace = self.train_trace
+        if "read" not in self._cache:
+            self._cache["read"] = trace.tensors_read()
+        read: set[int] = self._cache["read"]
+        forgotten = {id(p) for m in parts if id(m) not in trace.called
+                     for p in m._parameters.values() if p is not None and id(p) not in read}
+        return [(name, p) for name, p in named if id(p) not in forgotten]
+
     # -- passes ----------------------------------------------------------------------------------
     @property
     def train_trace(self) -> Trace:
         """The model in train mode (through its own ``train()``), traced, with gradients watched."""
         if "train" not in self._cache:
-            inputs, kwargs = tree_map(_requires_grad, (self.inputs, self.kwargs))
+            # as in a training step, the input takes no gradient when parameters do: autograd then saves
+            # just what training saves (x.std() on the input saves nothing, so a later x.div_() is legal);
+            # a model with no trainable parameter gets one, so that its biases' gradients can still be read
+            trainable = any(p.requires_grad for p in self.model.parameters())
+            inputs, kwargs = self.fresh_inputs() if trainable else tree_map(_requires_grad, (self.inputs, self.kwargs))
             saved: list[tuple[torch.Tensor, int]] = []
 
             def pack(t: torch.Tensor) -> torch.Tensor:

@@ -57,6 +57,8 @@ def _run(ctx: CheckContext, rule: Rule, found: list[Finding]) -> RuleOutcome:
             ctx.require(need)
         if rule.compares_values:  # its probes would pass or fail by accident on NaN or Inf
             ctx.require_finite(rule.needs)
+        if rule.needs_whole_passes and (partial := ctx.partial_reason(rule.needs)):
+            raise NotChecked(partial)  # "never ran" is not true of the part of forward after a failure
         for finding in rule.check(ctx, rule):
             found.append(finding)
     except NotChecked as exc:

@@ -122,14 +122,14 @@ class Report:
         """The model's :class:`~cnncheck.verdict.Verdict`: clean, findings, incomplete or crashed."""
         from cnncheck.verdict import verdict
 
-        return verdict(self.outcomes, self.findings)
+        return verdict(self.outcomes, self.findings, plugin_failed=bool(self.plugin_problems))
 
     @property
     def ok(self) -> bool:
         """True when every rule checked the whole model and found nothing, and no plugin misbehaved."""
         from cnncheck.verdict import Verdict
 
-        return self.verdict is Verdict.CLEAN and not self.plugin_problems
+        return self.verdict is Verdict.CLEAN
 
     @property
     def crashes(self) -> list[RuleCrash]:

@@ -34,8 +34,9 @@ within the same id. Top-level object:
     ``no-model``, ``protocol``, ``tampered``), ``location`` (null or the student's ``file:line`` for an
     error), ``notes`` (list of strings), ``seconds`` (float, time spent on this model), ``outcomes``
     (one per rule run: ``rule``, ``status`` (``passed``, ``findings``, ``not-checked`` or ``crashed``)
-    and ``reason`` (why it was not checked, the crash's error, or ``""``)), ``shape_note`` (why this
-    input shape, when it was inferred rather than declared, else ``""``).
+    and ``reason`` (why it was not checked, the crash's error, or ``""``)), ``plugin_problems`` (list of
+    strings: a plugin hook that raised while the model was checked, which makes its verdict ``crashed``),
+    ``shape_note`` (why this input shape, when it was inferred rather than declared, else ``""``).
 
     Each finding: ``rule`` (id), ``module`` (qualified layer name from ``named_modules()``; ``""``
     for the model itself), ``severity`` (``"error"`` or ``"warning"``), ``message`` (what is wrong),
@@ -78,6 +79,7 @@ SARIF_VERSION = "2.1.0"
 ERROR_ID = "cnncheck-error"  # JUnit test name and SARIF notification id for a model that could not be checked
 NOT_CHECKED_ID = "cnncheck-not-checked"  # SARIF notification id for a rule that could not check a model
 CRASH_ID = "cnncheck-internal-error"  # SARIF notification id for a rule that crashed
+PLUGIN_ERROR_ID = "cnncheck-plugin-error"  # JUnit test name: a plugin hook failed while a model was checked
 SRCROOT = "SRCROOT"  # SARIF uriBaseId of the `root` folder
 
 class Formatter(Protocol):
@@ -476,6 +478,11 @@ def _junit_suite(parent: ET.Element, result: ModelResult, rules: Sequence[Rule],
     else:
         for rule_id in _rules_for(result, rules):
             counts[_junit_case(suite, result, rule_id)] += 1
+    if result.plugin_problems:  # the plugin's error, not the model's: its verdicts cannot be trusted
+        case = ET.SubElement(suite, "testcase", classname=_xml(result.id), name=PLUGIN_ERROR_ID, file=_xml(result.file))
+        error = ET.SubElement(case, "error", message=_xml(result.plugin_problems[0]), type="cnncheck-plugin-error")
+        error.text = _xml("\n".join(result.plugin_problems))
+        counts["error"] += 1
     tests = sum(counts.values())
     suite.attrib.update(tests=str(tests), failures=str(counts["failure"]), errors=str(counts["error"]),
                         skipped=str(counts["skipped"]))
@@ -621,6 +628,9 @@ def render_sarif(results: Sequence[ModelResult], *, rules: Sequence[Rule],
     notifications = [_sarif_notification(r, root) for r in results if r.error is not None]
     notifications += [_sarif_rule_notification(r, o, index) for r in results if r.error is None
                       for o in _unfinished(r)]
+    notifications += [{"level": "error", "message": {"text": f"{r.id}: {problem}"},
+                       "descriptor": {"id": CRASH_ID, "index": 2}, "properties": {"model": r.id}}
+                      for r in results for problem in r.plugin_problems]
     invocation: dict[str, Any] = {"executionSuccessful": not any(n["level"] == "error" for n in notifications)}
     if notifications:
         invocation["toolExecutionNotifications"] = notifications

@@ -48,6 +48,22 @@ def user_location() -> str | None:
     return None
 
 
+_MODULE_CALL = os.path.join(_TORCH_DIR, "nn", "modules", "module.py")
+
+
+def module_call_site() -> str | None:
+    """``file:line`` of the code that called the module whose forward hook is running, when that code is
+    the user's; None when torch's own code made the call (an ``nn.Sequential`` running its children: each
+    call is then a place of its own, not a line run again)."""
+    frame = sys._getframe(1)
+    while frame is not None and (frame.f_code.co_filename == _MODULE_CALL
+                                 or frame.f_code.co_filename.startswith(_CNNCHECK_DIR)):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None or not is_user_code(frame.f_code):
+        return None
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
 def calling_torch_module(known: dict[nn.Module, Any]) -> nn.Module | None:
     """The torch module whose ``forward`` made the current functional call, when it is not one of
     ``known``: a layer built inside ``forward`` (``nn.Dropout(0.5)(x)``), new on every call."""

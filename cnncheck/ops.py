@@ -60,6 +60,9 @@ LAYOUT_FUNCTIONS = RESHAPES | {
 }
 """Ops that move values around without computing new ones."""
 
+COPIES = frozenset({"contiguous", "clone", "detach", "to"})
+"""Layout ops that hand on the same values in the same shape: a weight passed through them is the weight."""
+
 REDUCTIONS = frozenset({"mean", "amax", "amin", "max", "min", "sum", "logsumexp", "nanmean", "norm"})
 
 _FUNCTION_KINDS = {

@@ -200,6 +200,7 @@ class ModelCollector(pytest.Collector):
         self.shape = shape
         self.results: dict[tuple[str | None, str], Any] = {}
         self.error_reported_by: dict[tuple[str | None, str], str] = {}
+        self.plugin_problems_reported_by: dict[tuple[str | None, str], str] = {}
         self.reported_to_html: dict[tuple[str | None, str], str] = {}
 
     def collect(self) -> Iterator[pytest.Item]:
@@ -339,6 +340,10 @@ class RuleItem(pytest.Item):
         if state is RuleStatus.CRASHED:
             raise RuleCrashed(f"cnncheck internal error in rule {self.rule_id} on {model}: {outcome.reason}\n"
                               f"{CRASH_ADVICE}")
+        if result.plugin_problems and collector.plugin_problems_reported_by.setdefault(
+                (self.variant, self.device), self.nodeid) == self.nodeid:
+            raise RuleCrashed(f"a plugin failed while {model} was checked, so its verdicts cannot be trusted:\n"
+                              + "\n".join(f"  {problem}" for problem in result.plugin_problems))
         failing_findings = failing(findings, options.fail_on)
         if failing_findings and options.baseline_write:
             return  # recorded in the baseline being written (the summary says so), as the command does
@@ -577,7 +582,8 @@ class Checker:
         from cnncheck.verdict import Verdict, verdict
 
         report = self.check(model, example_input, **kwargs)
-        if verdict(report.outcomes, report.findings, fail_on=self.options.fail_on) is not Verdict.CLEAN:
+        if verdict(report.outcomes, report.findings, fail_on=self.options.fail_on,
+                   plugin_failed=bool(report.plugin_problems)) is not Verdict.CLEAN:
             raise CheckFailed(report)
         return report
 

@@ -22,6 +22,7 @@ from cnncheck.ops import (
     BATCH_NORM_FUNCTIONS,
     BIASED_FUNCTIONS,
     CONV_FUNCTIONS,
+    COPIES,
     DROPOUT_FUNCTIONS,
     LAYOUT_FUNCTIONS,
     POOL_FUNCTIONS,
@@ -51,13 +52,13 @@ class Origin:
 
     @property
     def direct(self) -> bool:
-        """The parameter itself, untouched."""
-        return not self.ops and len(self.params) == 1 and not self.from_input
+        """The parameter itself: untouched, or only copied (``.detach()``, ``.contiguous()``, ``.to()``)."""
+        return all(op in COPIES for op in self.ops) and len(self.params) == 1 and not self.from_input
 
     @property
     def rearranged(self) -> bool:
         """One parameter moved around (transposed, flipped, reshaped), values unchanged."""
-        return len(self.params) == 1 and not self.from_input and bool(self.ops) and all(
+        return len(self.params) == 1 and not self.from_input and not self.direct and all(
             op in LAYOUT_FUNCTIONS for op in self.ops)
 
 

@@ -31,6 +31,7 @@ class ModelResult:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     outcomes: list[RuleOutcome] = field(default_factory=list)  # one per rule run: passed, findings, ...
+    plugin_problems: list[str] = field(default_factory=list)  # a plugin hook that raised: the verdict is "crashed"
     shape_note: str = ""  # why this input shape, when it was inferred rather than declared
     # for the HTML report (``drawn``): the layer table (Architecture.to_dict) and the data flow
     # (Flow.to_dict); plain data, drawn by the process that writes the report
@@ -39,7 +40,8 @@ class ModelResult:
 
     @property
     def verdict(self) -> Verdict:
-        return verdict(self.outcomes, self.findings, error=self.error is not None)
+        return verdict(self.outcomes, self.findings, error=self.error is not None,
+                       plugin_failed=bool(self.plugin_problems))
 
     @property
     def ok(self) -> bool:

@@ -83,6 +83,10 @@ class Rule:
     """Whether the verdict rests on values a probe compares (outputs, gradients): such a rule is not
     checked when a weight, the input or a layer's input holds NaN or Inf. A rule that reads only shapes,
     counts and the dataflow sets False (a plugin's rule is taken to compare values)."""
+    needs_whole_passes: bool = False
+    """Whether the rule's findings say that something never happened (a layer forward never ran, a
+    gradient that never arrived): such findings are true only of a whole pass, so when the rules saw only
+    part of forward (it stopped at an explained failure) the rule is not checked instead of run."""
     diagnose: DiagnoseFunction | None = None
     """For a rule that explains a forward that raises (a Linear of the wrong size): asked whenever the
     train forward fails, whether or not the rule is selected, so the selection never decides whether a

@@ -20,7 +20,14 @@ from torch.nn.modules.conv import _ConvNd
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from cnncheck.frames import calling_module_name, calling_torch_module, function_name, traceback_location, user_location
+from cnncheck.frames import (
+    calling_module_name,
+    calling_torch_module,
+    function_name,
+    module_call_site,
+    traceback_location,
+    user_location,
+)
 from cnncheck.layers import LayerKind, classify, from_torch
 from cnncheck.ops import MODAL_FUNCTIONS, batch_norm_arguments, function_kind
 from cnncheck.preserve import before_call
@@ -67,6 +74,14 @@ class Node:
     @property
     def is_module(self) -> bool:
         return self.module is not None
+
+    def tensors_received(self) -> Iterator[torch.Tensor]:
+        """The tensors handed to this call: its inputs, and every tensor among its arguments."""
+        for value in (*self.inputs, *self.args, *self.kwargs.values()):
+            if isinstance(value, torch.Tensor):
+                yield value
+            elif isinstance(value, (list, tuple)):
+                yield from (v for v in value if isinstance(v, torch.Tensor))
 
     @property
     def probe_input(self) -> torch.Tensor | None:
@@ -133,6 +148,19 @@ class Trace:
 
     def feeds_output(self, node: Node) -> bool:
         return any(src is node for src in self.output_sources)
+
+    def every_node(self) -> Iterator[Node]:
+        """Every call, and the ops inside the layers recognised from their own code (``Node.inner``)."""
+        stack = list(reversed(self.nodes))
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(reversed(node.inner))
+
+    def tensors_read(self) -> set[int]:
+        """The ids of every tensor that a call received: a layer's inputs, an op's arguments (a weight read
+        with ``F.linear(x, self.fc.weight)`` is among them)."""
+        return {id(t) for node in self.every_node() for t in node.tensors_received()}
 
     def module_nodes(self, *kinds: LayerKind) -> Iterator[Node]:
         """The first call of every module of the given kinds, in execution order."""
@@ -390,7 +418,7 @@ class _Tracer(TorchFunctionMode):
             sources = [self.source_of(t) for t in inputs]
             frame = _Frame(module, info, recording, inputs, sources, module.training)
             if recording and info is not None and info.kind is LayerKind.BATCH_NORM:
-                frame.call_site = user_location()
+                frame.call_site = module_call_site()
             if recording and info is not None:
                 if own_code and inputs:
                     frame.input_version = _version(inputs[0])

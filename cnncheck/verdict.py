@@ -53,11 +53,13 @@ def rule_state(outcome: RuleOutcome, findings: Sequence[Finding], fail_on: str =
 
 
 def verdict(outcomes: Sequence[RuleOutcome], findings: Sequence[Finding], *, error: bool = False,
-            fail_on: str = "warning") -> Verdict:
+            fail_on: str = "warning", plugin_failed: bool = False) -> Verdict:
+    """``plugin_failed``: a plugin's hook raised during the check (its rules are missing, or a layer kind or
+    the example input it should have given was not), so no verdict of this check can be trusted as a pass."""
     if error:
         return Verdict.ERROR
     states = {rule_state(o, findings, fail_on) for o in outcomes}
-    if RuleStatus.CRASHED in states:
+    if RuleStatus.CRASHED in states or plugin_failed:
         return Verdict.CRASHED
     if RuleStatus.FINDINGS in states or failing((f for f in findings if f.rule not in {o.rule for o in outcomes}),
                                                 fail_on):

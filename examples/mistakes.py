@@ -1,6 +1,7 @@
 """One small network per cnncheck rule, each with the mistake that rule explains.
 
-``cnncheck check examples/`` shows one explained finding for each; ``seed_convnet_fixed.py`` passes.
+``cnncheck check examples/`` shows one explained finding for each (the seed's ConvNet has
+``feature-size-mismatch``'s); ``seed_convnet_fixed.py`` and the look-alikes of ``lookalikes.py`` pass.
 """
 
 import torch
@@ -180,4 +181,47 @@ class PlainListOfLayers(nn.Module):
         for conv, bn in zip(self.convs, self.bns):
             x = F.relu(bn(conv(x)))
         x = F.dropout(x, 0.2)  # training=True by default, even after model.eval()
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@cnncheck.model(input_shape=SHAPE)
+class ForgottenLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)  # built, but forward never calls it
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@cnncheck.model(input_shape=SHAPE)
+class SharedBatchNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)  # one BatchNorm for two places: its running statistics mix both
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn(self.conv1(x)))
+        x = F.relu(self.bn(self.conv2(x)))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@cnncheck.model(input_shape=SHAPE)
+class DetachedScale(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.scale = nn.Parameter(torch.ones(8, 1, 1))
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn(self.conv(x))) * self.scale.detach()  # .detach(): scale never trains
         return self.head(x.mean(dim=(2, 3)))

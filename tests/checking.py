@@ -6,6 +6,13 @@ import torch
 
 import cnncheck
 
+# The built-in rules' ids, in their order: a public contract (baselines, ignores and CI configs name them).
+PUBLIC_IDS = [
+    "conv-param-formula", "pool-has-parameters", "pool-mixes-channels", "redundant-bias-before-bn",
+    "bn-not-per-channel", "bn-train-behaviour", "bn-eval-behaviour", "mode-not-propagated",
+    "feature-size-mismatch", "layer-not-used", "bn-reused", "parameter-without-gradient",
+]
+
 
 def check_unmodified(model, example_input, **options):
     """Run cnncheck.check_model and assert that the model came back exactly as it was."""

@@ -15,3 +15,8 @@ def load_example(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def declared_models() -> int:
+    """How many models examples/ declares (each ``@cnncheck.model``): one report row and picture each."""
+    return sum(path.read_text(encoding="utf-8").count("\n@cnncheck.model(") for path in EXAMPLES.glob("*.py"))

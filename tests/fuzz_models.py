@@ -108,6 +108,9 @@ BN_EVAL = "bn-eval-behaviour"
 BN_TRAIN = "bn-train-behaviour"
 MODE = "mode-not-propagated"
 FEATURES = "feature-size-mismatch"
+NOT_USED = "layer-not-used"
+REUSED = "bn-reused"
+NO_GRADIENT = "parameter-without-gradient"
 BATCH = 4
 
 
@@ -153,6 +156,7 @@ class Step:
     proj: Step | None = None  # res
     owner: nn.Module | None = None  # set when built: the module, or the FuncNet making the call
     suffix: str = ""  # set when built: "bns[0]" for a BN kept in a plain list of ``owner``
+    shares: Step | None = None  # norm: the earlier nn.BatchNorm step whose module this one runs again
 
     def __repr__(self) -> str:
         extra = f" expect={sorted(self.expect)}" if self.expect else ""
@@ -237,6 +241,7 @@ class Generator:
         self.ch = ch
         self.rank = rank
         self.broken_head = broken_head
+        self.plain_norms: dict[int, Step] = {}  # an nn.BatchNorm step per channel count, that a later one may share
 
     def impl(self, ctx: str, module_options: list[str], func: bool = True) -> str:
         """'func' often inside a functional net, sometimes inside a Sequential (a FuncNet segment)."""
@@ -252,7 +257,7 @@ class Generator:
 
     # one step ---------------------------------------------------------------------------------------
     def step(self, st: State, ctx: str, out: list[Step], in_body: bool) -> None:
-        kinds = [(4, "conv"), (3, "act"), (3, "norm"), (1, "drop")]
+        kinds = [(4, "conv"), (3, "act"), (3, "norm"), (1, "drop"), (1, "spare")]
         if not in_body:
             kinds += [(2, "pool"), (2, "res")]
         kind = weighted(self.ch, kinds)
@@ -267,8 +272,22 @@ class Generator:
             self.drop(st, ctx, out)
         elif kind == "pool":
             self.pool(st, ctx, out)
+        elif kind == "spare":
+            self.spare(st, out)
         else:
             self.residual(st, ctx, out)
+
+    def spare(self, st: State, out: list[Step]) -> None:
+        """A layer registered in a functional net that its forward never runs (layer-not-used), or a
+        dropout that it runs only in train mode (a look-alike: a pass of forward runs it)."""
+        what = pick(self.ch, ["conv", "drop", "norm"])
+        mode = pick(self.ch, ["unused", "trainonly"]) if what == "drop" else "unused"
+        step = Step("spare", "func", dict(what=what, mode=mode, c=st.c))
+        if mode == "unused":
+            step.expect.add(NOT_USED)
+        else:
+            st.live, st.last = [], "drop"  # in train mode it is a dropout: the bias search ends there
+        out.append(step)
 
     def conv(self, st: State, ctx: str, out: list[Step], *, same: bool = False, stride: int | None = None,
              c_out: int | None = None) -> Step:
@@ -307,9 +326,14 @@ class Generator:
             defect = pick(ch, ["padkernel", "flat"] + (["swapped"] if c_in != c_out else []))
         cfg = dict(c_in=c_in, c_out=c_out, k=k, s=s, p=p, d=d, g=g, bias=bias, defect=defect,
                    tuple_k=chance(ch, 30), bias_kw=chance(ch, 50))
+        if impl == "func" and chance(ch, 20):
+            # F.conv on weight.detach(): the weight never trains; a frozen weight is its look-alike
+            cfg["weight"] = pick(ch, ["detached", "frozen"])
         step = Step("conv", impl, cfg)
         if defect:
             step.expect.add(CONV_RULE)
+        if cfg.get("weight") == "detached":
+            step.expect.add(NO_GRADIENT)
         out.append(step)
         st.c, st.size, st.live, st.last = c_out, size, carried + ([step] if bias else []), "conv"
         return step
@@ -336,16 +360,25 @@ class Generator:
                 (1, ("func", "forced")),
                 (1, ("plain", "gradmode")),
                 (1, ("plain", "history")),
+                (1, ("nn", "shared")),
             ]
         impl, defect = weighted(ch, options)
+        shared = self.plain_norms.get(st.c) if defect == "shared" else None
+        if defect == "shared" and shared is None:
+            defect = None  # no earlier nn.BatchNorm of this width to share
         if self.broken_head or defect == "whole":
             self.kill(st, ctx, out)  # see "excluded" in the module docstring
         step = Step("norm", impl, dict(c=st.c, defect=defect, head=head, training_kw=chance(ch, 50)))
+        if shared is not None:
+            step.shares = shared
+        elif impl == "nn" and defect is None and not head:
+            self.plain_norms[st.c] = step
         if impl in ("hand", "fmod") and chance(ch, 30):  # an activation in the BN's own forward
             step.cfg.update(fused=pick(ch, ["pre", "post"]), fused_fn=pick(ch, sorted(_FUSED)))
         step.expect |= {
             "perpixel": {PER_CHANNEL}, "whole": {PER_CHANNEL}, "evalbatch": {BN_EVAL}, "momentum": {BN_TRAIN},
-            "hidden": {MODE}, "forced": {MODE}, "gradmode": {MODE}, "history": {BN_TRAIN}, None: set(),
+            "hidden": {MODE}, "forced": {MODE}, "gradmode": {MODE}, "history": {BN_TRAIN}, "shared": {REUSED},
+            None: set(),
         }[defect]
         for biased in st.live if step.cfg.get("fused") != "pre" else []:
             biased.expect.add(RB)  # every norm here subtracts a per-channel (or per-pixel) mean in training
@@ -405,6 +438,8 @@ class Generator:
             step.expect.add(POOL_PARAMS)
         elif defect:
             step.expect.add(POOL_MIX)
+        if defect == "param_builtin":
+            step.expect.add(NO_GRADIENT)  # torch's max pool never reads the parameter given to it
         out.append(step)
         st.size, st.last = size, "pool"
 
@@ -876,6 +911,9 @@ def build_module(step: Step, rank: int) -> nn.Module:
         if defect == "hidden":
             module = ListBN(_BN[rank](c))
             step.suffix = "bns[0]"
+        elif step.shares is not None:
+            assert step.shares.owner is not None, "the shared BatchNorm is built first"
+            module = step.shares.owner
         elif step.impl == "nn":
             module = _BN[0 if cfg["head"] else rank](c)
         elif step.impl == "plain":
@@ -986,15 +1024,24 @@ class FuncNet(nn.Module):
             ref = (nn.Conv1d if rank == 1 else nn.Conv2d)(cfg["c_in"], cfg["c_out"], cfg["k"], cfg["s"], cfg["p"],
                                                           cfg["d"], cfg["g"], cfg["bias"])
             w = self.fresh("conv_weight")
-            self.register_parameter(w, nn.Parameter(ref.weight.detach().clone()))
+            weight = cfg.get("weight")
+            self.register_parameter(w, nn.Parameter(ref.weight.detach().clone(), requires_grad=weight != "frozen"))
             b = None
             if cfg["bias"]:
                 b = self.fresh("conv_bias")
                 self.register_parameter(b, nn.Parameter(ref.bias.detach().clone()))
             return {"op": "conv", "w": w, "b": b, "s": cfg["s"], "p": cfg["p"], "d": cfg["d"], "g": cfg["g"],
-                    "bias_kw": cfg["bias_kw"]}
+                    "bias_kw": cfg["bias_kw"], "detached": weight == "detached"}
         if step.kind == "pool":
             return {"op": "pool", **cfg}
+        if step.kind == "spare":
+            name = self.fresh("spare")
+            c = cfg["c"]
+            spare = {"conv": lambda: (nn.Conv1d if rank == 1 else nn.Conv2d)(c, c, 1), "drop": lambda: nn.Dropout(0.25),
+                     "norm": lambda: _BN[rank](c)}[cfg["what"]]()
+            self.add_module(name, spare)
+            step.owner = spare
+            return {"op": "spare", "name": name, "trainonly": cfg["mode"] == "trainonly"}
         if step.kind == "norm":
             c = cfg["c"]
             if cfg["defect"] == "hidden":
@@ -1042,9 +1089,13 @@ class FuncNet(nn.Module):
             return getattr(self, op["name"])(x)
         if kind == "hidden":
             return self.bns[op["i"]](x)
+        if kind == "spare":
+            return getattr(self, op["name"])(x) if op["trainonly"] and self.training else x
         if kind == "conv":
             conv = F.conv1d if one else F.conv2d
             w = getattr(self, op["w"])
+            if op["detached"]:
+                w = w.detach()
             b = getattr(self, op["b"]) if op["b"] else None
             if op["bias_kw"]:
                 return conv(x, w, bias=b, stride=op["s"], padding=op["p"], dilation=op["d"], groups=op["g"])

@@ -93,10 +93,13 @@ def _case(verdict: str, model: str, body: str, shape=(4, 3, 8, 8), states=None, 
 
 
 NOT_CHECKED_AFTER_FC = dict.fromkeys(set(RULES) - {"feature-size-mismatch"}, "not-checked")
+# the rules that read gradients, when no gradient can flow back from forward's output
+WITHOUT_GRADIENTS = {"redundant-bias-before-bn": "not-checked", "parameter-without-gradient": "not-checked"}
 
 CASES = {
     "eval_only_crash": Case(EVAL_CRASH_MODEL, "CrashesAtInference", (2, 3, 8, 8), "incomplete",
-                            {"bn-eval-behaviour": "not-checked", "mode-not-propagated": "not-checked"},
+                            {"bn-eval-behaviour": "not-checked", "mode-not-propagated": "not-checked",
+                             "layer-not-used": "not-checked"},
                             ("forward raises in eval mode: ValueError: inference is not implemented",)),
     "checked_past_the_linear": _case("findings", "MismatchThenDefects", """
         @cnncheck.model(input_shape=(4, 1, 8, 8))
@@ -141,7 +144,7 @@ CASES = {
         class FromIntegers(ConvPoolBN):
             def forward(self, x):
                 return self.body(x.long().float() / 4)  # the pixels as integers, and nothing trains
-        """, prelude=CONV_POOL_BN, states={"redundant-bias-before-bn": "not-checked"},
+        """, prelude=CONV_POOL_BN, states=WITHOUT_GRADIENTS,
         says=["no parameter of FromIntegers requires grad"]),
     "no_grad": _case("incomplete", "UnderNoGrad", """
         @cnncheck.model(input_shape=(4, 3, 8, 8))
@@ -149,7 +152,7 @@ CASES = {
             def forward(self, x):
                 with torch.no_grad():
                     return self.body(x)
-        """, prelude=CONV_POOL_BN, states={"redundant-bias-before-bn": "not-checked"},
+        """, prelude=CONV_POOL_BN, states=WITHOUT_GRADIENTS,
         says=["forward runs under torch.no_grad(), or detaches its result"]),
     "inference_mode": _case("incomplete", "UnderInferenceMode", """
         @cnncheck.model(input_shape=(4, 3, 8, 8))
@@ -157,14 +160,14 @@ CASES = {
             def forward(self, x):
                 with torch.inference_mode():
                     return self.body(x)
-        """, prelude=CONV_POOL_BN, states={"redundant-bias-before-bn": "not-checked"},
+        """, prelude=CONV_POOL_BN, states=WITHOUT_GRADIENTS,
         says=["forward runs under torch.inference_mode()"]),
     "returns_none": _case("incomplete", "ReturnsNone", """
         @cnncheck.model(input_shape=(4, 3, 8, 8))
         class ReturnsNone(ConvPoolBN):
             def forward(self, x):
                 self.body(x)
-        """, prelude=CONV_POOL_BN, states={"redundant-bias-before-bn": "not-checked", "bn-eval-behaviour": "not-checked"},
+        """, prelude=CONV_POOL_BN, states={**WITHOUT_GRADIENTS, "bn-eval-behaviour": "not-checked"},
         says=["ReturnsNone.forward returns None, not a tensor"]),
     "returns_a_string": _case("incomplete", "ReturnsText", """
         @cnncheck.model(input_shape=(4, 3, 8, 8))
@@ -172,7 +175,7 @@ CASES = {
             def forward(self, x):
                 self.body(x)
                 return "done"
-        """, prelude=CONV_POOL_BN, states={"redundant-bias-before-bn": "not-checked", "bn-eval-behaviour": "not-checked"},
+        """, prelude=CONV_POOL_BN, states={**WITHOUT_GRADIENTS, "bn-eval-behaviour": "not-checked"},
         says=["returns a str ('done')"]),
     "nan_weights": _case("incomplete", "NaNWeights", """
         @cnncheck.model(input_shape=(4, 3, 8, 8))

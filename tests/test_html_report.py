@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from examples_loader import EXAMPLES, load_example
+from examples_loader import EXAMPLES, declared_models, load_example
 
 import cnncheck
 from cnncheck.cli import main
@@ -89,13 +89,13 @@ def test_check_html_has_an_overview_row_and_a_picture_per_model(tmp_path: Path) 
     assert main(["check", str(EXAMPLES), "--format", "html", "-o", str(out), "--per-model-dir", str(pages)]) == 1
     page = out.read_text()
     rows = re.findall(r'<tr data-model="([^"]+)">', page)
-    assert len(rows) == 9 and "examples/seed_convnet.py::ConvNet" in rows
-    assert page.count('<svg xmlns="http://www.w3.org/2000/svg"') == 9
+    assert len(rows) == declared_models() and "examples/seed_convnet.py::ConvNet" in rows
+    assert page.count('<svg xmlns="http://www.w3.org/2000/svg"') == declared_models()
     assert 'class="findings"' in page and 'class="passed"' in page
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # self-contained: no CDN, no fetch
     assert "Sandbox: " in page
     written = sorted(p.name for p in pages.iterdir())
-    assert len(written) == 9 and all(name.endswith(".html") for name in written)
+    assert len(written) == declared_models() and all(name.endswith(".html") for name in written)
     one = (pages / "examples_seed_convnet.py_ConvNet.html").read_text()
     assert one.count("<tr data-model=") == 1 and "feature-size-mismatch" in one
 
@@ -105,10 +105,11 @@ def test_explain_draws_one_model_as_svg_or_html(tmp_path: Path, capsys: pytest.C
     assert main(["explain", str(seed), "--format", "svg", "--output", str(tmp_path / "seed.svg")]) == 0
     svg = (tmp_path / "seed.svg").read_text()
     assert svg.startswith('<svg xmlns="http://www.w3.org/2000/svg"') and _blamed(svg)[0] == "layer1.2"
+    models = (EXAMPLES / "mistakes.py").read_text().count("\n@cnncheck.model(")
     assert main(["explain", str(EXAMPLES / "mistakes.py"), "--format", "svg"]) == 2
-    assert "has 7 models" in capsys.readouterr().err
+    assert f"has {models} models" in capsys.readouterr().err
     assert main(["explain", str(EXAMPLES / "mistakes.py"), "--format", "html", "-o", str(tmp_path / "m.html")]) == 0
-    assert (tmp_path / "m.html").read_text().count("<svg") == 7
+    assert (tmp_path / "m.html").read_text().count("<svg") == models
 
 
 def test_pytest_writes_the_same_report(pytester: pytest.Pytester) -> None:
@@ -148,9 +149,9 @@ def test_the_report_of_the_examples_renders_in_headless_chromium(tmp_path: Path)
                     if not request.url.startswith(("file:", "data:")) else None)
             page.goto(report.as_uri())
             rows = page.locator("#overview-table tbody tr")
-            assert rows.count() == 9
+            assert rows.count() == declared_models()
             pictures = page.locator("svg.cnncheck-flow")
-            assert pictures.count() == 9
+            assert pictures.count() == declared_models()
             for index in range(pictures.count()):
                 picture = pictures.nth(index)
                 picture.scroll_into_view_if_needed()

@@ -47,7 +47,7 @@ def test_cuda_items_are_skipped_without_cuda(pytester: pytest.Pytester, device: 
     assert result.ret == 0
     outcomes = result.parseoutcomes()
     assert outcomes.get("skipped") == RULES and outcomes.get("passed", 0) == ran, outcomes
-    result.stdout.fnmatch_lines(["SKIPPED [[]9[]] clean.py:5: CUDA is not available on this machine"])
+    result.stdout.fnmatch_lines([f"SKIPPED [[]{RULES}[]] clean.py:5: CUDA is not available on this machine"])
 
 
 @pytest.mark.parametrize("ending", ENDINGS)

@@ -16,6 +16,7 @@ SHAPE = (4, 3, 16, 16)
 CONV = "conv-param-formula"
 POOL_PARAMS = "pool-has-parameters"
 POOL_MIX = "pool-mixes-channels"
+NO_GRADIENT = "parameter-without-gradient"
 
 
 
@@ -43,11 +44,14 @@ def _assert_flagged(rule, factory, expected, shape, also):
 # =====================================================================================================
 CONV_FLAGGED = [
     flagged_case(CONV, M.SwappedConvNet, {"conv1"}, id="hand-conv-weight-cin-cout-swapped"),
-    flagged_case(CONV, M.ExtraParamBuiltinConvNet, {"conv1"}, shape=(4, 1, 16, 16), id="builtin-conv2d-extra-param"),
+    # the extra parameter, which torch's conv never reads, also never trains
+    flagged_case(CONV, M.ExtraParamBuiltinConvNet, {"conv1"}, shape=(4, 1, 16, 16), id="builtin-conv2d-extra-param",
+                 also={(NO_GRADIENT, "conv1")}),
     flagged_case(CONV, M.ScaledConvResidualNet, {"body"}, id="hand-conv-extra-scale-in-residual-forward"),
     flagged_case(CONV, M.FlippedConvNet, {"features.0"}, id="hand-conv-flipped-kernel-numeric"),
     flagged_case(CONV, M.FullDepthwiseNet, {"dw"}, id="hand-depthwise-conv-ignores-groups"),
-    flagged_case(CONV, M.ExtraParamTransposeNet, {"up"}, id="builtin-convtranspose2d-extra-param"),
+    flagged_case(CONV, M.ExtraParamTransposeNet, {"up"}, id="builtin-convtranspose2d-extra-param",
+                 also={(NO_GRADIENT, "up")}),
 ]
 
 
@@ -158,7 +162,8 @@ def test_conv_param_count_matches_torch(module, args):
 # =====================================================================================================
 POOL_PARAMS_FLAGGED = [
     flagged_case(POOL_PARAMS, M.ScaledPoolNet, {"pool"}, id="hand-maxpool-learnable-scale"),
-    flagged_case(POOL_PARAMS, M.BuiltinPoolWithWeightNet, {"features.2"}, id="builtin-maxpool2d-given-weight"),
+    flagged_case(POOL_PARAMS, M.BuiltinPoolWithWeightNet, {"features.2"}, id="builtin-maxpool2d-given-weight",
+                 also={(NO_GRADIENT, "features.2")}),
     flagged_case(POOL_PARAMS, M.FunctionalAttentionPoolNet, {"gap"}, id="hand-attention-pool-functional-residual-forward"),
 ]
 

@@ -1,6 +1,6 @@
-"""layer-not-used, bn-reused and parameter-without-gradient (cnncheck/checks/structure.py, a plugin
-until they are built in): models that must be flagged, look-alikes that must not be, custom forwards
-and functional calls among both, and the model left as it was."""
+"""layer-not-used, bn-reused and parameter-without-gradient (cnncheck/checks/structure.py): models that
+must be flagged, look-alikes that must not be, custom forwards and functional calls among both, and the
+model left as it was."""
 
 from __future__ import annotations
 
@@ -10,13 +10,11 @@ import torch.nn.functional as F
 from checking import check_unmodified
 from torch import nn
 
-from cnncheck.checks import structure
-
 RULES = ["layer-not-used", "bn-reused", "parameter-without-gradient"]
 
 
 def _found(model: nn.Module, shape: tuple[int, ...]) -> set[tuple[str, str]]:
-    report = check_unmodified(model, shape, checks=RULES, plugins=[structure])
+    report = check_unmodified(model, shape, checks=RULES)
     assert report.crashes == [] and not report.not_checked, report
     return {(f.rule, f.module) for f in report.findings}
 
@@ -126,7 +124,7 @@ def test_layer_not_used(model, shape, expected) -> None:
 def test_an_unused_layer_says_what_it_costs() -> None:
     import cnncheck
 
-    report = cnncheck.check_model(ForgottenBN(), (2, 1, 8, 8), checks=["layer-not-used"], plugins=[structure])
+    report = cnncheck.check_model(ForgottenBN(), (2, 1, 8, 8), checks=["layer-not-used"])
     bn = next(f for f in report.findings if f.module == "bn")
     assert bn.message == "BatchNorm2d 'bn' is never used: forward does not run it in train or eval mode"
     assert "16 parameter(s) that never train, and they inflate the model's parameter count" in bn.found
@@ -227,8 +225,8 @@ def test_bn_reused(model, shape, expected) -> None:
 def test_a_loop_is_explained_as_a_loop() -> None:
     import cnncheck
 
-    loop = cnncheck.check_model(Recurrent(), (2, 4, 8, 8), checks=["bn-reused"], plugins=[structure]).findings[0]
-    places = cnncheck.check_model(TwoPlaces(), (2, 3, 8, 8), checks=["bn-reused"], plugins=[structure]).findings[0]
+    loop = cnncheck.check_model(Recurrent(), (2, 4, 8, 8), checks=["bn-reused"]).findings[0]
+    places = cnncheck.check_model(TwoPlaces(), (2, 3, 8, 8), checks=["bn-reused"]).findings[0]
     assert loop.message == "BatchNorm2d 'bn' runs 3 times in one forward, step after step at one line (a loop)"
     assert "one per step" in (loop.fix or "") and "mix the distributions of every step of the loop" in loop.found
     assert places.message == "BatchNorm2d 'bn' runs 2 times in one forward, at 2 places"
@@ -317,17 +315,17 @@ def test_a_missing_gradient_names_the_parameters_and_the_cut() -> None:
     import cnncheck
 
     check = cnncheck.check_model
-    detached = check(DetachedScale(), (2, 1, 8, 8), checks=["parameter-without-gradient"], plugins=[structure])
+    detached = check(DetachedScale(), (2, 1, 8, 8), checks=["parameter-without-gradient"])
     assert detached.findings[0].message == ("the model (DetachedScale) is used by forward, but its parameter "
                                             "'scale' gets no gradient in a train step, so it never trains")
-    both = check(DataAndIntegerCast(), (2, 6), checks=["parameter-without-gradient"], plugins=[structure])
+    both = check(DataAndIntegerCast(), (2, 6), checks=["parameter-without-gradient"])
     assert "parameters 'weight', 'gain' get no gradient" in both.findings[0].message
-    stem = check(NoGradInForward(), (2, 1, 8, 8), checks=["parameter-without-gradient"], plugins=[structure])
+    stem = check(NoGradInForward(), (2, 1, 8, 8), checks=["parameter-without-gradient"])
     assert "weight (8, 1, 3, 3), bias (8,)" in stem.findings[0].found
     assert "torch.no_grad()" in stem.findings[0].found
 
 
-def test_the_command_runs_them_as_a_plugin(tmp_path) -> None:
+def test_the_command_reports_them(tmp_path) -> None:
     import json
     import textwrap
 
@@ -349,8 +347,73 @@ def test_the_command_runs_them_as_a_plugin(tmp_path) -> None:
                 return self.fc(F.relu(self.conv(x)).mean(dim=(2, 3)))
     """))
     out = tmp_path / "report.json"
-    assert main(["check", str(tmp_path / "model.py"), "--plugin", "cnncheck.checks.structure", "--input-shape",
-                 "2,1,8,8", "--format", "json", "-o", str(out)]) == 1
+    assert main(["check", str(tmp_path / "model.py"), "--input-shape", "2,1,8,8", "--format", "json", "-o", str(out)]) == 1
     model = json.loads(out.read_text())["models"][0]
     assert [(f["rule"], f["module"]) for f in model["findings"]] == [("layer-not-used", "bn")]
     assert {"layer-not-used", "bn-reused", "parameter-without-gradient"} <= set(model["rules_run"])
+
+
+# -- what the three rules share with the others ------------------------------------------------------------------
+class PoolWithAForgottenConv(nn.Module):
+    """A downsampling block whose forward forgot its conv: the block runs only a pool op."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        return F.max_pool2d(x, 2)
+
+
+class DetachedAfterActivation(nn.Module):
+    """F.conv2d on an activation, with a detached weight: still a convolution with its own weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 4, 3, 3) * 0.1)
+
+    def forward(self, x):
+        return F.conv2d(F.gelu(x), self.weight.detach(), padding=1)
+
+
+def test_a_forgotten_child_is_not_its_parents_parameter() -> None:
+    """The forgotten conv is layer-not-used's finding; the block that ran is a pool with no parameters
+    of its own (pool-has-parameters would blame the pool for the conv)."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, bias=False), nn.ReLU(), PoolWithAForgottenConv(), nn.Flatten(),
+                          nn.Linear(36, 2))
+    report = check_unmodified(model, (2, 1, 8, 8))
+    assert [(f.rule, f.module) for f in report.findings] == [("layer-not-used", "2.proj")]
+
+
+def test_a_detached_weight_is_the_layers_own_weight() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, bias=False), DetachedAfterActivation(), nn.Flatten(), nn.Linear(144, 2))
+    report = check_unmodified(model, (2, 1, 8, 8))
+    assert [(f.rule, f.module) for f in report.findings] == [("parameter-without-gradient", "1")]
+    assert "a .detach() in its forward" in report.findings[0].found
+
+
+def test_a_batchnorm_shared_in_a_sequential_is_two_places_and_the_verdict_is_stable() -> None:
+    bn = nn.BatchNorm2d(4)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), bn, nn.ReLU(), nn.Conv2d(4, 4, 3, bias=False), bn)
+    first = check_unmodified(model, (4, 3, 10, 10))
+    again = check_unmodified(model, (4, 3, 10, 10))
+    assert [(f.rule, f.module) for f in first.findings] == [("bn-reused", "1")]
+    assert "at 2 places" in first.findings[0].message
+    assert first.findings == again.findings  # no line of the caller's code in the finding
+
+
+def test_a_parameter_forward_never_reads_is_named_as_such() -> None:
+    class ForgottenScale(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(4, 1, 3, 3))
+            self.scale = nn.Parameter(torch.ones(4, 1, 1))  # forward forgets it
+
+        def forward(self, x):
+            return F.conv2d(x, self.weight, padding=1)
+
+    model = nn.Sequential(ForgottenScale(), nn.ReLU(), nn.Flatten(), nn.Linear(256, 2))
+    report = check_unmodified(model, (2, 1, 8, 8), checks=["parameter-without-gradient"])
+    assert report.findings[0].module == "0"
+    assert "no gradient reaches scale (4, 1, 1) (4 values): the layer ran, but no op of its forward reads it" \
+        in report.findings[0].found

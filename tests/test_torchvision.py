@@ -66,14 +66,25 @@ def build(name: str) -> nn.Module:
 
 
 def expected_findings(name: str, model: nn.Module) -> set[tuple[str, str]]:
-    """vgg*_bn: every conv in ``features`` is followed directly by a BatchNorm, its bias cancelled."""
-    if not (name.startswith("vgg") and name.endswith("_bn")):
-        return set()
-    return {
-        (REDUNDANT, f"features.{sub}")
-        for sub, m in model.features.named_modules()  # type: ignore[union-attr]
-        if isinstance(m, nn.Conv2d)
-    }
+    """The findings each model must have, confirmed by reading torchvision's source:
+
+    - vgg*_bn: every conv in ``features`` is followed directly by a BatchNorm, its bias cancelled;
+    - efficientnet: every MBConv builds a ``StochasticDepth`` but ``MBConv.forward`` runs it only when
+      ``use_res_connect`` (torchvision/models/efficientnet.py), so in the first block of each stage it is
+      a layer forward never runs.
+    """
+    if name.startswith("vgg") and name.endswith("_bn"):
+        return {
+            (REDUNDANT, f"features.{sub}")
+            for sub, m in model.features.named_modules()  # type: ignore[union-attr]
+            if isinstance(m, nn.Conv2d)
+        }
+    if name.startswith("efficientnet"):
+        from torchvision.models.efficientnet import MBConv
+
+        return {("layer-not-used", f"{block_name}.stochastic_depth") for block_name, block in model.named_modules()
+                if isinstance(block, MBConv) and not block.use_res_connect}
+    return set()
 
 
 @pytest.mark.parametrize("name", PARAMS)

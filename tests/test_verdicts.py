@@ -268,6 +268,45 @@ def test_a_clean_model_exits_zero(tmp_path, monkeypatch) -> None:
     assert code == 0 and "no findings" in text
 
 
+# -- a plugin hook that fails: no front end may call the check clean ------------------------------------
+FAILING_HOOKS = {
+    "report": "@cnncheck.hookimpl\ndef cnncheck_report(report, model):\n    raise RuntimeError('report hook broke')\n",
+    "classify": "@cnncheck.hookimpl\ndef cnncheck_classify_module(module):\n"
+                "    raise RuntimeError('classify hook broke')\n",
+}
+
+
+@pytest.mark.parametrize("hook", sorted(FAILING_HOOKS))
+def test_a_failing_plugin_hook_makes_every_front_end_say_crashed(hook, tmp_path, monkeypatch, pytester) -> None:
+    source = "import cnncheck\n\n" + FAILING_HOOKS[hook]
+    (tmp_path / "failing_hook.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    plugin = importlib.import_module("failing_hook")
+    importlib.reload(plugin)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4))
+    report = cnncheck.check_model(model, (2, 3, 8, 8), plugins=[plugin])
+    assert report.verdict is Verdict.CRASHED and not report.ok
+    assert f"{hook} hook broke" in str(report)
+    with pytest.raises(cnncheck.CheckFailed):
+        cnncheck.assert_cnn_correct(model, (2, 3, 8, 8), plugins=[plugin])
+
+    results = {fmt: _run_cli(tmp_path, monkeypatch, CLEAN_MODEL, fmt, "--plugin", "failing_hook") for fmt in FORMATS}
+    assert {code for code, _ in results.values()} == {3}
+    data = json.loads(results["json"][1])
+    assert data["summary"]["crashed"] == 1 and "hook broke" in data["models"][0]["plugin_problems"][0]
+    assert json.loads(results["sarif"][1])["runs"][0]["invocations"][0]["executionSuccessful"] is False
+    cases = {c.get("name"): c for c in ET.fromstring(results["junit"][1]).iter("testcase")}
+    assert cases["cnncheck-plugin-error"].find("error") is not None
+
+    pytester.makepyfile(failing_hook=source, clean=CLEAN_MODEL)
+    pytester.syspathinsert()
+    result = pytester.runpytest("--cnncheck", "--cnncheck-plugin", "failing_hook", "-p", "no:randomly")
+    assert result.parseoutcomes().get("failed") == 1, result.stdout.str()
+    assert "a plugin failed while clean.py::Clean was checked" in result.stdout.str()
+
+
 # -- pytest ----------------------------------------------------------------------------------------------
 def test_pytest_items_show_not_checked_as_skipped_and_a_crash_as_cnncheck_s_failure(pytester) -> None:
     pytester.makepyfile(crashing_rule=CRASHING_PLUGIN, eval_crash=EVAL_CRASH_MODEL)

@@ -10,7 +10,7 @@ from cnncheck.rules import Rule
 
 @hookimpl
 def cnncheck_register_rules() -> Iterable[Rule]:
-    from cnncheck.checks import batchnorm, conv_params, feature_size, mode, pooling, redundant_bias
+    from cnncheck.checks import batchnorm, conv_params, feature_size, mode, pooling, redundant_bias, structure
 
     return [
         conv_params.RULE,
@@ -22,4 +22,7 @@ def cnncheck_register_rules() -> Iterable[Rule]:
         batchnorm.EVAL_BEHAVIOUR,
         mode.RULE,
         feature_size.RULE,
+        structure.NOT_USED,
+        structure.REUSED,
+        structure.NO_GRADIENT,
     ]

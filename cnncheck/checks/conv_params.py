@@ -54,7 +54,7 @@ def _check_conv_call(ctx: CheckContext, rule: Rule, module: nn.Module, node: Nod
         yield from _check_conv(ctx, rule, module, node.name)  # its attributes say another conv than it runs
         return
     kernel_size = tuple(int(k) for k in kernel)
-    owned = {id(p): p for p in module.parameters()}
+    owned = {id(p): p for _, p in ctx.layer_parameters(module)}
     # the bias handed to the op, or one added after it under a name of its own
     has_bias = (isinstance(bias, torch.Tensor) and id(bias) in owned) or _conv_bias(module, weight, c_out) is not None
     expected = conv_param_formula(c_in, c_out, kernel_size, groups, has_bias, transposed=transposed)
@@ -69,7 +69,7 @@ def _count_finding(ctx: CheckContext, rule: Rule, module: nn.Module, name: str, 
     """A layer that owns another number of parameters than its formula gives."""
     if count == expected.value:
         return None
-    extra = [f"{n}: {_shape(tuple(p.shape))}" for n, p in module.named_parameters()]
+    extra = [f"{n}: {_shape(tuple(p.shape))}" for n, p in ctx.layer_parameters(module)]
     return rule.finding(name, f"{title} should have {expected.value} parameters, it has {count}",
                         expected=str(expected), found=f"{count} parameters ({', '.join(extra)})",
                         location=ctx.location_of(module))
@@ -102,7 +102,7 @@ def _check_conv(ctx: CheckContext, rule: Rule, module: nn.Module, name: str) -> 
     bias = _conv_bias(module, found_weight[1] if found_weight else None, c_out)
     has_bias = isinstance(bias, torch.Tensor)
     expected = conv_param_formula(c_in, c_out, kernel, groups, has_bias, transposed=transposed)
-    owned = {id(p): p for p in module.parameters()}
+    owned = {id(p): p for _, p in ctx.layer_parameters(module)}
     count = sum(p.numel() for p in owned.values())
     if found_weight is not None and id(found_weight[1]) not in owned:
         # a reparametrized weight (weight_norm: g and v): the formula counts the filters it computes

@@ -19,7 +19,7 @@ from cnncheck.rules import Rule
 
 def check_parameters(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
     for module, info in ctx.modules_of(LayerKind.POOL):
-        owned = {id(p): (n, p) for n, p in module.named_parameters()}
+        owned = {id(p): (n, p) for n, p in ctx.layer_parameters(module)}
         if not owned:
             continue
         count = sum(p.numel() for _, p in owned.values())

@@ -1,9 +1,5 @@
 """The structural rules: ``layer-not-used``, ``bn-reused`` and ``parameter-without-gradient``.
 
-Not yet among the built-in rules: this module is a plugin of its own until the reports, the examples
-and the generator know them (``cnncheck check --plugin cnncheck.checks.structure``,
-``check_model(..., plugins=[cnncheck.checks.structure])``).
-
 Each reads the dataflow of the traced forwards (which layers ran, which tensors each op received), not
 the order of an ``nn.Sequential`` or a count of hook calls: a layer called through a custom forward, a
 weight read with ``F.linear(x, self.fc.weight)`` and a BatchNorm called in a loop are all seen.
@@ -20,18 +16,9 @@ from torch import nn
 
 from cnncheck.context import CheckContext, _leaves
 from cnncheck.findings import Finding, Severity
-from cnncheck.hookspecs import hookimpl
 from cnncheck.layers import LayerKind, layer_label, running_buffers, short_repr
 from cnncheck.rules import Pass, Rule
 from cnncheck.trace import Node, Trace
-
-
-def _tensors(node: Node) -> Iterator[torch.Tensor]:
-    for value in (*node.inputs, *node.args, *node.kwargs.values()):
-        if isinstance(value, torch.Tensor):
-            yield value
-        elif isinstance(value, (list, tuple)):
-            yield from (v for v in value if isinstance(v, torch.Tensor))
 
 
 def _ran(traces: Iterable[Trace]) -> tuple[set[str], set[int]]:
@@ -40,9 +27,8 @@ def _ran(traces: Iterable[Trace]) -> tuple[set[str], set[int]]:
     names: set[str] = set()
     read: set[int] = set()
     for trace in traces:
-        for node in trace.nodes:
-            names.add(node.name if node.module is not None else node.scope)
-            read.update(id(t) for t in _tensors(node))
+        names.update(node.name if node.module is not None else node.scope for node in trace.every_node())
+        read |= trace.tensors_read()
     return names, read
 
 
@@ -85,7 +71,7 @@ def _rate_handed_to_an_op(trace: Trace, name: str, module: nn.Module) -> bool:
     """Whether an op in the dropout's parent passed its rate as ``dropout_p`` (fused attention)."""
     parent = name.rpartition(".")[0]
     rate = getattr(module, "p", None)
-    for node in trace.nodes:
+    for node in trace.every_node():
         if node.module is None and (node.scope == parent or node.scope.startswith(f"{parent}.") or not parent):
             given = node.kwargs.get("dropout_p", node.args[4] if node.func_name == "scaled_dot_product_attention"
                                     and len(node.args) > 4 else None)
@@ -117,6 +103,7 @@ NOT_USED = Rule(
     check=check_not_used,
     needs=frozenset({Pass.TRAIN, Pass.EVAL}),
     compares_values=False,
+    needs_whole_passes=True,
     flagged_example="""
 class Net(nn.Module):
     def __init__(self):
@@ -142,7 +129,7 @@ class Net(nn.Module):
 # -- bn-reused ------------------------------------------------------------------------------------------------
 def check_reused(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
     calls: dict[int, list[Node]] = defaultdict(list)
-    for node in ctx.train_trace.nodes:
+    for node in ctx.train_trace.every_node():
         if node.module is not None and node.kind is LayerKind.BATCH_NORM and running_buffers(node.module) \
                 and _tracks(node.module):
             calls[id(node.module)].append(node)
@@ -152,7 +139,11 @@ def check_reused(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         module = nodes[0].module
         assert module is not None
         name = nodes[0].name
-        places = list(dict.fromkeys(n.call_site or "?" for n in nodes))
+        # a call made by torch's own code (an nn.Sequential running its children) is a place of its own
+        places = list(dict.fromkeys(
+            f"at {n.call_site}" if n.call_site else
+            f"by the forward of {repr(n.scope) if n.scope else 'the model'} (call {i + 1})"
+            for i, n in enumerate(nodes)))
         shapes = list(dict.fromkeys(str(tuple(n.inputs[0].shape)) for n in nodes if n.inputs))
         in_loop = len(places) == 1
         message = (f"{layer_label(name, module)} runs {len(nodes)} times in one forward"
@@ -168,7 +159,7 @@ def check_reused(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
             fix="Build one BatchNorm for each place (an nn.ModuleList of them for a loop, one per step) "
             "instead of calling the same one again." if in_loop else None,
             location=ctx.location_of(module),
-            details=[f"called at {place}" for place in places[:5]],
+            details=[f"called {place}" for place in places[:5]],
         )
 
 
@@ -239,15 +230,36 @@ def check_no_gradient(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         count = sum(p.numel() for _, p in params)
         named = ", ".join(f"'{_join(name, pname)}'" for pname, _ in params)
         subject = f"parameter {named} gets" if len(params) == 1 else f"parameters {named} get"
+        them = "it" if len(params) == 1 else "them"
+        if _never_read(module, params, read, reached, trace, name):
+            cause = f"the layer ran, but no op of its forward reads {them}"
+        else:
+            cause = f"the graph from {them} to the output is cut ({_cut_hint(trace, name)})"
         yield rule.finding(
             name,
             f"{layer_label(name, module)} is used by forward, but its {subject} no gradient in a train step, "
             f"so {'it never trains' if len(params) == 1 else 'they never train'}",
             expected="every parameter with requires_grad=True that forward uses gets a gradient from the loss",
-            found=f"no gradient reaches {listing} ({count} values): the graph from "
-            f"{'it' if len(params) == 1 else 'them'} to the output is cut ({_cut_hint(trace, name)})",
+            found=f"no gradient reaches {listing} ({count} values): {cause}",
             location=ctx.location_of(module),
         )
+
+
+def _never_read(module: nn.Module, params: list[tuple[str, nn.Parameter]], read: set[int], reached: set[int],
+                trace: Trace, name: str) -> bool:
+    """Whether the layer ran without reading these parameters at all (rather than with its graph cut): no op
+    received them, and either its own ops were recorded (a hand-written layer), or its other parameters got
+    a gradient, or its output is in the graph (a torch layer given an extra parameter it never uses)."""
+    if any(id(p) in read for _, p in params):
+        return False
+    storages = {t.untyped_storage().data_ptr() for node in trace.every_node() for t in node.tensors_received()}
+    if any(p.untyped_storage().data_ptr() in storages for _, p in params):
+        return False  # read through .data or a view: its graph is cut, not forgotten
+    mine = {id(p) for _, p in params}
+    siblings_reached = any(id(q) in reached for q in module.parameters(recurse=False) if id(q) not in mine)
+    ops_inside = any(n.module is None and _inside(name, (n.scope,)) for n in trace.every_node())
+    output_in_graph = any(n.module is module and any(t.requires_grad for t in n.outputs) for n in trace.nodes)
+    return siblings_reached or ops_inside or output_in_graph
 
 
 def _reached_leaves(outputs: list[torch.Tensor]) -> set[int]:
@@ -276,7 +288,7 @@ def _join(module: str, parameter: str) -> str:
 def _cut_hint(trace: Trace, name: str) -> str:
     """Where the gradient is likely cut, from the ops recorded in the layer: a detach, .data, an integer
     cast, or none of them (then torch.no_grad() around the call)."""
-    inside = [n for n in trace.nodes if _inside(name, (n.scope, n.name if n.module is not None else n.scope))]
+    inside = [n for n in trace.every_node() if _inside(name, (n.scope, n.name if n.module is not None else n.scope))]
     ops = {n.func_name for n in inside}
     if {"detach", "detach_"} & ops:
         return "a .detach() in its forward"
@@ -299,10 +311,12 @@ NO_GRADIENT = Rule(
         "parameter is still in the graph."
     ),
     fix="Remove the `.detach()`, `.data` or `torch.no_grad()` around the layer's computation, or, if the "
-    "parameter is meant to stay fixed, freeze it (`p.requires_grad_(False)`) or make it a buffer.",
+    "parameter is meant to stay fixed, freeze it (`p.requires_grad_(False)`) or make it a buffer. A parameter "
+    "that forward never reads is a forgotten term: use it in forward, or delete it.",
     severity=Severity.ERROR,
     check=check_no_gradient,
     needs=frozenset({Pass.TRAIN, Pass.GRADIENTS}),
+    needs_whole_passes=True,
     flagged_example="""
 class Net(nn.Module):
     def __init__(self):
@@ -320,8 +334,3 @@ class Net(nn.Module):
     "reach gets no gradient at all and is flagged; one whose gradient is zero is in the graph and is not. Frozen parameters, buffers and layers forward never uses "
     "(`layer-not-used`) are left out.",
 )
-
-
-@hookimpl
-def cnncheck_register_rules() -> list[Rule]:
-    return [NOT_USED, REUSED, NO_GRADIENT]
