@@ -31,6 +31,7 @@ from cnncheck.plugins import (
 from cnncheck.preserve import preserved, preserved_global_state
 from cnncheck.rules import matches, select_rules
 from cnncheck.trace import module_inventory
+from cnncheck.verdict import CRASH_ADVICE
 
 _PACKAGE_DIR = os.path.dirname(__file__)
 
@@ -112,10 +113,10 @@ def _check(model: nn.Module, example_input: Any, device: str | torch.device | No
         stack.callback(ctx.remove_repairs)
         try:
             results = run_rules(ctx, rules, registered)
-        except UnexplainedFailure:
+        except UnexplainedFailure as unexplained:
             failure = ctx.train_trace.error
             assert failure is not None
-            raise _forward_failed(name, ctx, failure) from _without_cnncheck_frames(failure)
+            raise _forward_failed(name, ctx, failure, unexplained.crashed) from _without_cnncheck_frames(failure)
         report = Report(
             model_name=name,
             input_shape=tuple(ctx.example.shape),
@@ -149,7 +150,7 @@ def _layer_ignore_matches(pattern: str, rule_id: str, module: str) -> bool:
     return matches(rule_id, [rule_pattern]) and fnmatch.fnmatchcase(module, module_glob or "*")
 
 
-def _forward_failed(name: str, ctx: CheckContext, error: BaseException) -> CheckError:
+def _forward_failed(name: str, ctx: CheckContext, error: BaseException, crashed: dict[str, str]) -> CheckError:
     shape = "x".join(str(s) for s in ctx.example.shape)
     failed = ctx.train_trace.failed
     where = ""
@@ -158,10 +159,12 @@ def _forward_failed(name: str, ctx: CheckContext, error: BaseException) -> Check
             where += f" in {failed.module_stack[-1]}"
         if failed.location:
             where += f" at {failed.location}"
+    crashes = "".join(f"\nwhile explaining it, rule {rule} crashed: {reason} ({CRASH_ADVICE})"
+                      for rule, reason in crashed.items())
     return CheckError(
         f"{name}.forward raised {type(error).__name__}{where} on an input of shape {shape}: {error}\n"
         f"cnncheck needs the model to run on its example input; fix the error above or pass the input "
-        f"shape the model expects."
+        f"shape the model expects.{crashes}"
     )
 
 

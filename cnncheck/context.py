@@ -151,6 +151,7 @@ class CheckContext:
         trace: a backward pass through the part of the graph between them only (for redundant-bias, from
         the BatchNorms back to the biased layers), not through the whole model. A backward that fails
         is a note, and None for every start."""
+        self.read.add(Pass.GRADIENTS)
         generator = torch.Generator(device="cpu").manual_seed(1)
         projections = [torch.randn(e.shape, generator=generator, dtype=e.dtype).to(e.device) for e in ends]
         try:
@@ -169,6 +170,7 @@ class CheckContext:
     @property
     def eval_trace(self) -> Trace:
         """The model after its own ``eval()``, traced without gradients."""
+        self.read.add(Pass.EVAL)  # a rule that reads it without declaring it is judged as if it had
         if "eval" not in self._cache:
             with torch.no_grad(), same_randomness(self.example):  # see eval_output_of_first_sample
                 inputs, kwargs = self.fresh_inputs()

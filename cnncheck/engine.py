@@ -28,7 +28,12 @@ class RuleResults:
 
 
 class UnexplainedFailure(Exception):
-    """The train forward raised and no rule can say why: the model cannot be checked at all."""
+    """The train forward raised and no rule can say why: the model cannot be checked at all.
+    ``crashed``: the rules whose diagnosis raised while they were asked (a plugin's bug, reported too)."""
+
+    def __init__(self, crashed: dict[str, str]) -> None:
+        super().__init__()
+        self.crashed = crashed
 
 
 def run_rules(ctx: CheckContext, selected: list[Rule], registered: list[Rule]) -> RuleResults:
@@ -61,6 +66,8 @@ def _run(ctx: CheckContext, rule: Rule, found: list[Finding]) -> RuleOutcome:
             raise NotChecked(partial)  # "never ran" is not true of the part of forward after a failure
         for finding in rule.check(ctx, rule):
             found.append(finding)
+        for need in [p for p in Pass if p in ctx.read - rule.needs]:  # read, though the rule did not declare it
+            ctx.require(need)
     except NotChecked as exc:
         return RuleOutcome(rule.id, RuleStatus.FINDINGS if found else RuleStatus.NOT_CHECKED, str(exc))
     except Exception as exc:  # one broken rule must not take the others down
@@ -96,5 +103,5 @@ def diagnose(ctx: CheckContext, rules: list[Rule]) -> tuple[list[Diagnosis], dic
             break
         ctx.repair(diagnosis.repair)
     if not diagnoses and ctx.train_trace.error is not None:
-        raise UnexplainedFailure
+        raise UnexplainedFailure(crashed)
     return diagnoses, crashed

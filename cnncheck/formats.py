@@ -478,6 +478,8 @@ def _junit_suite(parent: ET.Element, result: ModelResult, rules: Sequence[Rule],
     else:
         for rule_id in _rules_for(result, rules):
             counts[_junit_case(suite, result, rule_id)] += 1
+    if result.notes:  # what the check did beyond the rules (a repair, an inferred shape): CI shows it
+        ET.SubElement(suite, "system-out").text = _xml("\n".join(result.notes))
     if result.plugin_problems:  # the plugin's error, not the model's: its verdicts cannot be trusted
         case = ET.SubElement(suite, "testcase", classname=_xml(result.id), name=PLUGIN_ERROR_ID, file=_xml(result.file))
         error = ET.SubElement(case, "error", message=_xml(result.plugin_problems[0]), type="cnncheck-plugin-error")
@@ -631,6 +633,8 @@ def render_sarif(results: Sequence[ModelResult], *, rules: Sequence[Rule],
     notifications += [{"level": "error", "message": {"text": f"{r.id}: {problem}"},
                        "descriptor": {"id": CRASH_ID, "index": 2}, "properties": {"model": r.id}}
                       for r in results for problem in r.plugin_problems]
+    notifications += [{"level": "note", "message": {"text": f"{r.id}: {note}"}, "properties": {"model": r.id}}
+                      for r in results for note in r.notes if note not in r.plugin_problems]
     invocation: dict[str, Any] = {"executionSuccessful": not any(n["level"] == "error" for n in notifications)}
     if notifications:
         invocation["toolExecutionNotifications"] = notifications

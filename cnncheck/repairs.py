@@ -16,14 +16,24 @@ from torch.overrides import TorchFunctionMode
 from cnncheck.frames import function_name, user_location
 from cnncheck.rules import Repair
 
+_REPAIRED = "_cnncheck_repaired"
+
 
 def fitted(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
-    """``x`` cut, or padded with zeros, to ``size`` along ``dim``."""
+    """``x`` cut, or padded with zeros, to ``size`` along ``dim`` (marked: see :func:`is_repaired`)."""
     have = int(x.shape[dim])
     if have >= size:
-        return x.narrow(dim, 0, size)
-    after = x.dim() - 1 - dim % x.dim()
-    return torch.nn.functional.pad(x, [0, 0] * after + [0, size - have])
+        out = x.narrow(dim, 0, size)
+    else:
+        after = x.dim() - 1 - dim % x.dim()
+        out = torch.nn.functional.pad(x, [0, 0] * after + [0, size - have])
+    setattr(out, _REPAIRED, True)
+    return out
+
+
+def is_repaired(t: torch.Tensor) -> bool:
+    """Whether ``t`` is cnncheck's own fitted input, not a tensor the student's forward made."""
+    return bool(getattr(t, _REPAIRED, False))
 
 
 class _FittedCalls(TorchFunctionMode):

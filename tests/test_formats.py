@@ -361,3 +361,17 @@ def test_markdown_keeps_a_shape_trace_as_a_code_block() -> None:
     block = text.split("```text\n", 1)[1].split("\n```", 1)[0]
     assert block.splitlines() == list(finding.details)  # verbatim: no bullets, no escaping
     assert "  - " not in text.split("**Found:**", 1)[1].split("**Where:**", 1)[0]
+
+
+def test_notes_reach_sarif_and_junit(rules, sarif_validator) -> None:
+    """What the check did beyond the rules (here: checked on as if fc1 fitted) is in every format."""
+    note = "the other rules checked the rest of forward as if fc1 received 100 features"
+    result = ModelResult(id="a.py::Net", file="a.py", name="Net", input_shape=SHAPE, rules_run=("conv-param-formula",),
+                         notes=[note])
+    log = _sarif([result], rules)
+    assert not list(sarif_validator.iter_errors(log))
+    notes = log["runs"][0]["invocations"][0]["toolExecutionNotifications"]
+    assert [(n["level"], n["message"]["text"]) for n in notes] == [("note", f"a.py::Net: {note}")]
+    assert log["runs"][0]["invocations"][0]["executionSuccessful"] is True
+    suite = ET.fromstring(formats.render_junit([result], rules=rules)).find("testsuite")
+    assert suite is not None and suite.findtext("system-out") == note

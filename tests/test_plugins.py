@@ -113,3 +113,32 @@ def test_classify_hook_places_a_layer_duck_typing_cannot(registered) -> None:
     registered(ClassifyPlugin())
     report = cnncheck.check_model(model, (2, 3, 8, 8), checks=["pool-has-parameters"])
     assert [(f.rule, f.module) for f in report.findings] == [("pool-has-parameters", "0")]
+
+
+def test_no_rule_imports_another_rule() -> None:
+    """Rules are independent: what two share lives outside cnncheck/checks/ (eval_mode, batch_axis, ...),
+    and no rule module imports another (cnncheck/checks/__init__.py only registers them)."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    import cnncheck.checks
+
+    folder = Path(cnncheck.checks.__file__).parent
+    rule_modules = {path.stem for path in folder.glob("*.py") if path.stem != "__init__" and any(
+        isinstance(value, Rule) for value in vars(importlib.import_module(f"cnncheck.checks.{path.stem}")).values())}
+    assert {"conv_params", "structure", "batchnorm"} <= rule_modules  # the helper batchnorm_semantics is none
+    crossings = []
+    for path in folder.glob("*.py"):
+        if path.stem == "__init__":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            crossings += [(path.stem, n) for n in names if n.startswith("cnncheck.checks.")
+                          and n.split(".")[2] in rule_modules and n.split(".")[2] != path.stem]
+    assert crossings == []

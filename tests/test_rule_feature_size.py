@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import models_conv as M
 import pytest
+import torch
 from models_conv import build, check_unmodified, line_of, rule_pairs
 from torch import nn
 
@@ -167,3 +169,28 @@ def test_view_does_not_divide_names_linear():
     assert re.search(r"expects 512( = [\d*]+)? input features but gets 288\b", f.message)
     assert "view(-1, 512)" in f.message
     assert f.found == "288 = 8*6*6: a 8x6x6 feature map"
+
+
+class TwoWrongLinears(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, bias=False)
+        self.fc1 = nn.Linear(999, 64)  # the map is 8x6x6 = 288
+        self.fc2 = nn.Linear(50, 10)  # fc1 gives 64
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).flatten(1))))
+
+
+def test_a_linear_fed_by_a_linear_is_explained_by_that_linear_and_the_repair_is_marked() -> None:
+    report = cnncheck.check_model(TwoWrongLinears(), (4, 1, 8, 8), checks=["feature-size-mismatch"])
+    fc1, fc2 = report.findings
+    assert fc1.module == "fc1" and "288 = 8*6*6" in fc1.found
+    assert fc2.module == "fc2"
+    assert fc2.message == ("fc2 expects 50 input features but gets 64: the 64 outputs of fc1 "
+                           "Linear(in_features=999, out_features=64)")
+    assert "feature map" not in fc2.found and fc2.fix.startswith("set in_features=64: nn.Linear(64, 10)")
+    assert fc2.location is not None and fc2.location.endswith(
+        f"test_rule_feature_size.py:{inspect.getsourcelines(TwoWrongLinears)[1] + 5}")  # fc2's line
+    trace = "\n".join(fc2.details)
+    assert "narrow" not in trace and "cnncheck's repair: cut or zero-padded to fit the next layer" in trace

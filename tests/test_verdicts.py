@@ -3,6 +3,7 @@ report, the pytest items, every CLI format and the exit code."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import textwrap
 import xml.etree.ElementTree as ET
@@ -204,6 +205,53 @@ def test_a_crashing_plugin_rule_fails_the_report_and_the_assertion() -> None:
     assert "please report it" in str(report)
     with pytest.raises(cnncheck.CheckFailed, match="internal error in rule explodes"):
         cnncheck.assert_cnn_correct(model, (2, 3, 8, 8), plugins=[Broken()])
+
+
+def test_a_plugin_rule_that_reads_a_pass_it_did_not_declare_is_judged_by_it() -> None:
+    """A rule declares the passes it reads; one that reads the eval pass anyway is not checked when that
+    pass raises, as if it had declared it (never a pass on half of it)."""
+    spec = importlib.util.spec_from_loader("eval_crash_model", loader=None)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    exec(EVAL_CRASH_MODEL, module.__dict__)
+
+    def counts_eval_ops(ctx, rule):
+        return [] if ctx.eval_trace.nodes is not None else []
+
+    class Undeclared:
+        @cnncheck.hookimpl
+        def cnncheck_register_rules(self):
+            return [cnncheck.Rule(id="course-undeclared", summary="", why="", fix="", severity=cnncheck.Severity.ERROR,
+                                  check=counts_eval_ops)]
+
+    report = cnncheck.check_model(module.CrashesAtInference(), (2, 3, 8, 8), checks=["course-undeclared"],
+                                  plugins=[Undeclared()])
+    outcome = report.status("course-undeclared")
+    assert outcome.status is RuleStatus.NOT_CHECKED and "forward raises in eval mode" in outcome.reason
+
+
+def test_a_crashing_diagnosis_is_reported_with_the_forward_that_raised() -> None:
+    class Unrelated(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            raise ValueError("the student's own bug")
+
+    def broken_diagnosis(ctx, rule):
+        raise RuntimeError("the diagnosis broke")
+
+    class Diagnoses:
+        @cnncheck.hookimpl
+        def cnncheck_register_rules(self):
+            return [cnncheck.Rule(id="course-diagnoses", summary="", why="", fix="", severity=cnncheck.Severity.ERROR,
+                                  check=lambda ctx, rule: [], diagnose=broken_diagnosis)]
+
+    with pytest.raises(cnncheck.CheckError) as info:
+        cnncheck.check_model(Unrelated(), (2, 3, 8, 8), plugins=[Diagnoses()])
+    message = str(info.value)
+    assert "ValueError" in message and "the student's own bug" in message
+    assert "rule course-diagnoses crashed: RuntimeError: the diagnosis broke" in message and "please report" in message
 
 
 # -- the command: every format and the exit code -------------------------------------------------------

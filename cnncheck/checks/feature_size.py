@@ -17,6 +17,7 @@ from cnncheck.formulas import output_size, output_size_text
 from cnncheck.frames import function_name
 from cnncheck.layers import LayerKind, as_tuple, short_repr
 from cnncheck.ops import RESHAPES, requested_shape, shown_arguments
+from cnncheck.repairs import is_repaired
 from cnncheck.rules import Diagnosis, Repair, Rule
 from cnncheck.trace import Node, Source
 
@@ -164,6 +165,16 @@ def _mismatch(ctx: CheckContext, rule: Rule, target: str, linear: nn.Module | No
     details = _shape_trace(ctx, chain, geometries)
     label = f"{target} ({_module_repr(linear)})" if linear is not None else (target or ctx.model_name)
     message = f"{target or ctx.model_name} expects {expected} input features but gets {found}"
+    producer = _linear_producer(chain)
+    if producer is not None:  # a Linear's outputs, not a feature map: its out_features decide
+        made_by = f"{producer.name} {_module_repr(producer.module)}" if producer.module is not None else "F.linear"
+        out = getattr(linear, "out_features", "...")
+        return rule.finding(
+            target, f"{message}: the {found} outputs of {made_by}", expected=f"{expected} features",
+            found=f"{found} features: the output size of {made_by}",
+            fix=f"set in_features={found}" + (f": nn.Linear({found}, {out})" if linear is not None else "")
+            + f", or give {producer.name if producer.module is not None else 'that F.linear'} {expected} outputs",
+            details=["shape trace:", *details], location=ctx.location_of(linear) if linear is not None else location)
     expected_text, found_text, fix = f"{expected} features", f"{found} features", ""
     blamed: Geometry | None = None
     if feature_map is not None:
@@ -194,6 +205,15 @@ def _mismatch(ctx: CheckContext, rule: Rule, target: str, linear: nn.Module | No
              else blamed.node.location if blamed is not None else location)
     return rule.finding(target, message, expected=expected_text, found=found_text, fix=fix,
                         details=["shape trace:", *details], location=where)
+
+
+def _linear_producer(chain: list[Node]) -> Node | None:
+    """The Linear (layer or ``F.linear``) after the last feature map whose outputs reach the mismatched
+    call, if one made its features."""
+    last_map = max((i for i, n in enumerate(chain) if n.outputs and n.outputs[0].dim() >= 3), default=-1)
+    return next((n for n in reversed(chain[last_map + 1:])
+                 if (n.module is not None and n.kind is LayerKind.LINEAR)
+                 or (n.module is None and n.func_name == "linear")), None)
 
 
 def _chain(source: Source) -> list[Node]:
@@ -301,6 +321,9 @@ def _shape_trace(ctx: CheckContext, chain: list[Node], geometries: list[Geometry
         lines.append(f"  input {_dims(chain[0].inputs[0])}")
     for node in chain:
         if not node.outputs:
+            continue
+        if is_repaired(node.outputs[0]):
+            lines.append(f"  -> {_dims(node.outputs[0])}  cnncheck's repair: cut or zero-padded to fit the next layer")
             continue
         what = f"{node.name} {_module_repr(node.module)}" if node.module is not None else f"{node.func_name}(...)"
         line = f"  -> {_dims(node.outputs[0])}  after {what}"
