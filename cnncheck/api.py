@@ -225,7 +225,7 @@ def _refuse_compiled_code(model: nn.Module) -> None:
             f"cannot check {name}: it is a TorchScript module ({made_by} returned it), and a TorchScript "
             f"module cannot be checked because its forward is compiled TorchScript code that cnncheck "
             f"cannot trace. Check the Python model before torch.jit.script/trace instead: pass the {name} "
-            f"itself, e.g. cnncheck.check_model(MyNet(), shape), and script or trace it after the check.",
+            f"itself, e.g. cnncheck.check_model({name}(), shape), and script or trace it after the check.",
             stage="unsupported",
         )
     name = type(model).__name__
@@ -237,7 +237,7 @@ def _refuse_compiled_code(model: nn.Module) -> None:
             f", and a TorchScript module cannot be checked because its forward is compiled TorchScript code "
             f"that cnncheck cannot trace (the rules would not see the layers inside it). Check the Python "
             f"model before torch.jit.script/trace instead: build {name} with the plain Python layers there, "
-            f"e.g. cnncheck.check_model(MyNet(), shape), and script or trace them after the check.",
+            f"e.g. cnncheck.check_model({name}(), shape), and script or trace them after the check.",
             stage="unsupported",
         )
     if compiled:

@@ -192,6 +192,15 @@ CASES = {
         """, prelude=CONV_POOL_BN,
         states=dict.fromkeys(COMPARE_VALUES, "not-checked"),
         says=["conv1.weight holds 3 NaN"]),
+    "nan_made_in_forward": _case("incomplete", "NaNInForward", """
+        @cnncheck.model(input_shape=(4, 3, 8, 8))
+        class NaNInForward(ConvPoolBN):
+            def forward(self, x):
+                return self.body(x / 0 * 0)  # 0/0: every pixel NaN
+        """, prelude=CONV_POOL_BN,
+        states=dict.fromkeys(["pool-mixes-channels", "redundant-bias-before-bn", "bn-not-per-channel",
+                              "bn-train-behaviour", "bn-eval-behaviour", "mode-not-propagated"], "not-checked"),
+        says=["the input of conv1 (Conv2d) holds 768 NaN, first made by div at "]),
     "upsample_module": _case("findings", "UpsampledBias", """
         @cnncheck.model(input_shape=(4, 3, 8, 8))
         class UpsampledBias(nn.Module):

@@ -67,7 +67,7 @@ def test_a_torchscript_model_is_refused_and_left_unchanged(make: Any, made_by: s
     assert text.startswith(f"cannot check ConvNet: it is a TorchScript module ({made_by} returned it)")
     assert NOT_TRACEABLE in text
     assert "Check the Python model before torch.jit.script/trace" in text
-    assert "cnncheck.check_model(MyNet(), shape)" in text
+    assert "cnncheck.check_model(ConvNet(), shape)" in text
     assert_unchanged(model, before)
     assert model.training is (mode == "train")
 
