@@ -128,19 +128,38 @@ def _mentions_cnncheck(file: Path) -> bool:
 
 
 def load_file(path: Path) -> Any:
+    """Import one file under a name of its own. A file of a package (its folder has ``__init__.py``) keeps
+    its package, so that its relative imports (``from .layers import Block``) work as they do in the
+    student's own code; its folder, or the folder above its top package, is searched first."""
     name = f"cnncheck_user_{abs(hash(path.resolve()))}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
+    package, search = _package_of(path.resolve())
+    if package:
+        module.__package__ = package
     sys.modules[name] = module
-    sys.path.insert(0, str(path.parent.resolve()))
+    sys.path.insert(0, search)
     try:
         with contained_exits(f"{path.name}, while it is imported,"):
             spec.loader.exec_module(module)
     finally:
-        sys.path.remove(str(path.parent.resolve()))
+        sys.path.remove(search)
     return module
+
+
+def _package_of(path: Path) -> tuple[str, str]:
+    """The dotted package that holds ``path`` ("" for none) and the folder to search first: the file's own
+    folder, or the one above its top package."""
+    parts: list[str] = []
+    folder = path.parent
+    while (folder / "__init__.py").is_file() and folder.parent != folder:
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    if not parts or not all(part.isidentifier() for part in parts):
+        return "", str(path.parent)
+    return ".".join(parts), str(folder)
 
 
 def is_module_target(target: str) -> bool:
@@ -148,27 +167,32 @@ def is_module_target(target: str) -> bool:
     return Path(target).suffix != ".py" and not Path(target).exists()
 
 
-def import_failure(path: Path, exc: BaseException) -> str:
-    """Why a file could not be imported, as its row or error item says it."""
+def import_failure(where: Path | str, exc: BaseException) -> str:
+    """Why a file (or a ``package.module``) could not be imported, as its row or error item says it."""
     from cnncheck.exits import CodeExited
 
     what = str(exc) if isinstance(exc, CodeExited) else f"{type(exc).__name__}: {exc}"
-    return f"cannot import {path.name}: {what}"
+    return f"cannot import {where.name if isinstance(where, Path) else where}: {what}"
 
 
-def load_target(target: str) -> tuple[Any, Path]:
-    """Import a file path, or a ``package.module`` name (a ``module:attr`` target), found from the current
-    folder first, as ``python -m`` finds it."""
-    path = Path(target)
-    if not is_module_target(target):
-        return load_file(path), path
+def load_module(name: str) -> Any:
+    """Import ``package.module`` by its name, found from the current folder first, as ``python -m``
+    finds it: a module of a package, relative imports and all."""
     here = str(Path.cwd())
     sys.path.insert(0, here)
     try:
-        with contained_exits(f"{target}, while it is imported,"):
-            module = importlib.import_module(target)
+        with contained_exits(f"{name}, while it is imported,"):
+            return importlib.import_module(name)
     finally:
         sys.path.remove(here)
+
+
+def load_target(target: str) -> tuple[Any, Path]:
+    """Import a file path, or a ``package.module`` name (a ``module:attr`` target) with :func:`load_module`."""
+    path = Path(target)
+    if not is_module_target(target):
+        return load_file(path), path
+    module = load_module(target)
     return module, Path(getattr(module, "__file__", None) or target)
 
 
@@ -181,8 +205,15 @@ def named_candidates(target: str, name: str) -> list[Candidate]:
     function, defined there or re-exported (``torchvision.models:AlexNet``), or for ``timm:NAME`` the model
     ``timm.create_model(NAME)`` builds. Raises NoSuchModel when there is none."""
     module, path = load_target(target)
-    by_module = target if is_module_target(target) else None
-    found = [replace(c, module_target=by_module) for c in candidates(module, path, include_all=True)
+    return model_named(module, path, name, target, by_module=is_module_target(target))
+
+
+def model_named(module: Any, path: Path, name: str, target: str, *, by_module: bool) -> list[Candidate]:
+    """The model ``name`` of an imported ``module`` (see :func:`named_candidates`; the ``cnncheck_models``
+    ini key looks its models up here too). ``target`` is where it is as the user wrote it: the file
+    ``path``, or with ``by_module`` a ``package.module``, which then names the model in its id."""
+    module_target = target if by_module else None
+    found = [replace(c, module_target=module_target) for c in candidates(module, path, include_all=True)
              if name in (c.name, c.label)]
     if found:
         return found
@@ -192,7 +223,7 @@ def named_candidates(target: str, name: str) -> list[Candidate]:
     if value is None or not callable(value):
         raise NoSuchModel(f"{target} has no model named {name!r}")
     spec = spec_of(value) or ModelSpec()
-    return [Candidate(path, name, value, spec, line=line_of(value), module_target=by_module)]
+    return [Candidate(path, name, value, spec, line=line_of(value), module_target=module_target)]
 
 
 def candidates(module: Any, file: Path, include_all: bool = False, test_file: bool | None = None) -> list[Candidate]:
@@ -307,6 +338,7 @@ class Entry:
     shape: tuple[int, ...] | None
     ignore: tuple[str, ...] = ()
     invariants: tuple[tuple[str, Any], ...] = ()
+    module: str | None = None  # "pkg.mod" of pkg.mod:Attr: imported by that name (load_module), not as a file
 
     @property
     def left_out(self) -> bool:
@@ -328,8 +360,7 @@ def parse_entry(line: str, rootdir: Path) -> Entry:
             shape_parts.append(part)
     shape_text = " ".join(shape_parts)
     shape = parse_shape(shape_text) if shape_text.strip() else None
-    entry = _entry_target(target, line, rootdir)
-    return Entry(entry.file, entry.attr, shape, ignore, tuple(invariants))
+    return replace(_entry_target(target, line, rootdir), shape=shape, ignore=ignore, invariants=tuple(invariants))
 
 
 def _invariant(key: str, value: str, line: str) -> Any:
@@ -364,10 +395,13 @@ def _entry_target(target: str, line: str, rootdir: Path) -> Entry:
         raise ValueError(
             f"cnncheck_models: {line.strip()!r} is neither 'package.module:Attr' nor 'path/to/file.py::Attr'"
         )
-    spec = importlib.util.find_spec(module_name)
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except ImportError as exc:  # its package is missing: find_spec imports the parents
+        raise ValueError(f"cnncheck_models: cannot find module {module_name!r} ({exc})") from None
     if spec is None or spec.origin is None:
         raise ValueError(f"cnncheck_models: cannot find module {module_name!r}")
-    return Entry(Path(spec.origin).resolve(), attr, None)
+    return Entry(Path(spec.origin).resolve(), attr, None, module=module_name)
 
 
 DEFAULT_SIDE = {1: 28, 3: 32}  # MNIST-like for one channel, CIFAR-like for RGB; 32 otherwise

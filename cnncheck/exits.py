@@ -1,7 +1,9 @@
-"""Student code that tries to end the process: ``sys.exit``, ``os._exit``, or a ``KeyboardInterrupt``
-it raises itself. Inside :func:`contained_exits` each becomes :class:`CodeExited`, an ordinary
-exception that says what the code did, so that only the file or model it came from fails, and the
-other checks of the run go on. A Ctrl-C from the user still interrupts the run."""
+"""Student code that tries to end the process: ``sys.exit``, ``os._exit``, a ``KeyboardInterrupt`` it
+raises itself, or any other exception that is not an ``Exception`` (``GeneratorExit``, a class derived
+from ``BaseException``), which no ``except Exception`` stops either. Inside :func:`contained_exits` each
+becomes :class:`CodeExited`, an ordinary exception that says what the code did, so that only the file
+or model it came from fails, and the other checks of the run go on. A Ctrl-C from the user still
+interrupts the run."""
 
 from __future__ import annotations
 
@@ -16,7 +18,12 @@ from typing import Any
 
 
 class CodeExited(Exception):
-    """Student code called ``sys.exit``/``os._exit`` or raised ``KeyboardInterrupt`` itself."""
+    """Student code called ``sys.exit``/``os._exit``, raised ``KeyboardInterrupt`` itself, or raised
+    another exception that is not an ``Exception``: ``raised`` (None for an exit)."""
+
+    def __init__(self, message: str, raised: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.raised = raised
 
 
 class _OsExit(SystemExit):
@@ -59,6 +66,14 @@ def contained_exits(what: str) -> Iterator[None]:
         if interrupted:
             raise
         raise CodeExited(f"{what} raises KeyboardInterrupt itself") from None
+    except Exception:
+        raise
+    except BaseException as exc:  # GeneratorExit, class Boom(BaseException): past every except Exception
+        if interrupted:  # the user's Ctrl-C, which the code turned into another exception
+            raise KeyboardInterrupt from exc
+        said = f": {exc}" if str(exc) else ""
+        raise CodeExited(f"{what} raises {type(exc).__name__}{said} (a BaseException, not an Exception)",
+                         raised=exc) from None
     finally:
         os._exit = posix._exit = real_exit
         if in_main_thread:

@@ -10,6 +10,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -134,33 +135,51 @@ class Collection:
 
 class ModelFile(pytest.File):
     """A Python file: its declared models (``@cnncheck.model``, cnncheck_models), else every
-    ``nn.Module`` subclass it defines that builds with no arguments."""
+    ``nn.Module`` subclass it defines that builds with no arguments.
+
+    A file that a ``pkg.mod:Attr`` line of cnncheck_models names is imported as that module, as the
+    command imports the target (relative imports work); outside the rootdir (an installed package's),
+    its node ids are the target as written, ``torchvision.models:resnet18::RULE[DEVICE]``."""
 
     def __init__(self, *, entries: list[Any] | None = None, only_entries: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
         self.entries = entries or []
         self.only_entries = only_entries
+        self.module_name: str | None = next((e.module for e in self.entries if e.module), None)
+        rootpath = kwargs["parent"].config.rootpath
+        outside = self.module_name is not None and not Path(kwargs["path"]).is_relative_to(rootpath)
+        self.by_module = self.module_name if outside else None
+        if self.by_module is not None:  # pytest would name it "::__init__.py", from no path at all
+            kwargs.update(name=self.by_module, nodeid=self.by_module)
+        super().__init__(**kwargs)
 
     def collect(self) -> Iterator[pytest.Collector | pytest.Item]:
-        from cnncheck.discover import import_failure, load_file
+        from cnncheck.discover import import_failure, load_file, load_module
+        from cnncheck.exits import CodeExited
 
         try:
-            module = load_file(self.path)
+            module = load_module(self.module_name) if self.module_name else load_file(self.path)
         except Exception as exc:  # the student's file does not import (or exits): one error item, others go on
-            yield BrokenModel.from_parent(self, name="import", error=import_failure(self.path, exc))
+            if isinstance(exc, CodeExited) and isinstance(exc.raised, pytest.skip.Exception):
+                raise exc.raised from None  # pytest.importorskip: the file is skipped, as pytest skips it
+            yield BrokenModel.from_parent(self, name="import", nodeid=self._child_id("import"),
+                                          error=import_failure(self.module_name or self.path, exc))
             return
         yield from model_nodes(self, module, self.entries, discover=not self.only_entries)
+
+    def _child_id(self, name: str) -> str | None:
+        """The node id of a model of the file: pytest's, or ``pkg.mod:Attr`` for an installed package's."""
+        return f"{self.by_module}:{name}" if self.by_module is not None else None
 
 
 def model_nodes(parent: pytest.Collector, module: Any, entries: list[Any], *, discover: bool,
                 test_file: bool | None = None) -> Iterator[pytest.Collector | pytest.Item]:
     """The collectors of the models of ``module`` (imported from ``parent.path``), discovered and named in
     ``entries``, under ``parent``: a file of ours, or a module that pytest imported itself."""
-    from cnncheck.declare import ModelSpec, spec_of
-    from cnncheck.discover import Candidate, candidates, line_of
+    from cnncheck.discover import NoSuchModel, candidates, model_named
 
     options = parent.config.stash[OPTIONS]
     path = parent.path
+    child_id = parent._child_id if isinstance(parent, ModelFile) else lambda name: None
     found: dict[str, list[Any]] = {}
     for candidate in candidates(module, path, test_file=test_file) if discover else []:
         found.setdefault(candidate.name, []).append(candidate)
@@ -170,19 +189,18 @@ def model_nodes(parent: pytest.Collector, module: Any, entries: list[Any], *, di
         if entry.left_out:  # ignore=*: this model of the ini key is not checked, even if discovered
             found.pop(entry.attr, None)
             continue
-        target = getattr(module, entry.attr, None)
-        if target is None:
-            yield BrokenModel.from_parent(parent, name=entry.attr, error=f"{path.name} has no attribute "
-                                          f"{entry.attr!r} (from cnncheck_models)")
+        try:  # as the command finds pkg.mod:Name and file.py::Name
+            named = model_named(module, path, entry.attr, entry.module or path.name, by_module=bool(entry.module))
+        except NoSuchModel as exc:
+            yield BrokenModel.from_parent(parent, name=entry.attr, nodeid=child_id(entry.attr),
+                                          error=f"{exc} (from cnncheck_models)")
             continue
-        spec = spec_of(target) or ModelSpec()
-        spec = spec._replace(ignore=(*spec.ignore, *entry.ignore))
-        found[entry.attr] = [Candidate(path, entry.attr, target, spec, line=line_of(target))]
+        found[entry.attr] = [replace(c, spec=c.spec._replace(ignore=(*c.spec.ignore, *entry.ignore))) for c in named]
         shapes[entry.attr] = entry.shape
         invariants[entry.attr] = dict(entry.invariants)
     for name, variants in found.items():
         shape = shapes.get(name) or variants[0].spec.input_shape or options.default_shape
-        yield ModelCollector.from_parent(parent, name=name, variants=variants, shape=shape,
+        yield ModelCollector.from_parent(parent, name=name, nodeid=child_id(name), variants=variants, shape=shape,
                                          invariants=invariants.get(name))
 
 

@@ -178,3 +178,49 @@ def test_explain_shows_the_models_not_their_parts(tmp_path: Path, capsys: pytest
     assert cli.main(["explain", str(tmp_path / "model.py"), "--input-shape", "2,3,8,8"]) == 0
     heads = [line.split(" on input")[0] for line in capsys.readouterr().out.splitlines() if " on input " in line]
     assert heads == ["Net", "Other"]
+
+
+def test_a_file_of_a_package_keeps_its_relative_imports(tmp_path: Path, pytester: pytest.Pytester) -> None:
+    """``mypkg/models.py`` with ``from .layers import Block``, found by its folder: the command and
+    pytest import it inside its package, as the student's own code does."""
+    package = pytester.path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "layers.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+
+        class Block(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(1, 4, 3)
+                self.bn = nn.BatchNorm2d(4)
+
+            def forward(self, x):
+                return self.bn(self.conv(x)).relu()
+    """))
+    (package / "models.py").write_text(textwrap.dedent("""
+        import cnncheck
+        from torch import nn
+
+        from .layers import Block
+
+
+        @cnncheck.model(input_shape=(2, 1, 8, 8))
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.block = Block()
+                self.fc = nn.Linear(4, 2)
+
+            def forward(self, x):
+                return self.fc(self.block(x).mean((2, 3)))
+    """))
+    out = tmp_path / "report.json"
+    cli.main(["check", str(package), "--format", "json", "--output", str(out)])
+    rows = {m["id"].split("/")[-1]: m for m in json.loads(out.read_text())["models"]}
+    assert rows["models.py::Net"]["error"] is None, rows["models.py::Net"]
+    assert [f["module"] for f in rows["models.py::Net"]["findings"]] == ["block.conv"]  # its bias, before bn
+    result = pytester.runpytest("--cnncheck", "mypkg/models.py", "-p", "no:randomly")
+    result.assert_outcomes(passed=len(all_rules()) - 1, failed=1)
+    result.stdout.fnmatch_lines(["FAILED mypkg/models.py::Net::redundant-bias-before-bn*"])

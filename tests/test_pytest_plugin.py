@@ -341,6 +341,80 @@ def test_models_from_the_ini_key_obey_the_selection_and_are_counted(pytester: py
     by_marker.assert_outcomes(passed=1, deselected=RULES)
 
 
+RELATIVE_IMPORTS = {  # a package whose model module imports its parts relatively
+    "__init__.py": "",
+    "layers.py": textwrap.dedent("""
+        from torch import nn
+
+
+        class Flatten(nn.Module):
+            def forward(self, x):
+                return x.flatten(1)
+        """),
+    "models.py": textwrap.dedent("""
+        from torch import nn
+
+        from .layers import Flatten
+
+
+        class Biased(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 4, 3, padding=1)
+                self.bn = nn.BatchNorm2d(4)
+
+            def forward(self, x):
+                return Flatten()(self.bn(self.conv(x)))
+        """),
+}
+
+
+@pytest.mark.parametrize("testpaths", ["tests", ""], ids=["outside-testpaths", "collected-by-path"])
+def test_a_module_of_the_ini_key_is_imported_as_a_module(pytester: pytest.Pytester, testpaths: str) -> None:
+    """``mypkg.models:Biased`` is imported as ``cnncheck check mypkg.models:Biased`` imports it, relative
+    imports and all, not as a lone file ("attempted relative import with no known parent package")."""
+    pkg = pytester.mkdir("mypkg")
+    for name, source in RELATIVE_IMPORTS.items():
+        (pkg / name).write_text(source)
+    tests = pytester.mkdir("tests")
+    (tests / "test_formula.py").write_text("def test_formula():\n    assert 2 + 2 == 4\n")
+    pytester.makeini(f"[pytest]\ntestpaths = {testpaths}\ncnncheck_models =\n    mypkg.models:Biased 2,3,8,8\n")
+    pytester.syspathinsert()
+    args = ("--cnncheck", "-p", "no:cacheprovider", "-p", "no:randomly", "-rf")
+    result = pytester.runpytest(*args)
+    items = RULES + 1  # Biased's rule items and the test; layers.py has no model
+    result.stdout.fnmatch_lines([f"collected {items} items",
+                                 "FAILED mypkg/models.py::Biased::redundant-bias-before-bn[[]cpu[]] - *"])
+    result.assert_outcomes(passed=items - 1, failed=1)
+    assert "relative import" not in result.stdout.str()
+    by_keyword = pytester.runpytest(*args, "-k", "Biased and redundant")
+    by_keyword.assert_outcomes(failed=1, deselected=items - 1)
+
+
+def test_an_installed_packages_model_in_the_ini_key_is_named_as_written(pytester: pytest.Pytester) -> None:
+    """torchvision lies outside the rootdir: its items are ``torchvision.models:resnet18::RULE[cpu]``, not
+    ``::__init__.py::...``, and a name it lacks is one failure that says so."""
+    pytester.makeini("[pytest]\ncnncheck_models =\n    torchvision.models:resnet18 2,3,32,32\n"
+                     "    torchvision.models:resnet_nope\n")
+    result = pytester.runpytest("--cnncheck", "--cnncheck-select=conv-param-formula", "-v",
+                                "-p", "no:cacheprovider", "-p", "no:randomly")
+    result.stdout.fnmatch_lines([
+        "*collected 2 items",
+        "torchvision.models:resnet_nope FAILED*",
+        "torchvision.models:resnet18::conv-param-formula[[]cpu[]] PASSED*",
+        "torchvision.models has no model named 'resnet_nope' (from cnncheck_models)",
+    ])
+    result.assert_outcomes(passed=1, failed=1)
+    assert "__init__.py" not in result.stdout.str()
+
+
+def test_a_missing_package_in_the_ini_key_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ncnncheck_models =\n    no_such_package.models:Net\n")
+    result = pytester.runpytest("--cnncheck", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*cnncheck_models: cannot find module 'no_such_package.models'*"])
+
+
 def test_the_summary_counts_what_was_checked(pytester: pytest.Pytester) -> None:
     raises = CLEAN.replace("class Clean", "class Raises").replace(
         "return self.fc(", "raise ValueError('student bug')\n        return self.fc(")

@@ -1,6 +1,7 @@
 """pytest itself survives what a student's file does: a CUDA device on a machine without one, and code
-that ends the process (sys.exit, os._exit, a KeyboardInterrupt it raises) at import or in forward. The
-file that does it fails with the reason; every other file is checked."""
+that ends the process (sys.exit, os._exit, a KeyboardInterrupt it raises, a BaseException that is not an
+Exception) at import or in forward. The file that does it fails with the reason; every other file is
+checked. The user's own Ctrl-C still interrupts the run."""
 
 from __future__ import annotations
 
@@ -92,3 +93,61 @@ def test_a_model_file_named_on_the_command_line_that_does_not_import_is_one_erro
     result = pytester.runpytest("--cnncheck", "broken.py", "clean.py", "-p", "no:randomly")
     result.assert_outcomes(passed=RULES, failed=1)
     result.stdout.fnmatch_lines(["*cannot import broken.py: ModuleNotFoundError: No module named 'nonexistent_module'"])
+
+
+NOT_EXCEPTIONS = {  # what no `except Exception` stops: (the code, what the failure says it did)
+    "BaseException-subclass": ("raise type('Boom', (BaseException,), {})('x')", "raises Boom: x"),
+    "GeneratorExit": ("raise GeneratorExit", "raises GeneratorExit"),
+}
+
+
+@pytest.mark.parametrize("raised", NOT_EXCEPTIONS)
+@pytest.mark.parametrize("where", ["at-import", "in-forward"])
+def test_a_base_exception_that_is_not_an_exception_fails_its_model_alone(pytester: pytest.Pytester, raised: str,
+                                                                         where: str) -> None:
+    """In a file found in a folder (not named on the command line), it used to stop the collection
+    ("Interrupted: 1 error during collection"); in forward, it failed every rule item with a traceback."""
+    code, said = NOT_EXCEPTIONS[raised]
+    subs = pytester.mkdir("subs")
+    (subs / "quits.py").write_text(NET.format(at_import=code if where == "at-import" else "",
+                                              in_forward=f"        {code}" if where == "in-forward" else ""))
+    (subs / "clean.py").write_text(CLEAN)
+    result = pytester.runpytest("--cnncheck", "subs", "-rs", "-p", "no:randomly", "-p", "no:cacheprovider")
+    text = result.stdout.str()
+    assert "Interrupted" not in text and "Traceback" not in text, text
+    reason = f"{said} (a BaseException, not an Exception)"
+    if where == "at-import":
+        result.assert_outcomes(passed=RULES, failed=1)  # the clean file, all checked; one item for quits.py
+        result.stdout.fnmatch_lines([f"cannot import quits.py: quits.py, while it is imported, {reason}"])
+    else:
+        others = RULES - 1  # the model's other rule items point at the one failure
+        result.assert_outcomes(passed=RULES, failed=1, skipped=others)
+        result.stdout.fnmatch_lines([f"Quits {reason}", f"SKIPPED [[]{others}[]] subs/quits.py:*: Quits could not "
+                                     f"be checked; the reason is reported by subs/quits.py::Quits::*"])
+
+
+CTRL_C = {  # the user's Ctrl-C (a SIGINT) arrives while a file is imported
+    "left-alone": "os.kill(os.getpid(), signal.SIGINT)\ntime.sleep(10)",
+    "turned-into-GeneratorExit": ("try:\n    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(10)\n"
+                                  "except KeyboardInterrupt:\n    raise GeneratorExit"),
+}
+
+
+@pytest.mark.parametrize("code", CTRL_C.values(), ids=CTRL_C)
+def test_a_ctrl_c_while_a_file_is_imported_still_interrupts_the_run(pytester: pytest.Pytester, code: str) -> None:
+    """A Ctrl-C is the user's, not the code's own exception, even when the code turns it into another."""
+    (pytester.mkdir("subs") / "quits.py").write_text(NET.format(at_import=f"import signal, time\n{code}", in_forward=""))
+    result = pytester.runpytest_subprocess("--cnncheck", "subs", "-p", "no:randomly", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.INTERRUPTED, result.stdout.str()
+    result.stdout.fnmatch_lines(["*! KeyboardInterrupt !*"])
+    assert "error during collection" not in result.stdout.str()
+
+
+def test_a_model_file_that_skips_itself_at_import_is_skipped(pytester: pytest.Pytester) -> None:
+    """pytest.importorskip in a model file keeps its meaning: pytest's skip is no BaseException to contain."""
+    subs = pytester.mkdir("subs")
+    (subs / "needs_timm.py").write_text("import pytest\npytest.importorskip('no_such_module_here')\n" + CLEAN)
+    (subs / "clean.py").write_text(CLEAN)
+    result = pytester.runpytest("--cnncheck", "subs", "-rs", "-p", "no:randomly", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=RULES, skipped=1)
+    result.stdout.fnmatch_lines(["SKIPPED [[]1[]] subs/needs_timm.py:*: could not import 'no_such_module_here'*"])
