@@ -3,17 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from cnncheck.baseline import Baseline
+    from cnncheck.discover import Candidate
     from cnncheck.isolate import Job
     from cnncheck.results import ModelResult
+
+
+def _usage_error(message: str) -> int:
+    """The one way a usage error is said: one line on stderr that names the fix; the exit status 2."""
+    _say(message)
+    return 2
+
+
+def _say(message: str) -> None:
+    """One line on stderr, however many lines ``message`` (a student's exception, say) has."""
+    print("cnncheck: " + " ".join(line.strip() for line in message.splitlines() if line.strip()), file=sys.stderr)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors said as every other usage error is (:func:`_usage_error`): one line, not
+    the usage block. A value an option refuses says what to give; any other mistake points to --help."""
+
+    def error(self, message: str) -> NoReturn:
+        option = re.match(r"argument ([^:]+): (.*)", message, re.S)
+        if option and option.group(2).startswith(tuple(option.group(1).split("/"))):
+            message = option.group(2)  # our own message, which names the option and the fix
+        else:
+            message = f"{message}; see `{self.prog} --help`"
+        self.exit(_usage_error(message))
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -22,26 +49,32 @@ def _shape(text: str) -> tuple[int, ...]:
     try:
         return parse_shape(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise argparse.ArgumentTypeError(f"--input-shape {exc}") from None
 
 
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError("give at least 1")
+        raise argparse.ArgumentTypeError(f"--jobs must be a whole number of workers, at least 1 (e.g. -j 2), "
+                                         f"got {text!r}")
     return value
 
 
 def _positive_seconds(text: str) -> float:
+    """Seconds per model, finite: with no limit, one model that loops forever would hold up the whole run."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text}: give a time above 0 seconds, e.g. --timeout 60")
+        value = math.nan
+    if math.isinf(value) and value > 0:
+        raise argparse.ArgumentTypeError(f"--timeout must be a finite number of seconds, got {text!r}; for a "
+                                         f"slow model give a long one, e.g. --timeout 3600")
+    if not value > 0:  # nan too
+        raise argparse.ArgumentTypeError(f"--timeout must be a positive number of seconds (e.g. --timeout 60), "
+                                         f"got {text!r}")
     return value
 
 
@@ -51,16 +84,16 @@ def _size(text: str) -> int:
     try:
         return parse_size(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise argparse.ArgumentTypeError(f"--max-memory {exc}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
     from cnncheck import __version__
     from cnncheck.sandbox import MODES as sandbox_modes
 
-    parser = argparse.ArgumentParser(prog="cnncheck", description="Check PyTorch CNNs for correctness.")
+    parser = _Parser(prog="cnncheck", description="Check PyTorch CNNs for correctness.")
     parser.add_argument("--version", action="version", version=f"cnncheck {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="load a cnncheck plugin module (repeatable)")
     common.add_argument("--disable-plugin", action="append", default=[], metavar="NAME",
@@ -84,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="record every finding of this run in a baseline file, and exit 0 when every "
                        "model could be checked")
     check.add_argument("-j", "--jobs", type=_positive_int, default=1, help="parallel worker processes (default 1)")
-    check.add_argument("--timeout", type=_positive_seconds, default=60.0, help="seconds per model (default 60)")
+    check.add_argument("--timeout", type=_positive_seconds, default=60.0,
+                       help="seconds per model, a finite number above 0 (default 60)")
     check.add_argument("--max-memory", type=_size, default=None, metavar="SIZE",
                        help="memory limit per worker, e.g. 4G (default: none)")
     check.add_argument("--sandbox", choices=sandbox_modes, default="auto",
@@ -114,8 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 plugins.load_and_block(args.plugin, args.disable_plugin, undo)
             except (ImportError, ValueError) as exc:
-                print(f"cnncheck: {exc}", file=sys.stderr)
-                return 2
+                return _usage_error(str(exc))
         return _command(args)
     finally:  # main() called in a process that goes on (a test, a notebook) leaves its plugins as they were
         for step in reversed(undo):
@@ -151,8 +184,7 @@ def _rules(rule_id: str | None) -> int:
     try:
         match = select_rules(rules, [rule_id])
     except ValueError:
-        print(f"cnncheck: no rule {rule_id!r}; `cnncheck rules` lists them", file=sys.stderr)
-        return 2
+        return _usage_error(f"no rule {rule_id!r}; `cnncheck rules` lists them")
     if sys.stdout.isatty():  # a terminal: the page as rendered Markdown
         from rich.console import Console
         from rich.markdown import Markdown
@@ -168,53 +200,104 @@ def _rules(rule_id: str | None) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    """Runs the model in this process: explain is for reading one's own model, not for grading."""
+    """Runs the model in this process: explain is for reading one's own model, not for grading. A target
+    that holds nothing to explain (a folder, no model) or an option that fits no model is a usage error
+    (exit 2); a file that does not import, or a model that does not build or run, says so in one line, as
+    ``cnncheck check`` says it (exit 1)."""
     from pathlib import Path
 
-    from cnncheck.discover import MODEL_DEFINITION, candidates, infer_input_shape, load_file
+    from cnncheck.api import CheckError
+    from cnncheck.candidate import _failure, _wrong_rank, check_candidate
+    from cnncheck.discover import infer_input_shape
+    from cnncheck.exits import CodeExited, contained_exits
     from cnncheck.explain import explain_model
+    from cnncheck.frames import traceback_location
 
-    target, _, wanted = args.model.partition("::")
-    path = Path(target)
-    if not path.exists():
-        print(f"cnncheck: {path}: no such file", file=sys.stderr)
-        return 2
-    found = [c for c in candidates(load_file(path), path, include_all=bool(wanted)) if not wanted or c.name == wanted]
-    if not found:
-        what = f"no model {wanted!r} in {path}" if wanted else f"no model found in {path}: {MODEL_DEFINITION}"
-        print(f"cnncheck: {what}", file=sys.stderr)
-        return 2
-    if args.format == "svg" and len(found) > 1:
-        names = ", ".join(c.name for c in found)
-        print(f"cnncheck: {path} has {len(found)} models ({names}): name one, as {path}::{found[0].name}",
-              file=sys.stderr)
-        return 2
+    found = _explained_candidates(args)
+    if isinstance(found, int):
+        return found
     pieces: list[str] = []
     results = []
     for candidate in found:
-        model = candidate.build()
+        try:
+            with contained_exits(candidate.label):
+                model = candidate.build()
+        except CodeExited as exc:
+            return _failed(str(exc))
+        except Exception as exc:  # the student's constructor raised
+            return _failed(_failure(exc, f"cannot build {candidate.label}: ")[1], traceback_location(exc))
         shape = args.input_shape or candidate.spec.input_shape
         if shape is None:
             inferred = infer_input_shape(model)
             if inferred is None:
-                print(f"cnncheck: {candidate.id}: pass --input-shape", file=sys.stderr)
-                return 2
+                return _usage_error(f"{candidate.id}: no conv to infer an input shape from; pass --input-shape, "
+                                    f"batch first, e.g. --input-shape 4,1,28,28")
             shape, note = inferred
             if args.format == "text":
                 pieces.append(f"({note})")
-        if args.format == "text":
-            pieces.append(explain_model(model, shape).render() + "\n")
-        else:
-            from cnncheck.candidate import check_candidate
-
-            results.append(check_candidate(candidate, shape=tuple(shape), device=None, select=None, ignore=(),
-                                           drawn=True))
+        if args.format != "text":
+            result = check_candidate(candidate, shape=tuple(shape), device=None, select=None, ignore=(), drawn=True)
+            if result.error_kind == "usage":
+                return _usage_error(result.error or "")
+            results.append(result)
+            continue
+        try:
+            with contained_exits(candidate.label):
+                explanation = explain_model(model, shape)
+        except CodeExited as exc:
+            return _failed(str(exc))
+        except CheckError as exc:  # cnncheck cannot run it: scripted, on a device this machine lacks, ...
+            return _failed(f"cannot explain {candidate.label}: {exc}", traceback_location(exc.__cause__))
+        if args.input_shape is not None and explanation.architecture.stopped is not None:
+            wrong = _wrong_rank(model, tuple(args.input_shape))
+            if wrong is not None:  # the option fits no conv: the usage error `cnncheck check` gives
+                return _usage_error(wrong)
+        pieces.append(explanation.render() + "\n")
     text = "\n".join(pieces) if args.format == "text" else _drawn(args.format, results)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8", errors="backslashreplace")
     else:
         _write_stdout(text if text.endswith("\n") else text + "\n")
     return 0
+
+
+def _explained_candidates(args: argparse.Namespace) -> list[Candidate] | int:
+    """The models ``cnncheck explain`` reads, or the exit status of why there are none to read."""
+    from pathlib import Path
+
+    from cnncheck.discover import MODEL_DEFINITION, candidates, import_failure, load_file, python_files
+    from cnncheck.frames import traceback_location
+
+    target, _, wanted = args.model.partition("::")
+    path = Path(target)
+    if not path.exists():
+        return _usage_error(f"{path}: no such file")
+    if path.is_dir():
+        example = next(python_files([str(path)]), path / "model.py")
+        return _usage_error(f"{path} is a folder: explain reads one file, as `cnncheck explain {example}`; "
+                            f"`cnncheck check {path}` checks every file in it")
+    try:
+        module = load_file(path)
+    except Exception as exc:  # a SyntaxError, an import that raises or calls sys.exit (CodeExited)
+        return _failed(import_failure(path, exc), traceback_location(exc))
+    found = [c for c in candidates(module, path, include_all=bool(wanted)) if not wanted or c.name == wanted]
+    if not found:
+        return _usage_error(f"no model {wanted!r} in {path}" if wanted
+                            else f"no model found in {path}: {MODEL_DEFINITION}")
+    if args.format == "svg" and len(found) > 1:
+        names = ", ".join(c.name for c in found)
+        return _usage_error(f"{path} has {len(found)} models ({names}): name one, as {path}::{found[0].name}")
+    return found
+
+
+def _failed(message: str, location: str | None = None) -> int:
+    """A student's file or model that fails: one line, with their line when it is known; exit status 1."""
+    here = os.getcwd()
+    if location and os.path.isabs(location) and os.path.dirname(here) != here:  # "/" is no folder to be under
+        relative = os.path.relpath(location, here)  # the line as the user opens it: from here, when under here
+        location = location if relative.startswith(os.pardir) else relative
+    _say(message + (f" (at {location})" if location else ""))
+    return 1
 
 
 def _drawn(fmt: str, results: list[ModelResult]) -> str:
@@ -267,28 +350,24 @@ def _check(args: argparse.Namespace) -> int:
         rules = select_rules(all_rules(problems=[]), args.select, args.ignore)
         baseline = Baseline.load(args.baseline) if args.baseline else None
     except ValueError as exc:
-        print(f"cnncheck: {exc}", file=sys.stderr)
-        return 2
+        return _usage_error(str(exc))
     if args.device is not None:
         from cnncheck.devices import device_problem
 
         problem = device_problem(args.device)
         if problem is not None:
-            print(f"cnncheck: {problem}", file=sys.stderr)
-            return 2
+            return _usage_error(problem)
     from cnncheck.sandbox import SandboxUnavailable, resolve
 
     try:
         sandbox = resolve(args.sandbox)
     except SandboxUnavailable as exc:
-        print(f"cnncheck: {exc}", file=sys.stderr)
-        return 2
+        return _usage_error(str(exc))
     jobs = []
     for target in args.paths:
         file, only = _split_target(target)
         if only is None and not Path(file).exists():
-            print(f"cnncheck: {target}: no such file or folder", file=sys.stderr)
-            return 2
+            return _usage_error(f"{target}: no such file or folder")
         options = dict(only=only, input_shape=args.input_shape, device=args.device,
                        select=tuple(args.select) if args.select else None, ignore=tuple(args.ignore),
                        plugins=tuple(args.plugin), disabled_plugins=tuple(args.disable_plugin),
@@ -303,16 +382,15 @@ def _check(args: argparse.Namespace) -> int:
                                  sandbox=sandbox)
     usage = next((r for r in results if r.error_kind == "usage"), None)
     if usage is not None:  # an option that fits no model: say it once, as argparse would
-        print(f"cnncheck: {usage.error}", file=sys.stderr)
-        return 2
+        return _usage_error(usage.error or "")
     alone = len(args.paths) == 1 and Path(args.paths[0]).is_file()
     if alone and all(r.error_kind == "no-model" for r in results):
         reason = results[0].error if results else MODEL_DEFINITION
-        print(f"cnncheck: no model found in {args.paths[0]}: {reason}", file=sys.stderr)
-        return 2
+        return _usage_error(f"no model found in {args.paths[0]}: {reason}")
     results = _one_row_per_submission(args.paths, results)
     root = _checked_root(args.paths)
-    results = [r.relative_to(root) for r in results]
+    installed = _installed_roots(args.paths)
+    results = [_from_installed_root(r, installed).relative_to(root) for r in results]
     if args.baseline_write:
         count = write(args.baseline_write, [(r.id, f.rule, f.module) for r in results for f in r.findings])
         print(f"cnncheck baseline: wrote {count} finding(s) to {args.baseline_write}", file=sys.stderr)
@@ -432,15 +510,56 @@ def _write_stdout(text: str) -> None:
 
 def _checked_root(paths: list[str]) -> Path:
     """The folder that the report's paths are relative to: the current one, when every target is in
-    it; else the folder the targets have in common."""
+    it; else the folder the targets have in common. Targets that share no folder but ``/`` keep the
+    current one: a path under it is written from there, any other stays absolute (``tmp/x/model.py``,
+    relative to ``/``, would read as a path from the current folder). Run from ``/`` itself, every path
+    stays as given (:meth:`ModelResult.relative_to` strips no bare ``/``)."""
     from pathlib import Path
 
     here = Path.cwd().resolve()
     files = [Path(_split_target(p)[0]).resolve() for p in paths if Path(_split_target(p)[0]).exists()]
     if all(here == f or here in f.parents for f in files):
         return here
-    folders = [f if f.is_dir() else f.parent for f in files]
-    return Path(os.path.commonpath(folders))
+    common = Path(os.path.commonpath([f if f.is_dir() else f.parent for f in files]))
+    return here if common.parent == common else common
+
+
+def _installed_roots(paths: list[str]) -> dict[str, Path]:
+    """For each ``package.module:Name`` target, the folder its top-level package is installed in
+    (site-packages), found as the worker finds it, the current folder first; None of the package is
+    imported here."""
+    import importlib.util
+    from pathlib import Path
+
+    from cnncheck.discover import is_module_target
+
+    roots: dict[str, Path] = {}
+    for target in paths:
+        module, name = _split_target(target)
+        if name is None or not is_module_target(module):
+            continue
+        here = str(Path.cwd())
+        sys.path.insert(0, here)
+        try:
+            spec = importlib.util.find_spec(module.split(".")[0])
+        except (ImportError, ValueError):  # the worker says why it cannot be imported
+            spec = None
+        finally:
+            sys.path.remove(here)
+        if spec is not None and spec.submodule_search_locations:
+            roots[target] = Path(next(iter(spec.submodule_search_locations))).parent
+        elif spec is not None and spec.has_location and spec.origin:
+            roots[target] = Path(spec.origin).parent
+    return roots
+
+
+def _from_installed_root(result: ModelResult, installed: dict[str, Path]) -> ModelResult:
+    """A model of an installed package with its files written from the package's own folder
+    (``torchvision/models/vgg.py:41``), as its id names it: the machine's site-packages is no part of it."""
+    for target, root in installed.items():
+        if result.id == target or result.id.startswith(target + "["):
+            return result.relative_to(root)
+    return result
 
 
 def _slug(model_id: str) -> str:

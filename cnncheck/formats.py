@@ -525,7 +525,8 @@ def artifact_location(path: str, root: str | os.PathLike[str] | None) -> dict[st
         except ValueError:
             pass
         else:
-            return {"uri": quote(relative.as_posix(), errors="surrogateescape"), "uriBaseId": SRCROOT}
+            if os.path.isabs(path) or where.exists():  # not an installed package's own path (torchvision/...)
+                return {"uri": quote(relative.as_posix(), errors="surrogateescape"), "uriBaseId": SRCROOT}
     if os.path.isabs(path):
         return {"uri": Path(path).as_uri()}
     return {"uri": quote(Path(path).as_posix(), errors="surrogateescape")}

@@ -7,6 +7,7 @@ The ``cnncheck check`` command checks each model in its own worker process; the 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -69,9 +70,16 @@ class ModelResult:
 
     def relative_to(self, root: str | os.PathLike[str]) -> ModelResult:
         """This result with every path under ``root`` written relative to it, in every text it holds (ids,
-        locations, messages, reasons, notes): a teacher's /home/... does not belong in a student's report."""
-        prefix = os.path.join(os.path.abspath(os.fspath(root)), "")
-        return ModelResult.from_dict(_without(self.to_dict(), prefix))
+        locations, messages, reasons, notes): a teacher's /home/... does not belong in a student's report.
+
+        Only a path that starts with ``root`` and a separator is rewritten (``/data/home/t/x`` keeps its
+        ``home/t`` when ``root`` is ``/home/t``). The filesystem's root is no folder to be relative to:
+        under ``/`` every path stays as it is, absolute (``tmp/x/model.py`` would read as a path from the
+        current folder)."""
+        base = os.path.abspath(os.fspath(root))
+        if os.path.dirname(base) == base:  # "/": nothing of the teacher's to hide, and nothing to strip
+            return ModelResult.from_dict(self.to_dict())
+        return ModelResult.from_dict(_without(self.to_dict(), _leading(base + os.sep)))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -97,9 +105,15 @@ class ModelResult:
                       "rules_run": tuple(data.get("rules_run", ())), "outcomes": outcomes})
 
 
-def _without(value: Any, prefix: str) -> Any:
+def _leading(prefix: str) -> re.Pattern[str]:
+    """``prefix`` where a path starts: not inside a longer path (after a name, a dot, a ``~`` or a
+    separator), so that only the paths under the root lose it."""
+    return re.compile(r"(?<![\w.~/\\-])" + re.escape(prefix))
+
+
+def _without(value: Any, prefix: re.Pattern[str]) -> Any:
     if isinstance(value, str):
-        return value.replace(prefix, "")
+        return prefix.sub("", value)
     if isinstance(value, dict):
         return {k: _without(v, prefix) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

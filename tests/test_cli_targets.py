@@ -4,6 +4,7 @@ and the options it refuses as usage errors: exit 2 and one line that names the f
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -63,10 +64,31 @@ def test_a_package_of_the_current_folder_resolves_as_python_dash_m_would(tmp_pat
 
 
 # -- usage errors -----------------------------------------------------------------------------------------
+def _usage(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int | str | None, list[str]]:
+    """The exit status and the stderr lines of a command: an option argparse refuses exits as argparse does
+    (SystemExit 2), one found wrong later returns 2."""
+    try:
+        code: int | str | None = cli.main(list(argv))
+    except SystemExit as exit_info:
+        code = exit_info.code
+    return code, capsys.readouterr().err.splitlines()
+
+
 @pytest.mark.parametrize("argv, says", [
-    (["--timeout", "0"], "argument --timeout: 0: give a time above 0 seconds"),
-    (["--timeout", "-5"], "argument --timeout: -5: give a time above 0 seconds"),
-    (["--input-shape", "4,x,28"], "'4,x,28' is not an input shape: every part must be a whole number"),
+    (["--timeout", "0"], "cnncheck: --timeout must be a positive number of seconds (e.g. --timeout 60), got '0'"),
+    (["--timeout", "-5"], "cnncheck: --timeout must be a positive number of seconds (e.g. --timeout 60), got '-5'"),
+    (["--timeout", "nan"], "cnncheck: --timeout must be a positive number of seconds (e.g. --timeout 60), got 'nan'"),
+    (["--timeout", "inf"], "cnncheck: --timeout must be a finite number of seconds, got 'inf'; for a slow model give "
+                           "a long one, e.g. --timeout 3600"),
+    (["-j", "0"], "cnncheck: --jobs must be a whole number of workers, at least 1 (e.g. -j 2), got '0'"),
+    (["--max-memory", "4Q"], "cnncheck: --max-memory '4Q' is not a size; write it like 512M or 4G"),
+    (["--input-shape", "4,x,28"], "cnncheck: --input-shape '4,x,28' is not an input shape: every part must be a "
+                                  "whole number; write it like 4,1,28,28"),
+    (["--input-shape", "4"], "cnncheck: --input-shape '4': give the batch first and positive sizes, like 4,1,28,28"),
+    (["--input-shape", "0,1,28,28"], "cnncheck: --input-shape '0,1,28,28': give the batch first and positive "
+                                     "sizes, like 4,1,28,28"),
+    (["--format", "xml"], "cnncheck: argument --format: invalid choice: 'xml' (choose from 'text', 'json', "
+                          "'markdown', 'junit', 'sarif', 'html'); see `cnncheck check --help`"),
     (["--device", "tpu"], "cnncheck: --device 'tpu' is not a device torch knows: use cpu, cuda, cuda:N or mps"),
     (["--device", "meta"], "cnncheck: --device meta: cannot compute on it here"),
     (["--input-shape", "4,28,28"], "cnncheck: the input shape 4,28,28 has 3 numbers, but the first layer, layer1.0 "
@@ -74,15 +96,9 @@ def test_a_package_of_the_current_folder_resolves_as_python_dash_m_would(tmp_pat
 ])
 def test_options_that_cannot_work_are_usage_errors(capsys: pytest.CaptureFixture[str], argv: list[str],
                                                     says: str) -> None:
-    if argv[0] in ("--timeout",) or argv[1] == "4,x,28":
-        with pytest.raises(SystemExit) as exit_info:
-            cli.main(["check", str(SEED), *argv])
-        assert exit_info.value.code == 2
-    else:
-        assert cli.main(["check", str(SEED), *argv]) == 2
-    err = capsys.readouterr().err
-    assert says in err, err
-    assert "Traceback" not in err
+    code, err = _usage(capsys, "check", str(SEED), *argv)
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith(says), err  # one line, not argparse's usage block
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests the machine without CUDA")
@@ -224,3 +240,152 @@ def test_the_inferred_shape_advice_is_said_once_to_the_teacher(tmp_path: Path, c
     result = pytester.runpytest("--cnncheck", "-p", "no:randomly", "-p", "no:cacheprovider")
     assert result.stdout.str().count("declare the real one with @cnncheck.model") == 1
     result.stdout.fnmatch_lines(["cnncheck: 2 model(s) declare no input shape*"])
+
+
+# -- paths in reports, from anywhere ------------------------------------------------------------------------
+def test_checked_from_the_filesystem_root_every_path_keeps_its_folders(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from ``/``, the report's paths stay absolute: ``tmp/...`` would read as a path from anywhere."""
+    model = tmp_path / "x" / "model.py"
+    model.parent.mkdir()
+    model.write_text(SEED.read_text())
+    monkeypatch.chdir("/")
+    _, [result] = _json(tmp_path, str(model))
+    assert (result["id"], result["file"]) == (f"{model}::ConvNet", str(model))
+    assert result["findings"][0]["location"].startswith(f"{model}:")
+
+
+def test_targets_that_share_only_the_filesystem_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two targets with no folder in common but ``/``: a path under the current folder is written from it,
+    any other stays absolute; no path loses its slashes."""
+    model = tmp_path / "x" / "model.py"
+    model.parent.mkdir()
+    model.write_text(SEED.read_text())
+    fixed = ROOT / "examples" / "seed_convnet_fixed.py"
+    if os.path.commonpath([model, fixed]) != os.sep:
+        pytest.skip("the repository and the temporary folder share a folder")
+    monkeypatch.chdir(tmp_path)
+    _, results = _json(tmp_path, str(model), str(fixed))
+    ids = sorted(r["id"] for r in results)
+    assert ids == sorted(["x/model.py::ConvNet", f"{fixed}::ConvNet"])
+    [seed] = [r for r in results if r["id"] == "x/model.py::ConvNet"]
+    assert seed["findings"][0]["location"].startswith("x/model.py:")
+
+
+def test_relative_to_strips_the_root_only_where_a_path_starts() -> None:
+    from cnncheck.results import ModelResult
+
+    result = ModelResult("/home/t/a/model.py::Net", "/home/t/a/model.py", "Net",
+                         error="cannot import model.py: /home/t/a/data.csv, not /data/home/t/a/data.csv",
+                         location="/home/t/a/model.py:3")
+    relative = result.relative_to("/home/t")
+    assert (relative.id, relative.file, relative.location) == ("a/model.py::Net", "a/model.py", "a/model.py:3")
+    assert relative.error == "cannot import model.py: a/data.csv, not /data/home/t/a/data.csv"
+    assert result.relative_to("/").to_dict() == result.to_dict()  # "/" is no folder to be relative to
+
+
+def test_installed_models_name_their_files_from_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``torchvision.models:vgg11_bn``: every path of the report is written from site-packages
+    (``torchvision/models/vgg.py:41``), in the JSON report and in the Markdown one."""
+    torchvision = pytest.importorskip("torchvision")
+    installed = str(Path(torchvision.__file__).parent.parent)
+    monkeypatch.chdir(tmp_path)
+    pages = tmp_path / "pages"
+    out = tmp_path / "report.json"
+    cli.main(["check", "torchvision.models:vgg11_bn", "--input-shape", "1,3,32,32", "--format", "json",
+              "--output", str(out), "--per-model-dir", str(pages)])
+    [model] = json.loads(out.read_text())["models"]
+    [page] = pages.iterdir()
+    assert model["error"] is None and model["file"] == "torchvision/models/__init__.py", model
+    locations = [f["location"] for f in model["findings"]]
+    assert locations and all(where.startswith("torchvision/models/vgg.py:") for where in locations), locations
+    assert "- **Where:** `torchvision/models/vgg.py:" in page.read_text()
+    sarif = tmp_path / "report.sarif"
+    cli.main(["check", "torchvision.models:vgg11_bn", "--input-shape", "1,3,32,32", "--format", "sarif",
+              "--output", str(sarif)])
+    artifact = json.loads(sarif.read_text())["runs"][0]["results"][0]["locations"][0]["physicalLocation"]
+    assert artifact["artifactLocation"] == {"uri": "torchvision/models/vgg.py"}  # not under the checked folder
+    for text in (out.read_text(), page.read_text(), sarif.read_text()):
+        assert "/site-packages/" not in text and installed not in text and sys.prefix not in text
+
+
+# -- explain: one line when there is nothing to explain ----------------------------------------------------
+@pytest.mark.parametrize("fmt", ["text", "svg"])
+def test_explain_says_an_input_shape_of_the_wrong_rank_as_check_does(capsys: pytest.CaptureFixture[str],
+                                                                     fmt: str) -> None:
+    code, err = _usage(capsys, "explain", str(SEED), "--input-shape", "4,1,28", "--format", fmt)
+    assert (code, err) == (2, ["cnncheck: the input shape 4,1,28 has 3 numbers, but the first layer, layer1.0 "
+                               "Conv2d, expects (N, C, H, W): give 4, like 4,1,28,28"])
+
+
+def test_explain_refuses_a_bad_value_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _usage(capsys, "explain", str(SEED), "--input-shape", "4,x")
+    assert (code, len(err)) == (2, 1) and err[0].startswith("cnncheck: --input-shape '4,x' is not an input shape"), err
+
+
+BUILD_FAILS = """
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, width=0):
+        super().__init__()
+        if width == 0:
+            raise ValueError("width must be positive")
+        self.conv = nn.Conv2d(1, width, 3)
+"""
+
+EXITS_IN_FORWARD = """
+import sys
+
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x):
+        sys.exit(4)
+"""
+
+EXITS_IN_FACTORY = """
+import sys
+
+import cnncheck
+
+
+@cnncheck.model(input_shape=(2, 1, 8, 8))
+def net():
+    sys.exit("bye")
+"""
+
+
+@pytest.mark.parametrize("source, says", [
+    ("import torch\nclass Net(torch.nn.Module)\n    pass\n",
+     "cannot import student.py: SyntaxError: expected ':' (student.py, line 2)"),
+    ("import torch\n\nraise ValueError('no data folder')\n",
+     "cannot import student.py: ValueError: no data folder (at student.py:3)"),
+    ("import sys\nsys.exit(3)\n", "cannot import student.py: student.py, while it is imported, calls sys.exit(3)"),
+    (BUILD_FAILS, "cannot build Net: ValueError: width must be positive (at student.py:9)"),
+    (EXITS_IN_FACTORY, "net calls sys.exit('bye')"),
+    (EXITS_IN_FORWARD, "Net calls sys.exit(4)"),
+], ids=["syntax-error", "raises-at-import", "exits-at-import", "constructor-raises", "factory-exits",
+        "forward-exits"])
+def test_explain_says_why_a_students_file_fails_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str], source: str,
+                                                            says: str) -> None:
+    (tmp_path / "student.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    code, err = _usage(capsys, "explain", "student.py", "--input-shape", "2,1,8,8")
+    assert (code, err) == (1, [f"cnncheck: {says}"])
+
+
+def test_explain_of_a_folder_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "model.py").write_text(SEED.read_text())
+    monkeypatch.chdir(tmp_path)
+    code, err = _usage(capsys, "explain", ".")
+    assert (code, err) == (2, ["cnncheck: . is a folder: explain reads one file, as `cnncheck explain model.py`; "
+                               "`cnncheck check .` checks every file in it"])
