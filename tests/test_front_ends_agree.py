@@ -93,8 +93,10 @@ def _case(verdict: str, model: str, body: str, shape=(4, 3, 8, 8), states=None, 
 
 
 NOT_CHECKED_AFTER_FC = dict.fromkeys(set(RULES) - {"feature-size-mismatch"}, "not-checked")
-# the rules that read gradients, when no gradient can flow back from forward's output
+# the rules that read gradients, when forward returns no tensor to take them of
 WITHOUT_GRADIENTS = {"redundant-bias-before-bn": "not-checked", "parameter-without-gradient": "not-checked"}
+# when forward's output carries none: no parameter trains, which is parameter-without-gradient's finding
+NO_GRADIENT_AT_ALL = {"redundant-bias-before-bn": "not-checked", "parameter-without-gradient": "findings"}
 
 CASES = {
     "eval_only_crash": Case(EVAL_CRASH_MODEL, "CrashesAtInference", (2, 3, 8, 8), "incomplete",
@@ -144,23 +146,23 @@ CASES = {
         class FromIntegers(ConvPoolBN):
             def forward(self, x):
                 return self.body(x.long().float() / 4)  # the pixels as integers, and nothing trains
-        """, prelude=CONV_POOL_BN, states=WITHOUT_GRADIENTS,
+        """, prelude=CONV_POOL_BN, states={"redundant-bias-before-bn": "not-checked"},
         says=["no parameter of FromIntegers requires grad"]),
-    "no_grad": _case("incomplete", "UnderNoGrad", """
+    "no_grad": _case("findings", "UnderNoGrad", """
         @cnncheck.model(input_shape=(4, 3, 8, 8))
         class UnderNoGrad(ConvPoolBN):
             def forward(self, x):
                 with torch.no_grad():
                     return self.body(x)
-        """, prelude=CONV_POOL_BN, states=WITHOUT_GRADIENTS,
+        """, prelude=CONV_POOL_BN, states=NO_GRADIENT_AT_ALL,
         says=["forward runs under torch.no_grad(), or detaches its result"]),
-    "inference_mode": _case("incomplete", "UnderInferenceMode", """
+    "inference_mode": _case("findings", "UnderInferenceMode", """
         @cnncheck.model(input_shape=(4, 3, 8, 8))
         class UnderInferenceMode(ConvPoolBN):
             def forward(self, x):
                 with torch.inference_mode():
                     return self.body(x)
-        """, prelude=CONV_POOL_BN, states=WITHOUT_GRADIENTS,
+        """, prelude=CONV_POOL_BN, states=NO_GRADIENT_AT_ALL,
         says=["forward runs under torch.inference_mode()"]),
     "returns_none": _case("incomplete", "ReturnsNone", """
         @cnncheck.model(input_shape=(4, 3, 8, 8))

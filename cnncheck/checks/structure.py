@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnncheck.context import CheckContext, _leaves
+from cnncheck.context import CheckContext, NotChecked, _leaves
 from cnncheck.findings import Finding, Severity
 from cnncheck.layers import LayerKind, layer_label, running_buffers, short_repr
 from cnncheck.rules import Pass, Rule
@@ -215,8 +215,10 @@ def check_no_gradient(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
             seen.add(id(p))
             if not info.hidden and (_inside(info.name, names) or id(p) in read):
                 used.append((info.name, module, pname, p))
-    if not used or not outputs:
+    if not used:
         return
+    if not _leaves(trace.output):
+        ctx.require(Pass.GRADIENTS)  # not checked: forward returns no tensor to take gradients of
     reached = _reached_leaves(outputs)
     missing: dict[str, list[tuple[str, nn.Parameter]]] = defaultdict(list)
     owners: dict[str, nn.Module] = {}
@@ -224,17 +226,17 @@ def check_no_gradient(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         if id(p) not in reached:
             missing[name].append((pname, p))
             owners[name] = module
+    causes = {name: _cause(owners[name], params, read, reached, trace, name) for name, params in missing.items()}
+    if not outputs and all(cause.endswith(f"({_CUT_OUTSIDE})") for cause in causes.values()):
+        yield _no_gradient_at_all(ctx, rule, used)  # one cause for all of them: the output itself
+        return
     for name, params in missing.items():
         module = owners[name]
         listing = ", ".join(f"{pname} {tuple(p.shape)}" for pname, p in params)
         count = sum(p.numel() for _, p in params)
         named = ", ".join(f"'{_join(name, pname)}'" for pname, _ in params)
         subject = f"parameter {named} gets" if len(params) == 1 else f"parameters {named} get"
-        them = "it" if len(params) == 1 else "them"
-        if _never_read(module, params, read, reached, trace, name):
-            cause = f"the layer ran, but no op of its forward reads {them}"
-        else:
-            cause = f"the graph from {them} to the output is cut ({_cut_hint(trace, name)})"
+        cause = causes[name]
         yield rule.finding(
             name,
             f"{layer_label(name, module)} is used by forward, but its {subject} no gradient in a train step, "
@@ -243,6 +245,31 @@ def check_no_gradient(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
             found=f"no gradient reaches {listing} ({count} values): {cause}",
             location=ctx.location_of(module),
         )
+
+
+def _cause(module: nn.Module, params: list[tuple[str, nn.Parameter]], read: set[int], reached: set[int],
+           trace: Trace, name: str) -> str:
+    them = "it" if len(params) == 1 else "them"
+    if _never_read(module, params, read, reached, trace, name):
+        return f"the layer ran, but no op of its forward reads {them}"
+    return f"the graph from {them} to the output is cut ({_cut_hint(trace, name)})"
+
+
+def _no_gradient_at_all(ctx: CheckContext, rule: Rule, used: list[tuple[str, nn.Module, str, nn.Parameter]]) -> Finding:
+    """Forward's output carries no gradient at all (no_grad or inference_mode around all of it, or a
+    detached result): one finding for the model instead of one per layer."""
+    try:
+        ctx.require(Pass.GRADIENTS)
+        why = "its output carries no gradient"
+    except NotChecked as exc:
+        why = str(exc)
+    count = sum(p.numel() for *_, p in used)
+    return rule.finding(
+        "", f"none of the {len(used)} trainable parameters that forward uses gets a gradient in a train step: {why}",
+        expected="forward's output carries a gradient back to the parameters that make it",
+        found=f"an output without a gradient: {count} trainable values never train",
+        fix="Run forward without torch.no_grad() or torch.inference_mode() around it, and without detaching "
+        "its result; to freeze the model on purpose, call model.requires_grad_(False).")
 
 
 def _never_read(module: nn.Module, params: list[tuple[str, nn.Parameter]], read: set[int], reached: set[int],
@@ -296,7 +323,10 @@ def _cut_hint(trace: Trace, name: str) -> str:
                and not t.is_complex()]
     if integer:
         return f"an integer cast ({integer[0].func_name}) in its forward"
-    return "its forward runs under torch.no_grad(), reads .data, or its output is detached later"
+    return _CUT_OUTSIDE
+
+
+_CUT_OUTSIDE = "its forward runs under torch.no_grad(), reads .data, or its output is detached later"
 
 
 NO_GRADIENT = Rule(
@@ -315,7 +345,7 @@ NO_GRADIENT = Rule(
     "that forward never reads is a forgotten term: use it in forward, or delete it.",
     severity=Severity.ERROR,
     check=check_no_gradient,
-    needs=frozenset({Pass.TRAIN, Pass.GRADIENTS}),
+    needs=frozenset({Pass.TRAIN}),  # the graph is walked, not run backward; no gradient at all is a finding
     compares_values=False,  # it walks the autograd graph: a NaN flows through it as well as any number
     needs_whole_passes=True,
     flagged_example="""
