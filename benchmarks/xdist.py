@@ -48,8 +48,8 @@ def _heavy(root: Path, count: int, side: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--counts", type=int, nargs="+", default=[10, 50, 200])
-    parser.add_argument("--heavy", type=int, nargs="+", default=[4, 8], help="torchvision models at 128x128")
+    parser.add_argument("--counts", type=int, nargs="*", default=[10, 50, 200, 400])
+    parser.add_argument("--heavy", type=int, nargs="*", default=[4, 8, 16, 24], help="torchvision models at 128x128")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     xdist = ("-n", str(args.workers), "--dist", "loadfile")
