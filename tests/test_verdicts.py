@@ -187,24 +187,30 @@ def test_an_eval_only_crash_is_not_a_pass() -> None:
         cnncheck.assert_cnn_correct(CrashesAtInference(), (2, 3, 8, 8))
 
 
+def _one_rule(rule_id: str, check, **extra):
+    """A plugin object that registers one error rule."""
+
+    class OneRule:
+        @cnncheck.hookimpl
+        def cnncheck_register_rules(self):
+            return [cnncheck.Rule(id=rule_id, summary="", why="", fix="", severity=cnncheck.Severity.ERROR, check=check,
+                                  **extra)]
+
+    return OneRule()
+
+
 def test_a_crashing_plugin_rule_fails_the_report_and_the_assertion() -> None:
     def explode(ctx, rule):
         raise RuntimeError("boom in the rule")
 
-    class Broken:
-        @cnncheck.hookimpl
-        def cnncheck_register_rules(self):
-            return [cnncheck.Rule(id="explodes", summary="", why="", fix="", severity=cnncheck.Severity.ERROR,
-                                  check=explode)]
-
     model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4))
-    report = cnncheck.check_model(model, (2, 3, 8, 8), plugins=[Broken()])
+    report = cnncheck.check_model(model, (2, 3, 8, 8), plugins=[_one_rule("explodes", explode)])
     assert report.status("explodes").status is RuleStatus.CRASHED
     assert "RuntimeError: boom in the rule" in report.status("explodes").reason
     assert report.verdict is Verdict.CRASHED and not report.ok
     assert "please report it" in str(report)
     with pytest.raises(cnncheck.CheckFailed, match="internal error in rule explodes"):
-        cnncheck.assert_cnn_correct(model, (2, 3, 8, 8), plugins=[Broken()])
+        cnncheck.assert_cnn_correct(model, (2, 3, 8, 8), plugins=[_one_rule("explodes", explode)])
 
 
 def test_a_plugin_rule_that_reads_a_pass_it_did_not_declare_is_judged_by_it() -> None:
@@ -217,14 +223,8 @@ def test_a_plugin_rule_that_reads_a_pass_it_did_not_declare_is_judged_by_it() ->
     def counts_eval_ops(ctx, rule):
         return [] if ctx.eval_trace.nodes is not None else []
 
-    class Undeclared:
-        @cnncheck.hookimpl
-        def cnncheck_register_rules(self):
-            return [cnncheck.Rule(id="course-undeclared", summary="", why="", fix="", severity=cnncheck.Severity.ERROR,
-                                  check=counts_eval_ops)]
-
     report = cnncheck.check_model(module.CrashesAtInference(), (2, 3, 8, 8), checks=["course-undeclared"],
-                                  plugins=[Undeclared()])
+                                  plugins=[_one_rule("course-undeclared", counts_eval_ops)])
     outcome = report.status("course-undeclared")
     assert outcome.status is RuleStatus.NOT_CHECKED and "forward raises in eval mode" in outcome.reason
 
@@ -241,14 +241,9 @@ def test_a_crashing_diagnosis_is_reported_with_the_forward_that_raised() -> None
     def broken_diagnosis(ctx, rule):
         raise RuntimeError("the diagnosis broke")
 
-    class Diagnoses:
-        @cnncheck.hookimpl
-        def cnncheck_register_rules(self):
-            return [cnncheck.Rule(id="course-diagnoses", summary="", why="", fix="", severity=cnncheck.Severity.ERROR,
-                                  check=lambda ctx, rule: [], diagnose=broken_diagnosis)]
-
     with pytest.raises(cnncheck.CheckError) as info:
-        cnncheck.check_model(Unrelated(), (2, 3, 8, 8), plugins=[Diagnoses()])
+        cnncheck.check_model(Unrelated(), (2, 3, 8, 8),
+                             plugins=[_one_rule("course-diagnoses", lambda ctx, rule: [], diagnose=broken_diagnosis)])
     message = str(info.value)
     assert "ValueError" in message and "the student's own bug" in message
     assert "rule course-diagnoses crashed: RuntimeError: the diagnosis broke" in message and "please report" in message
