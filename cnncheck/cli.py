@@ -480,7 +480,8 @@ def _one_row_per_submission(paths: list[str], results: list[ModelResult]) -> lis
         units.setdefault(unit(result), []).append(result)
     for target in (p for p in paths if Path(p).is_dir()):
         for child in sorted(Path(target).iterdir()):
-            if child.is_dir() and (target, child.name) not in units and not any(python_files([str(child)])):
+            if child.is_dir() and (target, child.name) not in units and not any(python_files([str(child)])) \
+                    and not any(child.rglob("*.py")):  # a folder of test files only (tests/) is no submission
                 units[(target, child.name)] = []
     kept: list[ModelResult] = []
     for key, rows in units.items():

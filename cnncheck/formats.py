@@ -183,7 +183,8 @@ def _totals_sentence(results: Sequence[ModelResult]) -> str:
     s = _summary(results, [])
     errors, warnings = _counts([f for r in results for f in r.findings])
     unfinished = "".join(f", {s[key]} {words}" for key, words in (("incomplete", "not fully checked"),
-                                                                  ("crashed", "where a rule crashed")) if s[key])
+                                                                  ("crashed", "where a rule or a plugin crashed"))
+                        if s[key])
     return (f"{_plural(s['models'], 'model')}: {s['clean']} clean, {s['with_findings']} with findings"
             f"{unfinished}, {s['errors']} could not be checked; {_plural(errors + warnings, 'finding')} "
             f"({_plural(errors, 'error')}, {_plural(warnings, 'warning')})")
@@ -202,7 +203,7 @@ def render_text_result(result: ModelResult) -> str:
         return "\n".join([*lines, *result.notes])
     head = f"cnncheck: {result.name} on input {_shape(result.input_shape)} ({result.device})"
     unfinished = [_unfinished_line(o) for o in _unfinished(result)]
-    if not result.findings and not unfinished:
+    if not result.findings and not unfinished and not result.plugin_problems:
         body = [f"{head}: no findings ({_plural(len(result.rules_run), 'rule')})", *result.notes]
     else:
         errors, warnings = _counts(result.findings)
@@ -210,6 +211,8 @@ def render_text_result(result: ModelResult) -> str:
         counts = f"{errors} error(s), {warnings} warning(s)"
         if unfinished:
             counts += f", {_plural(len(unfinished), 'rule')} not checked or crashed"
+        if result.plugin_problems:
+            counts += f", {_plural(len(result.plugin_problems), 'plugin failure')}: the verdicts cannot be trusted"
         body = [head + ":", *found, *unfinished, *result.notes, counts]
     return "\n".join([result.id, *body]).rstrip()
 
@@ -299,8 +302,11 @@ def _verdict(result: ModelResult) -> str:
     crashed = sum(o.status is RuleStatus.CRASHED for o in unfinished)
     rest = (f" {_plural(len(unfinished) - crashed, 'rule')} could not be checked"
             f"{f' and {crashed} crashed' if crashed else ''}: see below." if unfinished else "")
+    if result.plugin_problems:
+        rest += (f" A plugin failed while it was checked ({result.plugin_problems[0]}), so no rule's verdict "
+                 f"can be trusted.")
     if not result.findings:
-        if unfinished:
+        if unfinished or result.plugin_problems:
             return f"**Verdict: not fully checked.**{rest}"
         return f"**Verdict: no problems found** ({_plural(len(result.rules_run), 'rule')} checked)."
     errors, warnings = _counts(result.findings)

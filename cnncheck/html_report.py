@@ -73,7 +73,7 @@ def _verdict_text(result: ModelResult) -> str:
     if result.error is not None:
         return f"could not be checked ({result.error_kind})" if result.error_kind else "could not be checked"
     return {"clean": "no problems found", "findings": f"{len(result.findings)} problem(s)",
-            "incomplete": "not fully checked", "crashed": "a rule crashed"}.get(str(result.verdict), str(result.verdict))
+            "incomplete": "not fully checked", "crashed": "a rule or a plugin crashed"}.get(str(result.verdict), str(result.verdict))
 
 
 def _overview(results: Sequence[ModelResult], ids: list[str]) -> str:

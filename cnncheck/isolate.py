@@ -164,9 +164,25 @@ def _unit_and_cover(job: Job) -> tuple[str, str] | None:
     from cnncheck.discover import is_module_target
 
     if job.only is not None and is_module_target(job.file):
-        return None  # an installed module: the environment is visible anyway
+        local = _local_package(job.file)
+        if local is None:
+            return None  # an installed module: the environment is visible anyway
+        return local, os.path.dirname(local)  # mypkg.models:Net from the current folder: that package
     unit = job.unit or os.path.dirname(os.path.abspath(job.file))
     return unit, job.cover or os.path.dirname(os.path.abspath(unit))
+
+
+def _local_package(target: str) -> str | None:
+    """The folder (or file) of ``package.module``'s top package when the current folder holds it, as the
+    import will find it first; found without importing anything (no student code runs here)."""
+    from importlib.machinery import PathFinder
+
+    spec = PathFinder.find_spec(target.split(".")[0], [os.getcwd()])
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return os.path.abspath(next(iter(spec.submodule_search_locations)))
+    return os.path.abspath(spec.origin) if spec.origin else None
 
 
 def _use_server(view: Plan | None) -> Plan | None:

@@ -253,6 +253,15 @@ def _private_system(libc: ctypes.CDLL, keep: tuple[str, ...]) -> None:
         _mount(libc, f"{_STAGE}/{number}", folder, None, _MS_MOVE)
 
 
+def _make_cwd(cwd: str) -> None:
+    """The current folder of the command, so that the report's relative paths start there (it may be
+    read-only already, or be the unit itself)."""
+    try:
+        os.makedirs(cwd, exist_ok=True)
+    except OSError:
+        pass
+
+
 def _own_submission(libc: ctypes.CDLL, confinement: Confinement) -> None:
     """This worker's unit, read-only, at the path the report names (in a private folder of its own
     where it can), the server's copies of every unit hidden, and the rest of the view read-only: the
@@ -267,12 +276,10 @@ def _own_submission(libc: ctypes.CDLL, confinement: Confinement) -> None:
             _mount(libc, "tmpfs", confinement.base, "tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=0755")
         os.makedirs(confinement.unit, exist_ok=True)
         _mount(libc, staged, confinement.unit, None, _MS_MOVE)
+        _make_cwd(confinement.cwd)  # before the private folder turns read-only: ../x/model.py starts there
         if confinement.base is not None:
             _remount_read_only(libc, confinement.base)
-    try:
-        os.makedirs(confinement.cwd, exist_ok=True)  # the report's relative paths start there
-    except OSError:
-        pass
+    _make_cwd(confinement.cwd)
     _mount(libc, "tmpfs", "/run", "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_RDONLY, b"mode=0755")
     for shared in ("/", "/dev"):
         _remount_read_only(libc, shared)

@@ -58,3 +58,17 @@ def test_a_project_of_its_own_inside_the_folder_is_not_a_submission(tmp_path: Pa
     out = tmp_path / "report.json"
     assert main(["check", "subs", "--format", "json", "--output", str(out)]) == 0
     assert [m["id"] for m in json.loads(out.read_text())["models"]] == ["subs/ann/model.py::ConvNet"]
+
+
+def test_a_folder_of_test_files_is_not_a_submission(tmp_path: Path, monkeypatch) -> None:
+    """``cnncheck check .`` on a project: its tests/ folder gets no 'no model' row (test files count only
+    their declared models), while an empty folder among submissions still does."""
+    (tmp_path / "model.py").write_text(CLEAN)
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_model.py").write_text("def test_it():\n    assert True\n")
+    (tmp_path / "nothing_handed_in").mkdir()
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "report.json"
+    assert main(["check", ".", "--format", "json", "--output", str(out)]) == 1
+    assert [m["id"] for m in json.loads(out.read_text())["models"]] == ["model.py::ConvNet",
+                                                                         "nothing_handed_in::<no model>"]

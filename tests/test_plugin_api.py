@@ -239,7 +239,7 @@ def test_pytest_disable_plugin_and_broken_plugin_report(course, pytester: pytest
         """
     )
     result = pytester.runpytest("--cnncheck", "-k", "CourseNet")
-    result.assert_outcomes(passed=len(PUBLIC_IDS) - 1, failed=1)  # its rules are missing: no clean verdict
+    result.assert_outcomes(failed=len(PUBLIC_IDS))  # its rules are missing: no verdict of the model can be trusted
     result.stdout.fnmatch_lines(["cnncheck: plugin 'conftest:*conftest.py' failed in cnncheck_register_rules: "
                                  "RuntimeError: typo in my rule file"])
 

@@ -4,6 +4,8 @@ model left as it was."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -126,9 +128,9 @@ def test_an_unused_layer_says_what_it_costs() -> None:
 
     report = cnncheck.check_model(ForgottenBN(), (2, 1, 8, 8), checks=["layer-not-used"])
     bn = next(f for f in report.findings if f.module == "bn")
-    assert bn.message == "BatchNorm2d 'bn' is never used: forward does not run it in train or eval mode"
+    assert bn.message == ("BatchNorm2d 'bn' is never used: forward does not run it in train or eval mode "
+                          "on the example input")
     assert "16 parameter(s) that never train, and they inflate the model's parameter count" in bn.found
-    import inspect
 
     line = next(i for i, text in enumerate(inspect.getsource(ForgottenBN).splitlines()) if "self.bn =" in text)
     assert bn.location and bn.location.endswith(f"test_rules_structure.py:{inspect.getsourcelines(ForgottenBN)[1] + line}")
@@ -210,8 +212,23 @@ class SharedConv(nn.Module):  # weight sharing of a conv: not a norm
         return self.conv(F.relu(self.conv(x)))
 
 
+class Siamese(nn.Module):
+    """One encoder (its BatchNorm included) run on two views of the input: one place of the network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        a = self.encoder(x).mean(dim=(2, 3))
+        b = self.encoder(torch.flip(x, dims=(3,))).mean(dim=(2, 3))
+        return self.fc(torch.cat([a, b], dim=1))
+
+
 @pytest.mark.parametrize("model, shape, expected", [
     pytest.param(TwoPlaces, (2, 3, 8, 8), {"bn"}, id="two-places"),
+    pytest.param(Siamese, (2, 3, 8, 8), set(), id="a-shared-encoder-on-two-views"),
     pytest.param(Recurrent, (2, 4, 8, 8), {"bn"}, id="a-recurrent-loop"),
     pytest.param(HelperCalledTwice, (4, 6), {"norm"}, id="a-helper-method-called-twice"),
     pytest.param(OneEach, (2, 3, 8, 8), set(), id="one-bn-per-place"),
@@ -316,8 +333,10 @@ def test_a_missing_gradient_names_the_parameters_and_the_cut() -> None:
 
     check = cnncheck.check_model
     detached = check(DetachedScale(), (2, 1, 8, 8), checks=["parameter-without-gradient"])
-    assert detached.findings[0].message == ("the model (DetachedScale) is used by forward, but its parameter "
-                                            "'scale' gets no gradient in a train step, so it never trains")
+    assert detached.findings[0].message == ("DetachedScale's parameter 'scale' gets no gradient in a train step, "
+                                            "so it never trains")
+    line = inspect.getsourcelines(DetachedScale.forward)[1] + 1  # the .detach() in forward, not a constructor
+    assert detached.findings[0].location.endswith(f"test_rules_structure.py:{line}")
     both = check(DataAndIntegerCast(), (2, 6), checks=["parameter-without-gradient"])
     assert "parameters 'weight', 'gain' get no gradient" in both.findings[0].message
     stem = check(NoGradInForward(), (2, 1, 8, 8), checks=["parameter-without-gradient"])

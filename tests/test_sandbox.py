@@ -258,3 +258,32 @@ def test_the_plan_follows_a_symlinked_submission_and_keeps_the_environment_whole
     env = next(folder for folder in view.environment if not folder.startswith("/tmp"))
     around = sandbox.plan([(env, os.path.dirname(env))])
     assert around.confinement(env, os.path.dirname(env)).base is None
+
+
+def _sandboxed(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cnncheck", "check", *args, "--sandbox", "bwrap", "--format", "json"],
+                          capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_a_path_that_climbs_out_of_the_current_folder_is_found(tmp_path: Path) -> None:
+    """``cnncheck check ../x/model.py``: the worker starts in the command's folder, so ``..`` leads
+    where it led outside."""
+    (tmp_path / "here").mkdir()
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "model.py").write_text(NET.format(attack="", bias=", bias=False"))
+    done = _sandboxed(tmp_path / "here", "../x/model.py", "--input-shape", "2,1,8,8")
+    [row] = json.loads(done.stdout)["models"]
+    assert row["error"] is None and row["id"] == "../x/model.py::Net", row
+
+
+def test_a_package_module_of_the_current_folder_is_a_target(tmp_path: Path) -> None:
+    """``cnncheck check mypkg.models:Net`` from the project folder: its package is bound into the
+    sandbox (relative imports and all), as the import finds it outside."""
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "layers.py").write_text(NET.format(attack="", bias=", bias=False"))
+    (package / "models.py").write_text("from .layers import Net\n")
+    done = _sandboxed(tmp_path, "mypkg.models:Net", "--input-shape", "2,1,8,8")
+    [row] = json.loads(done.stdout)["models"]
+    assert row["error"] is None and row["id"] == "mypkg.models:Net", row

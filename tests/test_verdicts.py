@@ -342,12 +342,14 @@ def test_a_failing_plugin_hook_makes_every_front_end_say_crashed(hook, tmp_path,
     assert json.loads(results["sarif"][1])["runs"][0]["invocations"][0]["executionSuccessful"] is False
     cases = {c.get("name"): c for c in ET.fromstring(results["junit"][1]).iter("testcase")}
     assert cases["cnncheck-plugin-error"].find("error") is not None
+    assert "no findings" not in results["text"][1] and "the verdicts cannot be trusted" in results["text"][1]
+    assert "no problems found" not in results["markdown"][1] and "A plugin failed" in results["markdown"][1]
 
     pytester.makepyfile(failing_hook=source, clean=CLEAN_MODEL)
     pytester.syspathinsert()
     result = pytester.runpytest("--cnncheck", "--cnncheck-plugin", "failing_hook", "-p", "no:randomly")
-    assert result.parseoutcomes().get("failed") == 1, result.stdout.str()
-    assert "a plugin failed while clean.py::Clean was checked" in result.stdout.str()
+    assert result.parseoutcomes() == {"failed": len(cnncheck.all_rules())}, result.stdout.str()
+    assert "a plugin failed while clean.py::Clean was checked, so the verdict of" in result.stdout.str()
 
 
 # -- pytest ----------------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def check_not_used(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         what = f"{count} parameter(s) that never train" if count else "it does nothing"
         yield rule.finding(
             info.name,
-            f"{layer_label(info.name, module)} is never used: forward does not run it in train or eval mode",
+            f"{layer_label(info.name, module)} is never used: forward does not run it in train or eval mode on the example input",
             expected="every layer built in __init__ is run by forward (or its parameters read)",
             found=f"{short_repr(module)}: not called in a train or an eval forward, and no op reads its "
             f"parameters; {what}" + (", and they inflate the model's parameter count" if count else ""),
@@ -134,7 +134,7 @@ def check_reused(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
                 and _tracks(node.module):
             calls[id(node.module)].append(node)
     for nodes in calls.values():
-        if len(nodes) < 2:
+        if len(nodes) < 2 or _shared_branch(nodes):
             continue
         module = nodes[0].module
         assert module is not None
@@ -161,6 +161,37 @@ def check_reused(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
             location=ctx.location_of(module),
             details=[f"called {place}" for place in places[:5]],
         )
+
+
+def _shared_branch(nodes: list[Node]) -> bool:
+    """Whether the calls are one place of the network run on several inputs (the encoder of a Siamese net,
+    a head shared by two views): the same layer feeds every call, and no call's input is computed from
+    another call's output, as it is in a loop. Its statistics then describe one layer's activations."""
+    feeders = {_feeder(node) for node in nodes}
+    if len(feeders) != 1 or None in feeders:
+        return False
+    return not any(_computed_from(later, earlier) for i, earlier in enumerate(nodes) for later in nodes[i + 1:])
+
+
+def _feeder(node: Node) -> object:
+    source = node.sources[0] if node.sources else None
+    if isinstance(source, Node):
+        return id(source.module) if source.module is not None else (source.func_name, source.location)
+    return None  # the model's input itself, or a constant: not a layer that is shared
+
+
+def _computed_from(later: Node, earlier: Node) -> bool:
+    seen: set[int] = set()
+    stack = [s for s in later.sources if isinstance(s, Node)]
+    while stack:
+        node = stack.pop()
+        if node is earlier:
+            return True
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.extend(s for s in node.sources if isinstance(s, Node))
+    return False
 
 
 def _tracks(module: nn.Module) -> bool:
@@ -195,9 +226,11 @@ class Net(nn.Module):
         return F.relu(self.bn(self.conv2(x)))     # the same BatchNorm again
 """,
     clean_example="self.bn1, self.bn2 = nn.BatchNorm2d(16), nn.BatchNorm2d(16)",
-    limits="Counted in the traced train forward, for modules that keep running statistics "
-    "(`track_running_stats=False` keeps none, and a LayerNorm or GroupNorm keeps none: sharing those only "
-    "shares weights). A functional `F.batch_norm` handed the same buffers twice is `bn-train-behaviour`'s case.",
+    limits="Counted in the traced train forward, for modules that keep running statistics. A sub-network "
+    "run on several inputs (the shared encoder of a Siamese net: the same layer feeds the BatchNorm at every "
+    "call, and no call's input comes from another's output) is one place and is not flagged; a loop is. "
+    "A BatchNorm with `track_running_stats=False` keeps no running statistics, nor do LayerNorm and GroupNorm: "
+    "sharing those only shares weights. A functional `F.batch_norm` handed the same buffers twice is `bn-train-behaviour`'s case.",
 )
 
 
@@ -239,12 +272,23 @@ def check_no_gradient(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         cause = causes[name]
         yield rule.finding(
             name,
-            f"{layer_label(name, module)} is used by forward, but its {subject} no gradient in a train step, "
-            f"so {'it never trains' if len(params) == 1 else 'they never train'}",
+            (f"{layer_label(name, module)} is used by forward, but its " if name else f"{type(module).__name__}'s ")
+            + f"{subject} no gradient in a train step, so {'it never trains' if len(params) == 1 else 'they never train'}",
             expected="every parameter with requires_grad=True that forward uses gets a gradient from the loss",
             found=f"no gradient reaches {listing} ({count} values): {cause}",
-            location=ctx.location_of(module),
+            location=_first_read(trace, params) or ctx.location_of(module),
         )
+
+
+def _first_read(trace: Trace, params: list[tuple[str, nn.Parameter]]) -> str | None:
+    """The student's line of forward that first hands one of ``params`` (or its ``.data``) to an op: where
+    the graph is cut, or just before."""
+    storages = {p.untyped_storage().data_ptr() for _, p in params}
+    for node in trace.every_node():
+        if node.module is None and node.location and any(
+                t.untyped_storage().data_ptr() in storages for t in node.tensors_received()):
+            return node.location
+    return None
 
 
 def _cause(module: nn.Module, params: list[tuple[str, nn.Parameter]], read: set[int], reached: set[int],
