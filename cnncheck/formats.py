@@ -36,6 +36,8 @@ within the same id. Top-level object:
     (one per rule run: ``rule``, ``status`` (``passed``, ``findings``, ``not-checked`` or ``crashed``)
     and ``reason`` (why it was not checked, the crash's error, or ``""``)), ``plugin_problems`` (list of
     strings: a plugin hook that raised while the model was checked, which makes its verdict ``crashed``),
+    ``verdict`` (``clean``, ``findings``, ``incomplete``, ``crashed`` or ``error``: the one decision every
+    front end shows),
     ``shape_note`` (why this input shape, when it was inferred rather than declared, else ``""``).
 
     Each finding: ``rule`` (id), ``module`` (qualified layer name from ``named_modules()``; ``""``

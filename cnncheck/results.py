@@ -90,6 +90,7 @@ class ModelResult:
         for drawn in ("architecture", "flow"):
             if data[drawn] is None:
                 del data[drawn]
+        data["verdict"] = str(self.verdict)  # for readers of the report; from_dict derives it again
         return data
 
     @classmethod
@@ -98,6 +99,7 @@ class ModelResult:
             Finding(**dict(f, severity=Severity(f["severity"]), details=tuple(f.get("details", ()))))
             for f in data.get("findings", [])
         ]
+        data = {k: v for k, v in data.items() if k != "verdict"}  # derived, never taken from a worker
         shape = data.get("input_shape")
         outcomes = [RuleOutcome(o["rule"], RuleStatus(o["status"]), o.get("reason", ""))
                     for o in data.get("outcomes", [])]

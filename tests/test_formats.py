@@ -19,6 +19,7 @@ from cnncheck import check_model, formats
 from cnncheck.findings import Finding, Severity, docs_reference
 from cnncheck.plugins import all_rules
 from cnncheck.results import ModelResult
+from cnncheck.verdict import Verdict
 
 HERE = Path(__file__).resolve().parent
 SARIF_SCHEMA = HERE / "data" / "sarif-schema-2.1.0.json"
@@ -375,3 +376,11 @@ def test_notes_reach_sarif_and_junit(rules, sarif_validator) -> None:
     assert log["runs"][0]["invocations"][0]["executionSuccessful"] is True
     suite = ET.fromstring(formats.render_junit([result], rules=rules)).find("testsuite")
     assert suite is not None and suite.findtext("system-out") == note
+
+
+def test_the_json_verdict_is_derived_and_never_read_back() -> None:
+    broken = ModelResult(id="a.py::N", file="a.py", name="N", error="cannot build N", error_kind="build")
+    data = broken.to_dict()
+    assert data["verdict"] == "error"
+    forged = ModelResult.from_dict({**data, "verdict": "clean"})  # a worker's message may claim anything
+    assert forged.verdict is Verdict.ERROR

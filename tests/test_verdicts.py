@@ -339,6 +339,7 @@ def test_a_failing_plugin_hook_makes_every_front_end_say_crashed(hook, tmp_path,
     assert {code for code, _ in results.values()} == {3}
     data = json.loads(results["json"][1])
     assert data["summary"]["crashed"] == 1 and "hook broke" in data["models"][0]["plugin_problems"][0]
+    assert data["models"][0]["verdict"] == "crashed"
     assert json.loads(results["sarif"][1])["runs"][0]["invocations"][0]["executionSuccessful"] is False
     cases = {c.get("name"): c for c in ET.fromstring(results["junit"][1]).iter("testcase")}
     assert cases["cnncheck-plugin-error"].find("error") is not None
