@@ -463,6 +463,14 @@ def _worker(job: Job, conn: Any) -> None:
 
     try:
         _apply_plugins(job)
+    except Exception as exc:  # cnncheck's own setup, before any student code: not the submission's fault
+        reason = (f"the plugins given with --plugin cannot be loaded in the worker ({type(exc).__name__}: {exc}); "
+                  f"a plugin among the submissions, or beside their folder, is hidden by the sandbox: install it, "
+                  f"or put it on PYTHONPATH elsewhere")
+        _send(conn, ("result", _error(job, job.target_id, "crash", reason, time.perf_counter() - start).to_dict()))
+        _send(conn, ("done", None))
+        return
+    try:
         from cnncheck.discover import candidates, load_target, named_candidates
         from cnncheck.tamper import snapshot_before_submission
 

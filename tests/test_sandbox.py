@@ -287,3 +287,15 @@ def test_a_package_module_of_the_current_folder_is_a_target(tmp_path: Path) -> N
     done = _sandboxed(tmp_path, "mypkg.models:Net", "--input-shape", "2,1,8,8")
     [row] = json.loads(done.stdout)["models"]
     assert row["error"] is None and row["id"] == "mypkg.models:Net", row
+
+
+def test_a_plugin_the_sandbox_hides_is_blamed_on_the_plugin_not_the_submission(tmp_path: Path) -> None:
+    (tmp_path / "subs" / "ann").mkdir(parents=True)
+    (tmp_path / "subs" / "ann" / "model.py").write_text(NET.format(attack="", bias=", bias=False"))
+    (tmp_path / "course_rules.py").write_text("import cnncheck\n")
+    done = subprocess.run([sys.executable, "-m", "cnncheck", "check", "subs", "--sandbox", "bwrap", "--input-shape",
+                           "2,1,8,8", "--plugin", "course_rules", "--format", "json"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    [row] = json.loads(done.stdout)["models"]
+    assert row["error_kind"] == "crash" and "cannot import" not in row["error"], row
+    assert "the plugins given with --plugin cannot be loaded in the worker" in row["error"]
