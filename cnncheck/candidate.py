@@ -17,10 +17,12 @@ from cnncheck.results import ModelResult
 
 
 def check_candidate(candidate: Any, *, shape: tuple[int, ...] | None, device: str | None,
-                    select: Sequence[str] | None, ignore: Sequence[str], drawn: bool = False) -> ModelResult:
+                    select: Sequence[str] | None, ignore: Sequence[str], drawn: bool = False,
+                    sites: bool = False) -> ModelResult:
     """The result of checking one candidate; student code that raises, even ``sys.exit``, becomes the
     result's ``error`` (with ``error_kind`` and the student's line), never an exception. ``drawn`` adds
-    the layer table and the data flow that the HTML report draws (one more eval forward)."""
+    the layer table and the data flow that the HTML report draws (one more eval forward); ``sites``, where
+    each conv/linear with a bias was built, for the fixes of ``cnncheck check`` (:mod:`cnncheck.fixes`)."""
     start = time.perf_counter()
     result = ModelResult(candidate.id, str(candidate.file), candidate.name)
     label = candidate.name + (f"[{candidate.variant}]" if candidate.variant else "")
@@ -29,11 +31,30 @@ def check_candidate(candidate: Any, *, shape: tuple[int, ...] | None, device: st
             model = _check_into(result, candidate, label, shape, device, select, ignore)
             if drawn and model is not None and result.input_shape is not None:
                 _draw_into(result, model, result.input_shape, device)
+            if sites and model is not None and result.error is None:
+                result.bias_sites = bias_sites(model)
     except CodeExited as exc:
         result.error, result.error_kind = str(exc), "exit"
     finally:
         result.seconds = time.perf_counter() - start
     return result
+
+
+def bias_sites(model: Any) -> dict[str, list[str]]:
+    """``file:line`` where each conv or linear layer of ``model`` that has a bias was built -> the names of
+    the layers built there (a call in a loop, or in a block class used twice, builds several)."""
+    from torch import nn
+
+    from cnncheck.locate import creation_site
+
+    kinds = (nn.modules.conv._ConvNd, nn.Linear)
+    found: dict[str, list[str]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, kinds) and getattr(module, "bias", None) is not None:
+            site = creation_site(model, name)
+            if site is not None:
+                found.setdefault(site, []).append(name)
+    return found
 
 
 def _draw_into(result: ModelResult, model: Any, shape: tuple[int, ...], device: str | None) -> None:

@@ -116,6 +116,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--baseline-write", metavar="FILE",
                        help="record every finding of this run in a baseline file, and exit 0 when every "
                        "model could be checked")
+    edits = check.add_mutually_exclusive_group()
+    edits.add_argument("--fix", action="store_true",
+                       help="apply the safe fixes to the checked files, check them again and report what remains")
+    edits.add_argument("--diff", action="store_true",
+                       help="print the safe fixes as a unified diff and change no file (exit 1 when there are any)")
     check.add_argument("-j", "--jobs", type=_positive_int, default=1, help="parallel worker processes (default 1)")
     check.add_argument("--timeout", type=_positive_seconds, default=60.0,
                        help="seconds per model, a finite number above 0 (default 60)")
@@ -371,7 +376,8 @@ def _check(args: argparse.Namespace) -> int:
         options = dict(only=only, input_shape=args.input_shape, device=args.device,
                        select=tuple(args.select) if args.select else None, ignore=tuple(args.ignore),
                        plugins=tuple(args.plugin), disabled_plugins=tuple(args.disable_plugin),
-                       timeout=args.timeout, max_memory=args.max_memory, drawn=args.format == "html")
+                       timeout=args.timeout, max_memory=args.max_memory, drawn=args.format == "html",
+                       sites=True)
         if only is not None:
             jobs.append(Job(file, **options))
         else:
@@ -387,6 +393,10 @@ def _check(args: argparse.Namespace) -> int:
     if alone and all(r.error_kind == "no-model" for r in results):
         reason = results[0].error if results else MODEL_DEFINITION
         return _usage_error(f"no model found in {args.paths[0]}: {reason}")
+    fixed = _fixes(args, jobs, results, sandbox)
+    if isinstance(fixed, int):
+        return fixed
+    results = fixed
     results = _one_row_per_submission(args.paths, results)
     root = _checked_root(args.paths)
     installed = _installed_roots(args.paths)
@@ -414,6 +424,57 @@ def _check(args: argparse.Namespace) -> int:
     if args.baseline_write:  # the findings are recorded, not failures; what could not be checked still is
         return exit_code(Verdict.CLEAN if r.verdict is Verdict.FINDINGS else r.verdict for r in results)
     return exit_code(r.verdict for r in results)
+
+
+def _fixes(args: argparse.Namespace, jobs: list[Job], results: list[ModelResult],
+           sandbox: str | None) -> list[ModelResult] | int:
+    """The results with each finding's safe fix (computed here, from the files on disk: never taken from a
+    worker); with ``--diff`` the exit status after printing the diff, with ``--fix`` the results of
+    checking the fixed files again."""
+    from pathlib import Path
+
+    from cnncheck.fixes import apply_fixes, plan_fixes, unified_diff, with_fixes
+
+    allowed = [file for file, _ in map(_split_target, args.paths) if Path(file).exists()]
+    plan = plan_fixes(results, allowed=allowed)
+    if args.fix or args.diff:
+        for site, reason in plan.unfixable.items():
+            _say(f"not fixed: {_shown(site)}: {reason}")
+    if args.diff:
+        labels = {fix.file: _shown(fix.file) for fix in plan.fixes.values()}
+        _write_stdout(unified_diff(plan.fixes.values(), label=labels))
+        count = len(plan.fixes)
+        print(f"cnncheck: {count} fix(es) would be applied" if count else "cnncheck: nothing to fix", file=sys.stderr)
+        return 1 if count else 0
+    if not args.fix:
+        return with_fixes(results, plan)
+    changed = set(apply_fixes(plan.fixes.values()))
+    print(f"cnncheck: fixed {len(plan.fixes)} call site(s) in {len(changed)} file(s)" if changed
+          else "cnncheck: nothing to fix", file=sys.stderr)
+    touched = {r.id for r in results if any(f.location in plan.fixes and plan.fixes[f.location].file in changed
+                                            for f in r.findings)}
+    again = [j for j in jobs if any(_of_job(j, model_id) for model_id in touched)]
+    if not again:
+        return with_fixes(results, plan)
+    fresh = _run_with_progress(again, args.jobs, quiet=args.format != "text" and not args.output, sandbox=sandbox)
+    rechecked: list[ModelResult] = []
+    for result in results:
+        if not any(_of_job(j, result.id) for j in again):
+            rechecked.append(result)
+        elif fresh:
+            rechecked.extend(fresh)
+            fresh = []
+    return with_fixes(rechecked, plan_fixes(rechecked, allowed=allowed))
+
+
+def _of_job(job: Job, model_id: str) -> bool:
+    return model_id.startswith((f"{job.file}::", f"{job.file}:"))
+
+
+def _shown(path: str) -> str:
+    """A path as the report writes it: relative to the current folder when it is under it."""
+    here = os.getcwd() + os.sep
+    return path[len(here):] if path.startswith(here) else path
 
 
 def _apply_baseline(baseline: Baseline, results: list[ModelResult]) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import enum
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cnncheck.fixes import Fix
 
 
 class Severity(str, enum.Enum):
@@ -25,6 +28,8 @@ class Finding:
     ``module`` is the qualified name from ``model.named_modules()`` (``""`` for the model itself;
     ``parent.attr[0]`` for a layer kept in a plain list or dict). ``location`` is ``file:line`` where
     the layer was built or where the functional call sits in ``forward``, when it can be known.
+    ``fix_edit`` is the edit of the student's file that fixes it, when ``cnncheck check`` found a safe one
+    (:mod:`cnncheck.fixes`).
     """
 
     rule: str
@@ -36,6 +41,7 @@ class Finding:
     fix: str = ""
     location: str | None = None
     details: tuple[str, ...] = ()
+    fix_edit: Fix | None = None
 
     def render(self) -> str:
         """The finding as a few lines a student reads top to bottom."""

@@ -43,7 +43,10 @@ within the same id. Top-level object:
     Each finding: ``rule`` (id), ``module`` (qualified layer name from ``named_modules()``; ``""``
     for the model itself), ``severity`` (``"error"`` or ``"warning"``), ``message`` (what is wrong),
     ``expected``, ``found``, ``fix`` (strings, possibly empty), ``location`` (``"file:line"`` where
-    the layer was built, or null), ``details`` (list of extra lines).
+    the layer was built, or null), ``details`` (list of extra lines), ``fix_edit`` (null, or the safe
+    edit of the student's file that ``cnncheck check --fix`` applies: ``file``, ``start_line``,
+    ``start_col``, ``end_line``, ``end_col`` (1-based; the end is just after the replaced text),
+    ``replacement``, ``description`` and ``safe``).
 ``summary``
     ``models`` (how many), ``clean`` (every rule checked it and found nothing), ``with_findings`` (at
     least one finding), ``incomplete`` (no finding, but some rule could not check it), ``crashed`` (a

@@ -52,6 +52,7 @@ class Job:
     cover: str | None = None  # the folder of submissions it is one of; default: the unit's parent
     confinement: Confinement | None = None  # set by check_files when the run is sandboxed
     drawn: bool = False  # also the layer table and data flow, for the HTML report
+    sites: bool = False  # also where each conv/linear with a bias was built, for `cnncheck check --fix`
 
     @property
     def no_model_id(self) -> str:
@@ -521,7 +522,7 @@ def _check_one(job: Job, candidate: Any) -> ModelResult:
     from cnncheck.candidate import check_candidate
 
     return check_candidate(candidate, shape=job.input_shape, device=job.device, select=job.select, ignore=job.ignore,
-                           drawn=job.drawn)
+                           drawn=job.drawn, sites=job.sites)
 
 
 def _apply_plugins(job: Job) -> None:

@@ -38,6 +38,9 @@ class ModelResult:
     # (Flow.to_dict); plain data, drawn by the process that writes the report
     architecture: dict[str, Any] | None = None
     flow: dict[str, Any] | None = None
+    # for fixes (``sites``): where each conv/linear with a bias was built (``file:line``) -> the layers
+    # built there; a fix at a site is safe only when every layer built there has the finding
+    bias_sites: dict[str, list[str]] | None = None
 
     @property
     def verdict(self) -> Verdict:
@@ -87,7 +90,7 @@ class ModelResult:
         data["input_shape"] = list(self.input_shape) if self.input_shape else None
         data["rules_run"] = list(self.rules_run)
         data["outcomes"] = [{"rule": o.rule, "status": str(o.status), "reason": o.reason} for o in self.outcomes]
-        for drawn in ("architecture", "flow"):
+        for drawn in ("architecture", "flow", "bias_sites"):
             if data[drawn] is None:
                 del data[drawn]
         data["verdict"] = str(self.verdict)  # for readers of the report; from_dict derives it again
@@ -95,8 +98,11 @@ class ModelResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelResult:
+        from cnncheck.fixes import Fix
+
         findings = [
-            Finding(**dict(f, severity=Severity(f["severity"]), details=tuple(f.get("details", ()))))
+            Finding(**dict(f, severity=Severity(f["severity"]), details=tuple(f.get("details", ())),
+                           fix_edit=Fix.from_dict(f["fix_edit"]) if f.get("fix_edit") else None))
             for f in data.get("findings", [])
         ]
         data = {k: v for k, v in data.items() if k != "verdict"}  # derived, never taken from a worker
