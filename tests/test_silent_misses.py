@@ -14,6 +14,8 @@ from torch import nn
 import cnncheck
 from cnncheck import RuleStatus
 
+pytest_plugins = ["pytester"]
+
 SHAPE = (4, 3, 8, 8)
 BIAS = "redundant-bias-before-bn"
 EVAL = "bn-eval-behaviour"
@@ -345,3 +347,78 @@ def test_the_note_comes_even_when_only_structural_rules_run():
     report = check(model, SHAPE, checks=["pool-has-parameters"])
     assert report.status("pool-has-parameters").status is RuleStatus.PASSED
     assert any(note.startswith("conv1.weight holds 3 NaN: ") for note in report.notes), report.notes
+
+
+INTEGER_PLUGIN = """
+import torch
+import cnncheck
+
+
+@cnncheck.hookimpl
+def cnncheck_example_input(model, input_shape, device):
+    return torch.randint(0, 5, tuple(input_shape), generator=torch.Generator().manual_seed(0)).to(device)
+"""
+
+INTEGER_MODELS = """
+import torch
+from torch import nn
+import cnncheck
+
+
+class FromIntegers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3)
+        self.pool = nn.MaxPool2d(2)
+        self.bn1 = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn1(self.pool(self.conv1(x.float() / 4)))
+
+
+@cnncheck.model(input_shape=(4, 3, 8, 8))
+def trainable():
+    return FromIntegers()
+
+
+@cnncheck.model(input_shape=(4, 3, 8, 8))
+def frozen():
+    return FromIntegers().requires_grad_(False)
+"""
+
+
+def test_an_integer_example_input_through_every_front_end(tmp_path, monkeypatch, pytester) -> None:
+    """Integer pixels from a plugin's example input: a trainable model still has its bias finding;
+    a frozen one says redundant-bias-before-bn was not checked, in the command's every format (and
+    exit code) and in pytest's items."""
+    import json
+    import xml.etree.ElementTree as ET
+
+    from cnncheck import cli
+    from cnncheck.formats import FORMATS
+
+    (tmp_path / "integer_input.py").write_text(INTEGER_PLUGIN)
+    (tmp_path / "models.py").write_text(INTEGER_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    codes = {}
+    for fmt in FORMATS:
+        out = tmp_path / f"report.{fmt}"
+        codes[fmt] = cli.main(["check", str(tmp_path / "models.py"), "--plugin", "integer_input", "--format", fmt,
+                               "--output", str(out), "--sandbox", "none"])
+    assert codes == dict.fromkeys(FORMATS, 1)
+    models = {m["name"]: m for m in json.loads((tmp_path / "report.json").read_text())["models"]}
+    assert [f["module"] for f in models["trainable"]["findings"]] == ["conv1"]
+    states = {o["rule"]: o["status"] for o in models["frozen"]["outcomes"]}
+    assert states[BIAS] == "not-checked" and models["frozen"]["verdict"] == "incomplete"
+    assert "torch.int64" in next(o["reason"] for o in models["frozen"]["outcomes"] if o["rule"] == BIAS)
+    cases = {(c.get("classname"), c.get("name")): c for c in ET.parse(tmp_path / "report.junit").iter("testcase")}
+    frozen_case = next(c for (model, rule), c in cases.items() if model.endswith("frozen") and rule == BIAS)
+    assert frozen_case.find("skipped") is not None
+    assert "not checked: redundant-bias-before-bn" in (tmp_path / "report.text").read_text()
+
+    pytester.makepyfile(integer_input=INTEGER_PLUGIN, models=INTEGER_MODELS)
+    pytester.syspathinsert()
+    result = pytester.runpytest("--cnncheck", "--cnncheck-plugin", "integer_input", "-rfs", "-p", "no:randomly")
+    result.stdout.fnmatch_lines(["FAILED models.py::trainable::redundant-bias-before-bn*",
+                                 "SKIPPED*models.py*not checked*torch.int64*"])
+    assert result.parseoutcomes().get("failed") == 1
