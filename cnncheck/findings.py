@@ -56,6 +56,10 @@ class Finding:
             lines.append(f"  at:       {self.location}")
         if self.fix:
             lines.append(f"  fix:      {self.fix}")
+        if self.fix_edit is not None:
+            edit = self.fix_edit
+            lines.append(f"  edit:     {edit.file}:{edit.start_line}: {edit.replacement}  "
+                         f"(`cnncheck check --fix` makes it)")
         lines.append(f"  docs:     {docs_reference(self.rule)}")
         return "\n".join(lines)
 

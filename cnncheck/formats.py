@@ -601,8 +601,20 @@ def _sarif_result(result: ModelResult, finding: Finding, index: dict[str, int],
     physical = _physical_location(finding.location, root)
     if physical is not None:
         entry["locations"] = [{"physicalLocation": physical}]
+    if finding.fix_edit is not None:
+        entry["fixes"] = [_sarif_fix(finding.fix_edit, root)]
     entry["properties"] = {"model": result.id, "module": finding.module}
     return entry
+
+
+def _sarif_fix(fix: Any, root: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """A SARIF ``fix``: the edit ``cnncheck check --fix`` would make, for code scanning to suggest."""
+    region = {"startLine": fix.start_line, "startColumn": fix.start_col, "endLine": fix.end_line,
+              "endColumn": fix.end_col}
+    return {"description": {"text": fix.description},
+            "artifactChanges": [{"artifactLocation": artifact_location(fix.file, root),
+                                 "replacements": [{"deletedRegion": region,
+                                                   "insertedContent": {"text": fix.replacement}}]}]}
 
 
 def _sarif_notification(result: ModelResult, root: str | os.PathLike[str] | None) -> dict[str, Any]:

@@ -260,11 +260,14 @@ class ModelCollector(pytest.Collector):
 
     def _check(self, candidate: Any, device: str) -> Any:
         from cnncheck.candidate import check_candidate
+        from cnncheck.fixes import plan_fixes, with_fixes
 
         options = self.config.stash[OPTIONS]
         with _cores_shared_among_xdist_workers():
-            return check_candidate(candidate, shape=self.shape, device=device, select=options.select,
-                                   ignore=options.ignore, drawn=bool(options.html))
+            result = check_candidate(candidate, shape=self.shape, device=device, select=options.select,
+                                     ignore=options.ignore, drawn=bool(options.html), sites=True)
+        # the suggested edit, shown in the failure; pytest never edits a file (cnncheck check --fix does)
+        return with_fixes([result], plan_fixes([result], allowed=[self.config.rootpath]))[0]
 
 
 @contextlib.contextmanager

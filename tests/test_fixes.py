@@ -13,6 +13,8 @@ from cnncheck.findings import Finding, Severity
 from cnncheck.fixes import REDUNDANT_BIAS, Fix, bias_false_fix, fixed_text
 from cnncheck.results import ModelResult
 
+pytest_plugins = ["pytester"]
+
 SHAPE = "2,3,16,16"
 
 SEED_LIKE = '''
@@ -213,3 +215,39 @@ def test_a_finding_with_a_fix_round_trips_through_json() -> None:
     result = ModelResult("s.py::Net", "s.py", "Net", findings=[finding, Finding("x", "", Severity.ERROR, "m")])
     again = ModelResult.from_dict(json.loads(json.dumps(result.to_dict())))
     assert again.findings == result.findings
+
+
+def test_sarif_carries_the_fix_and_validates(tmp_path, capsys, monkeypatch) -> None:
+    """Code scanning shows the suggested change: a SARIF ``fixes`` object whose replacement, applied to
+    the file, is the fixed line."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((Path(__file__).parent / "data" / "sarif-schema-2.1.0.json").read_text(encoding="utf-8"))
+    path = _student(tmp_path, "nn.Conv2d(3, 8, 3)  # first conv")
+    monkeypatch.chdir(tmp_path)
+    _check(path, "--format", "sarif")
+    log = json.loads(capsys.readouterr().out)
+    assert not list(jsonschema.Draft4Validator(schema).iter_errors(log))
+    (result,) = log["runs"][0]["results"]
+    (fix,) = result["fixes"]
+    (change,) = fix["artifactChanges"]
+    assert change["artifactLocation"]["uri"] == "student.py"
+    (replacement,) = change["replacements"]
+    region = replacement["deletedRegion"]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    line = lines[region["startLine"] - 1]
+    edited = line[:region["startColumn"] - 1] + replacement["insertedContent"]["text"] + line[region["endColumn"] - 1:]
+    assert region["startLine"] == region["endLine"]
+    assert edited.strip() == "self.conv = nn.Conv2d(3, 8, 3, bias=False)  # first conv"
+
+
+def test_pytest_shows_the_suggested_edit_and_changes_nothing(pytester: pytest.Pytester) -> None:
+    source = textwrap.dedent(SEED_LIKE).replace("{conv}", "nn.Conv2d(3, 8, 3)").replace(
+        "class Net", "import cnncheck\n\n\n@cnncheck.model(input_shape=(2, 3, 16, 16))\nclass Net")
+    path = pytester.makepyfile(student=source)
+    written = path.read_text()
+    result = pytester.runpytest("--cnncheck", "-p", "no:randomly", "-k", "redundant")
+    result.assert_outcomes(failed=1)
+    line = next(i for i, text in enumerate(written.splitlines(), 1) if "self.conv =" in text)
+    result.stdout.fnmatch_lines([f"  edit:     student.py:{line}: nn.Conv2d(3, 8, 3, bias=False)  "
+                                 f"(`cnncheck check --fix` makes it)"])
+    assert path.read_text() == written
