@@ -251,3 +251,15 @@ def test_pytest_shows_the_suggested_edit_and_changes_nothing(pytester: pytest.Py
     result.stdout.fnmatch_lines([f"  edit:     student.py:{line}: nn.Conv2d(3, 8, 3, bias=False)  "
                                  f"(`cnncheck check --fix` makes it)"])
     assert path.read_text() == written
+
+
+def test_fix_with_workers_writes_each_file_once_and_checks_again(tmp_path, capsys) -> None:
+    for name in ("ann", "bob"):
+        (tmp_path / name).mkdir()
+        _student(tmp_path / name, "nn.Conv2d(3, 8, 3)  # first conv")
+    code = main(["check", str(tmp_path), "--input-shape", SHAPE, "--sandbox", "none", "-j", "2", "--fix"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "fixed 2 call site(s) in 2 file(s)" in err, (out, err)
+    for name in ("ann", "bob"):
+        assert "nn.Conv2d(3, 8, 3, bias=False)  # first conv" in (tmp_path / name / "student.py").read_text()
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["student.py", "student.py"]  # no temp files
