@@ -31,13 +31,21 @@ def check_candidate(candidate: Any, *, shape: tuple[int, ...] | None, device: st
             model = _check_into(result, candidate, label, shape, device, select, ignore)
             if drawn and model is not None and result.input_shape is not None:
                 _draw_into(result, model, result.input_shape, device)
-            if sites and model is not None and result.error is None:
+            if sites and model is not None and result.error is None and _fixable(result):
                 result.bias_sites = bias_sites(model)
     except CodeExited as exc:
         result.error, result.error_kind = str(exc), "exit"
     finally:
         result.seconds = time.perf_counter() - start
     return result
+
+
+def _fixable(result: ModelResult) -> bool:
+    """Whether a finding of ``result`` may get a fix: only then are the sites worth finding (one lookup
+    of the source per biased layer)."""
+    from cnncheck.fixes import REDUNDANT_BIAS
+
+    return any(f.rule == REDUNDANT_BIAS for f in result.findings)
 
 
 def bias_sites(model: Any) -> dict[str, list[str]]:

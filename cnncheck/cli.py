@@ -297,11 +297,7 @@ def _explained_candidates(args: argparse.Namespace) -> list[Candidate] | int:
 
 def _failed(message: str, location: str | None = None) -> int:
     """A student's file or model that fails: one line, with their line when it is known; exit status 1."""
-    here = os.getcwd()
-    if location and os.path.isabs(location) and os.path.dirname(here) != here:  # "/" is no folder to be under
-        relative = os.path.relpath(location, here)  # the line as the user opens it: from here, when under here
-        location = location if relative.startswith(os.pardir) else relative
-    _say(message + (f" (at {location})" if location else ""))
+    _say(message + (f" (at {_shown(location)})" if location else ""))
     return 1
 
 
@@ -472,9 +468,13 @@ def _of_job(job: Job, model_id: str) -> bool:
 
 
 def _shown(path: str) -> str:
-    """A path as the report writes it: relative to the current folder when it is under it."""
-    here = os.getcwd() + os.sep
-    return path[len(here):] if path.startswith(here) else path
+    """A path (or ``file:line``) as the user opens it: relative to the current folder when it is under it
+    ("/" is no folder to be under)."""
+    here = os.getcwd()
+    if not os.path.isabs(path) or os.path.dirname(here) == here:
+        return path
+    relative = os.path.relpath(path, here)
+    return path if relative.startswith(os.pardir) else relative
 
 
 def _apply_baseline(baseline: Baseline, results: list[ModelResult]) -> None:

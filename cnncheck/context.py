@@ -101,9 +101,7 @@ class CheckContext:
         if not parts:
             return named
         trace = self.train_trace
-        if "read" not in self._cache:
-            self._cache["read"] = trace.tensors_read()
-        read: set[int] = self._cache["read"]
+        read = trace.tensors_read()
         forgotten = {id(p) for m in parts if id(m) not in trace.called
                      for p in m._parameters.values() if p is not None and id(p) not in read}
         return [(name, p) for name, p in named if id(p) not in forgotten]

@@ -133,6 +133,8 @@ class Trace:
     truncated: bool = False  # stopped recording at MAX_NODES ops or MAX_KEPT_BYTES of their outputs
     called: set[int] = field(default_factory=set)  # id() of every module whose forward ran, light pass or not
     _consumers: dict[int, list[Node]] | None = None
+    _read: set[int] | None = None
+    _storages_read: set[int] | None = None
 
     def consumers(self, node: Node) -> list[Node]:
         if self._consumers is None:
@@ -160,7 +162,17 @@ class Trace:
     def tensors_read(self) -> set[int]:
         """The ids of every tensor that a call received: a layer's inputs, an op's arguments (a weight read
         with ``F.linear(x, self.fc.weight)`` is among them)."""
-        return {id(t) for node in self.every_node() for t in node.tensors_received()}
+        if self._read is None:  # one walk of a finished trace serves every rule that asks
+            self._read = {id(t) for node in self.every_node() for t in node.tensors_received()}
+        return self._read
+
+    def storages_read(self) -> set[int]:
+        """The storages (``data_ptr``) of those tensors: a parameter read through ``.data`` or a view is
+        among them, though not by its id (tensors without a storage of their own are left out)."""
+        if self._storages_read is None:
+            found = (storage_of(t) for node in self.every_node() for t in node.tensors_received())
+            self._storages_read = {s for s in found if s is not None}
+        return self._storages_read
 
     def module_nodes(self, *kinds: LayerKind) -> Iterator[Node]:
         """The first call of every module of the given kinds, in execution order."""
@@ -514,6 +526,15 @@ class _Tracer(TorchFunctionMode):
                 and x.dim() >= 2 and x.shape[1] == outer.shape[1] == cast(torch.Tensor, mean).numel()):
             frame.batch_norm = node
 
+
+
+def storage_of(t: torch.Tensor) -> int | None:
+    """Where ``t``'s values live (its storage's ``data_ptr``): shared by a parameter, its ``.data`` and its
+    views; None for a tensor without a storage of its own."""
+    try:
+        return int(t.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError):  # a sparse or nested tensor, a tensor subclass without one
+        return None
 
 
 def _version(t: torch.Tensor) -> int:

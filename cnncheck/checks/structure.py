@@ -18,16 +18,19 @@ from cnncheck.context import CheckContext, NotChecked, _leaves
 from cnncheck.findings import Finding, Severity
 from cnncheck.layers import LayerKind, layer_label, running_buffers, short_repr
 from cnncheck.rules import Pass, Rule
-from cnncheck.trace import Node, Trace
+from cnncheck.trace import Node, Trace, storage_of
 
 
 def _ran(traces: Iterable[Trace]) -> tuple[set[str], set[int]]:
-    """The names of the modules that ran (called, or ops of theirs recorded inside them), and the ids
-    of the tensors that any op received."""
-    names: set[str] = set()
+    """The names of the modules that ran (called, ops of theirs recorded inside them, or a child of theirs
+    that did: every dotted prefix of such a name, ``""`` the model included), and the ids of the tensors
+    that any op received. One pass over the traces; each layer is then one lookup."""
+    names: set[str] = {""}
     read: set[int] = set()
     for trace in traces:
-        names.update(node.name if node.module is not None else node.scope for node in trace.every_node())
+        for node in trace.every_node():
+            parts = (node.name if node.module is not None else node.scope).split(".")
+            names.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
         read |= trace.tensors_read()
     return names, read
 
@@ -49,7 +52,7 @@ def check_not_used(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         stateful = info.kind in (LayerKind.DROPOUT, LayerKind.BATCH_NORM) and not list(module.children())
         if not own and not stateful:
             continue
-        if _inside(info.name, names) or any(id(module) in trace.called for trace in traces):
+        if info.name in names or any(id(module) in trace.called for trace in traces):
             continue  # it ran (a container ran when one of its children did)
         if any(id(p) in read for p in own) or any(id(q) in read for p in own for q in shared.get(id(p), ())):
             continue  # its parameters are used without calling it: F.linear(x, self.fc.weight), tied weights
@@ -84,7 +87,9 @@ def _shared_parameters(model: nn.Module) -> dict[int, list[nn.Parameter]]:
     """Parameters that are one tensor under two names, or views of one storage: tied weights."""
     by_storage: dict[int, list[nn.Parameter]] = defaultdict(list)
     for p in model.parameters(recurse=True):
-        by_storage[p.untyped_storage().data_ptr()].append(p)
+        storage = storage_of(p)
+        if storage is not None:
+            by_storage[storage].append(p)
     return {id(p): group for group in by_storage.values() for p in group if len(group) > 1}
 
 
@@ -246,7 +251,7 @@ def check_no_gradient(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
             if p is None or id(p) in seen or not p.requires_grad:
                 continue
             seen.add(id(p))
-            if not info.hidden and (_inside(info.name, names) or id(p) in read):
+            if not info.hidden and (info.name in names or id(p) in read):
                 used.append((info.name, module, pname, p))
     if not used:
         return
@@ -283,10 +288,9 @@ def check_no_gradient(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
 def _first_read(trace: Trace, params: list[tuple[str, nn.Parameter]]) -> str | None:
     """The student's line of forward that first hands one of ``params`` (or its ``.data``) to an op: where
     the graph is cut, or just before."""
-    storages = {p.untyped_storage().data_ptr() for _, p in params}
+    storages = {storage_of(p) for _, p in params}
     for node in trace.every_node():
-        if node.module is None and node.location and any(
-                t.untyped_storage().data_ptr() in storages for t in node.tensors_received()):
+        if node.module is None and node.location and any(storage_of(t) in storages for t in node.tensors_received()):
             return node.location
     return None
 
@@ -323,8 +327,7 @@ def _never_read(module: nn.Module, params: list[tuple[str, nn.Parameter]], read:
     a gradient, or its output is in the graph (a torch layer given an extra parameter it never uses)."""
     if any(id(p) in read for _, p in params):
         return False
-    storages = {t.untyped_storage().data_ptr() for node in trace.every_node() for t in node.tensors_received()}
-    if any(p.untyped_storage().data_ptr() in storages for _, p in params):
+    if any(storage_of(p) in trace.storages_read() for _, p in params):
         return False  # read through .data or a view: its graph is cut, not forgotten
     mine = {id(p) for _, p in params}
     siblings_reached = any(id(q) in reached for q in module.parameters(recurse=False) if id(q) not in mine)
