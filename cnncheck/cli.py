@@ -453,13 +453,9 @@ def _fixes(args: argparse.Namespace, jobs: list[Job], results: list[ModelResult]
     if not again:
         return with_fixes(results, plan)
     fresh = _run_with_progress(again, args.jobs, quiet=args.format != "text" and not args.output, sandbox=sandbox)
-    rechecked: list[ModelResult] = []
-    for result in results:
-        if not any(_of_job(j, result.id) for j in again):
-            rechecked.append(result)
-        elif fresh:
-            rechecked.extend(fresh)
-            fresh = []
+    kept = [r for r in results if not any(_of_job(j, r.id) for j in again)]
+    order = {r.id: i for i, r in enumerate(results)}  # the rows where they were before the fix
+    rechecked = sorted([*kept, *fresh], key=lambda r: order.get(r.id, len(order)))
     return with_fixes(rechecked, plan_fixes(rechecked, allowed=allowed))
 
 

@@ -152,10 +152,17 @@ def bias_false_fix(location: str, *, allowed: Sequence[str | os.PathLike[str]] |
                description=f"{_callee(call)}(..., bias=False): the BatchNorm after it cancels the bias"), ""
 
 
+def _line_starts(source: str) -> list[int]:
+    """The index in ``source`` where each line starts (line 1 at index 0 of the list)."""
+    starts = [0]
+    for text in source.splitlines(keepends=True):
+        starts.append(starts[-1] + len(text))
+    return starts
+
+
 def _offset(source: str, line: int, column: int) -> int:
     """The index in ``source`` of a 1-based line and 0-based column."""
-    lines = source.splitlines(keepends=True)
-    return sum(len(text) for text in lines[:line - 1]) + column
+    return _line_starts(source)[line - 1] + column
 
 
 def _not_editable(path: Path, allowed: Sequence[str | os.PathLike[str]] | None) -> str:
@@ -240,17 +247,10 @@ def with_fixes(results: Sequence[ModelResult], plan: FixPlan) -> list[ModelResul
 def fixed_text(source: str, fixes: Iterable[Fix]) -> str:
     """``source`` with ``fixes`` applied, the last first so that earlier positions stay valid; a fix that
     overlaps one already applied is skipped."""
-    lines = source.splitlines(keepends=True)
-    starts = [0]
-    for text in lines:
-        starts.append(starts[-1] + len(text))
-
-    def offset(line: int, col: int) -> int:
-        return starts[line - 1] + col - 1
-
+    starts = _line_starts(source)
     text, floor = source, len(source) + 1
     for fix in sorted(fixes, key=lambda f: (f.start_line, f.start_col), reverse=True):
-        begin, end = offset(fix.start_line, fix.start_col), offset(fix.end_line, fix.end_col)
+        begin, end = starts[fix.start_line - 1] + fix.start_col - 1, starts[fix.end_line - 1] + fix.end_col - 1
         if end > floor:
             continue
         text, floor = text[:begin] + fix.replacement + text[end:], begin

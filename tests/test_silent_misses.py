@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from test_front_ends_agree import CONV_POOL_BN, HEADER
 from torch import nn
 
 import cnncheck
@@ -359,21 +360,11 @@ def cnncheck_example_input(model, input_shape, device):
     return torch.randint(0, 5, tuple(input_shape), generator=torch.Generator().manual_seed(0)).to(device)
 """
 
-INTEGER_MODELS = """
-import torch
-from torch import nn
-import cnncheck
+INTEGER_MODELS = HEADER + CONV_POOL_BN + """
 
-
-class FromIntegers(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3)
-        self.pool = nn.MaxPool2d(2)
-        self.bn1 = nn.BatchNorm2d(4)
-
+class FromIntegers(ConvPoolBN):
     def forward(self, x):
-        return self.bn1(self.pool(self.conv1(x.float() / 4)))
+        return self.body(x.float() / 4)  # pixel values given as integers
 
 
 @cnncheck.model(input_shape=(4, 3, 8, 8))
