@@ -400,6 +400,8 @@ def rule_cell(result: ModelResult, rule_id: str) -> tuple[str, str]:
         return "not-checked", "not checked"
     if status is RuleStatus.CRASHED:
         return "crashed", "crashed"
+    if result.plugin_problems:  # no pass can be trusted when a plugin broke the check
+        return "crashed", "plugin failed"
     return "passed", "✓"
 
 

@@ -345,6 +345,7 @@ def test_a_failing_plugin_hook_makes_every_front_end_say_crashed(hook, tmp_path,
     assert cases["cnncheck-plugin-error"].find("error") is not None
     assert "no findings" not in results["text"][1] and "the verdicts cannot be trusted" in results["text"][1]
     assert "no problems found" not in results["markdown"][1] and "A plugin failed" in results["markdown"][1]
+    assert "✓" not in results["markdown"][1] and "plugin failed" in results["markdown"][1]
 
     pytester.makepyfile(failing_hook=source, clean=CLEAN_MODEL)
     pytester.syspathinsert()

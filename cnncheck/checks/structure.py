@@ -332,7 +332,7 @@ def _never_read(module: nn.Module, params: list[tuple[str, nn.Parameter]], read:
     mine = {id(p) for _, p in params}
     siblings_reached = any(id(q) in reached for q in module.parameters(recurse=False) if id(q) not in mine)
     ops_inside = any(n.module is None and _inside(name, (n.scope,)) for n in trace.every_node())
-    output_in_graph = any(n.module is module and any(t.requires_grad for t in n.outputs) for n in trace.nodes)
+    output_in_graph = any(n.module is module and any(t.requires_grad for t in n.outputs) for n in trace.every_node())
     return siblings_reached or ops_inside or output_in_graph
 
 
