@@ -22,7 +22,7 @@ def check_candidate(candidate: Any, *, shape: tuple[int, ...] | None, device: st
     """The result of checking one candidate; student code that raises, even ``sys.exit``, becomes the
     result's ``error`` (with ``error_kind`` and the student's line), never an exception. ``drawn`` adds
     the layer table and the data flow that the HTML report draws (one more eval forward); ``sites``, where
-    each conv/linear with a bias was built, for the fixes of ``cnncheck check`` (:mod:`cnncheck.fixes`)."""
+    the layers were built that the findings' changes would edit, for the fixes (:mod:`cnncheck.fixes`)."""
     start = time.perf_counter()
     result = ModelResult(candidate.id, str(candidate.file), candidate.name)
     label = candidate.name + (f"[{candidate.variant}]" if candidate.variant else "")
@@ -31,8 +31,8 @@ def check_candidate(candidate: Any, *, shape: tuple[int, ...] | None, device: st
             model = _check_into(result, candidate, label, shape, device, select, ignore)
             if drawn and model is not None and result.input_shape is not None:
                 _draw_into(result, model, result.input_shape, device)
-            if sites and model is not None and result.error is None and _fixable(result):
-                result.bias_sites = bias_sites(model)
+            if sites and model is not None and result.error is None:
+                result.layer_sites = layer_sites(model, result.findings)
     except CodeExited as exc:
         result.error, result.error_kind = str(exc), "exit"
     finally:
@@ -40,28 +40,24 @@ def check_candidate(candidate: Any, *, shape: tuple[int, ...] | None, device: st
     return result
 
 
-def _fixable(result: ModelResult) -> bool:
-    """Whether a finding of ``result`` may get a fix: only then are the sites worth finding (one lookup
-    of the source per biased layer)."""
-    from cnncheck.fixes import REDUNDANT_BIAS
-
-    return any(f.rule == REDUNDANT_BIAS for f in result.findings)
-
-
-def bias_sites(model: Any) -> dict[str, list[str]]:
-    """``file:line`` where each conv or linear layer of ``model`` that has a bias was built -> the names of
-    the layers built there (a call in a loop, or in a block class used twice, builds several)."""
-    from torch import nn
-
+def layer_sites(model: Any, findings: Sequence[Any]) -> dict[str, list[str]] | None:
+    """For each call site that a finding's change edits in ``__init__`` (``file:line``), the names of the
+    layers of that class built there: a call in a loop, or in a block class used twice, builds several.
+    None when no finding asks for such a change (one lookup of the source per layer of those classes)."""
+    from cnncheck.changes import ArgumentChange
     from cnncheck.locate import creation_site
 
-    kinds = (nn.modules.conv._ConvNd, nn.Linear)
-    found: dict[str, list[str]] = {}
+    wanted = {f.change.location: f.change.callee for f in findings
+              if isinstance(f.change, ArgumentChange) and f.change.layer}
+    if not wanted:
+        return None
+    classes = set(wanted.values())
+    found: dict[str, list[str]] = {site: [] for site in wanted}
     for name, module in model.named_modules():
-        if isinstance(module, kinds) and getattr(module, "bias", None) is not None:
+        if type(module).__name__ in classes:
             site = creation_site(model, name)
-            if site is not None:
-                found.setdefault(site, []).append(name)
+            if site in found and wanted[site] == type(module).__name__:
+                found[site].append(name)
     return found
 
 

@@ -121,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="apply the safe fixes to the checked files, check them again and report what remains")
     edits.add_argument("--diff", action="store_true",
                        help="print the safe fixes as a unified diff and change no file (exit 1 when there are any)")
+    check.add_argument("--unsafe-fixes", action="store_true",
+                       help="with --fix or --diff, also the fixes that change the architecture (the stride, "
+                       "padding or in_features after a feature-size mismatch)")
     check.add_argument("-j", "--jobs", type=_positive_int, default=1, help="parallel worker processes (default 1)")
     check.add_argument("--timeout", type=_positive_seconds, default=60.0,
                        help="seconds per model, a finite number above 0 (default 60)")
@@ -347,6 +350,8 @@ def _check(args: argparse.Namespace) -> int:
     from cnncheck.rules import select_rules
     from cnncheck.verdict import Verdict, exit_code
 
+    if args.unsafe_fixes and not (args.fix or args.diff):
+        return _usage_error("--unsafe-fixes goes with --fix or --diff")
     try:
         rules = select_rules(all_rules(problems=[]), args.select, args.ignore)
         baseline = Baseline.load(args.baseline) if args.baseline else None
@@ -424,31 +429,39 @@ def _check(args: argparse.Namespace) -> int:
 
 def _fixes(args: argparse.Namespace, jobs: list[Job], results: list[ModelResult],
            sandbox: str | None) -> list[ModelResult] | int:
-    """The results with each finding's safe fix (computed here, from the files on disk: never taken from a
+    """The results with each finding's fix (computed here, from the files on disk: never taken from a
     worker); with ``--diff`` the exit status after printing the diff, with ``--fix`` the results of
-    checking the fixed files again."""
+    checking the fixed files again. A model's changes may edit only its own submission's files."""
     from pathlib import Path
 
     from cnncheck.fixes import apply_fixes, plan_fixes, unified_diff, with_fixes
 
-    allowed = [file for file, _ in map(_split_target, args.paths) if Path(file).exists()]
+    checked = [file for file, _ in map(_split_target, args.paths) if Path(file).exists()]
+    units = {job.file: job.unit for job in jobs}
+
+    def allowed(result: ModelResult) -> list[str]:
+        unit = units.get(result.file)
+        return [unit] if unit else checked
+
     plan = plan_fixes(results, allowed=allowed)
-    if args.fix or args.diff:
-        for site, reason in plan.unfixable.items():
-            _say(f"not fixed: {_shown(site)}: {reason}")
-    if args.diff:
-        labels = {fix.file: _shown(fix.file) for fix in plan.fixes.values()}
-        _write_stdout(unified_diff(plan.fixes.values(), label=labels))
-        count = len(plan.fixes)
-        print(f"cnncheck: {count} fix(es) would be applied" if count else "cnncheck: nothing to fix", file=sys.stderr)
-        return 1 if count else 0
-    if not args.fix:
+    if not (args.fix or args.diff):
         return with_fixes(results, plan)
-    changed = set(apply_fixes(plan.fixes.values()))
-    print(f"cnncheck: fixed {len(plan.fixes)} call site(s) in {len(changed)} file(s)" if changed
-          else "cnncheck: nothing to fix", file=sys.stderr)
-    touched = {r.id for r in results if any(f.location in plan.fixes and plan.fixes[f.location].file in changed
-                                            for f in r.findings)}
+    chosen = plan.applied(unsafe=args.unsafe_fixes)
+    for site, reason in plan.unfixable.items():
+        _say(f"not fixed: {_shown(site)}: {reason}")
+    hidden = "" if args.unsafe_fixes or not plan.hidden else (
+        f" ({plan.hidden} unsafe fix(es) more with --unsafe-fixes)")
+    if args.diff:
+        labels = {fix.file: _shown(fix.file) for fix in chosen}
+        _write_stdout(unified_diff(chosen, label=labels))
+        count = len(chosen)
+        print((f"cnncheck: {count} fix(es) would be applied" if count else "cnncheck: nothing to fix") + hidden,
+              file=sys.stderr)
+        return 1 if count else 0
+    changed = set(apply_fixes(chosen))
+    print((f"cnncheck: fixed {len(chosen)} place(s) in {len(changed)} file(s)" if changed
+           else "cnncheck: nothing to fix") + hidden, file=sys.stderr)
+    touched = {r.id for r in results if any(fix.file in changed for fix in map(plan.fix_for, r.findings) if fix)}
     again = [j for j in jobs if any(_of_job(j, model_id) for model_id in touched)]
     if not again:
         return with_fixes(results, plan)

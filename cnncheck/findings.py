@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from cnncheck.changes import Change
     from cnncheck.fixes import Fix
 
 
@@ -28,7 +29,8 @@ class Finding:
     ``module`` is the qualified name from ``model.named_modules()`` (``""`` for the model itself;
     ``parent.attr[0]`` for a layer kept in a plain list or dict). ``location`` is ``file:line`` where
     the layer was built or where the functional call sits in ``forward``, when it can be known.
-    ``fix_edit`` is the edit of the student's file that fixes it, when ``cnncheck check`` found a safe one
+    ``change`` is what the rule asks to change in the source (:mod:`cnncheck.changes`); ``fix_edit`` is
+    the edit of the student's file that makes it, when the process that reports found it exactly
     (:mod:`cnncheck.fixes`).
     """
 
@@ -41,6 +43,7 @@ class Finding:
     fix: str = ""
     location: str | None = None
     details: tuple[str, ...] = ()
+    change: Change | None = None
     fix_edit: Fix | None = None
 
     def render(self) -> str:
@@ -58,8 +61,7 @@ class Finding:
             lines.append(f"  fix:      {self.fix}")
         if self.fix_edit is not None:
             edit = self.fix_edit
-            lines.append(f"  edit:     {edit.file}:{edit.start_line}: {edit.replacement}  "
-                         f"(`cnncheck check --fix` makes it)")
+            lines.append(f"  edit:     {edit.file}:{edit.start_line}: {edit.replacement}  ({edit.how_applied()})")
         lines.append(f"  docs:     {docs_reference(self.rule)}")
         return "\n".join(lines)
 

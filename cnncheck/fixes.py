@@ -1,37 +1,50 @@
-"""Safe fixes in the student's own file, computed with libcst so that comments and layout are kept.
+"""Fixes in the student's own file, computed with libcst so that comments and layout are kept.
 
 A :class:`Fix` is plain data: the span of one file that is replaced and its replacement. Fixes are
-computed by the process that runs ``cnncheck check`` (never by the sandboxed worker, whose messages are
-untrusted) from the results' findings, the sites where each checked model built its conv and linear
-layers (:attr:`~cnncheck.results.ModelResult.bias_sites`) and the files on disk.
+computed by the process that runs ``cnncheck check`` or pytest (never by the sandboxed worker, whose
+messages are untrusted) from the :class:`~cnncheck.changes.Change` each finding asks for, the sites where
+each checked model built the layers those changes concern (:attr:`~cnncheck.results.ModelResult.layer_sites`)
+and the files on disk. A change becomes a fix only where it is found exactly:
 
-The one fix so far: ``bias=False`` at the call that builds a conv or linear whose bias a BatchNorm
-cancels (``redundant-bias-before-bn``). A site gets it only when the call is found exactly (one call to
-a ``...Conv1d/2d/3d``, ``...ConvTranspose1d/2d/3d`` or ``...Linear`` on the finding's line) and every
-layer that this call built, in every model checked, has its bias cancelled: a call in a loop, or in a
-block class used with and without a BatchNorm, that also builds a layer whose bias matters is left
-alone. libcst is imported only when a fix is computed: the worker imports every cnncheck module.
+- an argument (``bias=False``, ``training=self.training``, ``stride=2``, ``in_features=576``): one call to
+  the named layer or function starts on the line, its current value is a constant or absent, and, for a
+  call that builds layers, every layer it built in every model checked asks for the same change (a call in
+  a loop, or in a block class used with and without a BatchNorm, that also builds a layer whose bias
+  matters is left alone);
+- a registration: the class assigns the plain list or dict to ``self.<attribute>`` exactly once, as a
+  literal or comprehension, never calls a method on it that ``nn.ModuleList``/``nn.ModuleDict`` lack, and
+  the file imports ``nn`` or ``torch``.
+
+Safe fixes keep what the model computes in train mode and repair what the rule found; unsafe ones (the
+stride, padding or ``in_features`` after a feature-size mismatch) change the architecture, and are
+applied only with ``--unsafe-fixes``. libcst is imported only when a fix is computed: the worker imports
+every cnncheck module.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
-import re
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from cnncheck.changes import ArgumentChange, Change, RegisterChange
 
 if TYPE_CHECKING:
     from cnncheck.findings import Finding
     from cnncheck.results import ModelResult
 
 REDUNDANT_BIAS = "redundant-bias-before-bn"
-_BIAS_LAYER = re.compile(r"(Conv[123]d|ConvTranspose[123]d|Linear)$")
 _INSTALLED = ("site-packages", "dist-packages")
+_MISSING_METHODS = {  # what a plain list or dict has and nn.ModuleList / nn.ModuleDict lack
+    "list": {"clear", "copy", "count", "index", "remove", "reverse", "sort"},
+    "dict": {"copy", "fromkeys", "get", "popitem", "setdefault"},
+}
+Allowed = Callable[["ModelResult"], "Sequence[str | os.PathLike[str]] | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,98 +71,204 @@ class Fix:
                    replacement=str(data["replacement"]), description=str(data["description"]),
                    safe=bool(data.get("safe", True)))
 
+    def how_applied(self) -> str:
+        if self.safe:
+            return "`cnncheck check --fix` makes it"
+        return "an unsafe fix, it changes the architecture: `cnncheck check --fix --unsafe-fixes` makes it"
+
 
 @dataclass
 class FixPlan:
-    """The fixes of one run, one per call site (``file:line``), and why each other flagged site has none."""
+    """The fixes of one run, one per change (:attr:`~cnncheck.changes.ArgumentChange.key`), and why each
+    other change asked for has none (by the place it names)."""
 
     fixes: dict[str, Fix] = field(default_factory=dict)
     unfixable: dict[str, str] = field(default_factory=dict)
 
     def fix_for(self, finding: Finding) -> Fix | None:
-        if finding.rule != REDUNDANT_BIAS or finding.location is None:
-            return None
-        return self.fixes.get(finding.location)
+        return self.fixes.get(finding.change.key) if finding.change is not None else None
+
+    def applied(self, *, unsafe: bool) -> list[Fix]:
+        """The fixes ``--fix`` writes: the safe ones, and the unsafe ones too when asked."""
+        return [fix for fix in self.fixes.values() if fix.safe or unsafe]
+
+    @property
+    def hidden(self) -> int:
+        """How many unsafe fixes wait for ``--unsafe-fixes``."""
+        return sum(not fix.safe for fix in self.fixes.values())
 
 
-def plan_fixes(results: Sequence[ModelResult], *, allowed: Sequence[str | os.PathLike[str]] | None = None) -> FixPlan:
-    """The safe fixes for the findings of ``results``. ``allowed``: the files and folders that may be
-    edited (the checked paths); None allows any file outside an installed library."""
-    flagged: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))  # site -> model -> layers
-    for result in results:
-        for finding in result.findings:
-            if finding.rule == REDUNDANT_BIAS and finding.location:
-                flagged[finding.location][result.id].add(finding.module)
+def plan_fixes(results: Sequence[ModelResult], *, allowed: Allowed | None = None) -> FixPlan:
+    """The fixes for the changes the findings of ``results`` ask for. ``allowed(result)``: the files and
+    folders that result's changes may edit (its submission, or the checked paths); None, or no function,
+    allows any file outside an installed library."""
+    asked: dict[str, tuple[Change, dict[str, set[str]]]] = {}  # key -> the change, model -> its layers asking
     plan = FixPlan()
-    for site, per_model in flagged.items():
-        reason = _shared_site(site, per_model, results)
-        if reason is None:
-            fix, reason = bias_false_fix(site, allowed=allowed)
-            if fix is not None:
-                plan.fixes[site] = fix
+    for result in results:
+        roots = allowed(result) if allowed is not None else None
+        for finding in result.findings:
+            change = finding.change
+            if change is None:
                 continue
-        plan.unfixable[site] = reason or "no fix"
+            problem = _not_editable(Path(change.location.rpartition(":")[0]), roots)
+            if problem:
+                plan.unfixable.setdefault(change.location, problem)
+                continue
+            asking = change.layer if isinstance(change, ArgumentChange) and change.layer else finding.module
+            asked.setdefault(change.key, (change, defaultdict(set)))[1][result.id].add(asking)
+    sources = _Sources()
+    for key, (change, per_model) in asked.items():
+        reason = _shared_site(change, per_model, results) if isinstance(change, ArgumentChange) else None
+        if reason is None:
+            try:
+                fix, reason = located(change, sources)
+            except Exception as exc:  # a file libcst reads in a way we did not foresee: no fix, and why
+                fix, reason = None, f"cnncheck could not compute this fix ({type(exc).__name__}: {exc}); please report it"
+
+            if fix is not None:
+                plan.fixes[key] = fix
+                continue
+        plan.unfixable.setdefault(change.location, reason or "no fix")
     return plan
 
 
-def _shared_site(site: str, per_model: Mapping[str, set[str]], results: Sequence[ModelResult]) -> str | None:
-    """Why the layers built at ``site`` are not all flagged (None when they are): in every model, the
-    layers with a bias that were built there must be exactly those with a finding."""
+def _shared_site(change: ArgumentChange, per_model: Mapping[str, set[str]],
+                 results: Sequence[ModelResult]) -> str | None:
+    """Why the layers built at the change's call are not all asking for it (None when they are, or when
+    the call builds no layer): in every model, the layers of its class built there must be exactly those
+    with the change."""
+    if not change.layer:
+        return None
+    site = change.location
     for result in results:
-        built = set(result.bias_sites.get(site, ())) if result.bias_sites is not None else None
+        sites = result.layer_sites
+        built = set(sites.get(site, ())) if sites is not None else None
         marked = per_model.get(result.id, set())
         if built is None:
             if marked:
                 return f"{result.id}: cnncheck did not list the layers built at {site}"
             continue
-        unflagged = sorted(built - marked)
-        if unflagged:
-            return (f"the same call also builds {', '.join(repr(n) for n in unflagged[:3])} in {result.id}, "
-                    f"whose bias is not cancelled")
+        others = sorted(built - marked)
+        if others:
+            return (f"the same call also builds {', '.join(repr(n) for n in others[:3])} in {result.id}, "
+                    f"which {'do' if len(others) > 1 else 'does'} not need {change.keyword}={change.value}")
         if marked - built:
             return f"{', '.join(sorted(marked - built))} in {result.id} cannot be traced to this call exactly"
     return None
 
 
-def bias_false_fix(location: str, *, allowed: Sequence[str | os.PathLike[str]] | None = None) -> tuple[Fix | None, str]:
-    """``bias=False`` at the one conv/linear call on the line ``location`` (``file:line``) names, or None
-    and the reason it cannot be located exactly (which does not repeat the location)."""
-    filename, _, line_text = location.rpartition(":")
+class _Sources:
+    """Each file read and parsed once per plan, with libcst's positions and parents."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, tuple[str, Any, Any, Any] | str] = {}
+
+    def get(self, filename: str) -> tuple[str, Any, Any, Any] | str:
+        """(source, the wrapper, positions, parents), or why the file cannot be edited."""
+        if filename not in self._parsed:
+            self._parsed[filename] = self._parse(filename)
+        return self._parsed[filename]
+
+    @staticmethod
+    def _parse(filename: str) -> tuple[str, Any, Any, Any] | str:
+        try:
+            source = _read(Path(filename))
+        except (OSError, UnicodeDecodeError) as exc:
+            return f"cannot read the file ({exc})"
+        import libcst as cst
+        from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvider
+
+        try:
+            wrapper = MetadataWrapper(cst.parse_module(source))
+        except cst.ParserSyntaxError as exc:
+            return f"cannot parse the file ({exc.message})"
+        return source, wrapper, wrapper.resolve(PositionProvider), wrapper.resolve(ParentNodeProvider)
+
+
+def located(change: Change, sources: _Sources | None = None) -> tuple[Fix | None, str]:
+    """The fix that makes ``change`` in its file, or None and the reason it cannot be located exactly
+    (which does not repeat the location)."""
+    filename, _, line_text = change.location.rpartition(":")
     if not filename or not line_text.isdigit():
         return None, "not a file:line location"
-    line = int(line_text)
-    path = Path(filename)
-    problem = _not_editable(path, allowed)
-    if problem:
-        return None, problem
-    try:
-        source = _read(path)
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, f"cannot read the file ({exc})"
-    import libcst as cst
-    from libcst.metadata import MetadataWrapper, PositionProvider
+    parsed = (sources or _Sources()).get(filename)
+    if isinstance(parsed, str):
+        return None, parsed
+    if isinstance(change, RegisterChange):
+        return _registered(change, filename, int(line_text), parsed)
+    return _argument_set(change, filename, int(line_text), parsed)
 
-    try:
-        wrapper = MetadataWrapper(cst.parse_module(source))
-    except cst.ParserSyntaxError as exc:
-        return None, f"cannot parse the file ({exc.message})"
-    positions = wrapper.resolve(PositionProvider)
-    calls = [(node, where) for node, where in positions.items()
-             if isinstance(node, cst.Call) and where.start.line == line and _BIAS_LAYER.search(_callee(node))]
+
+def _argument_set(change: ArgumentChange, filename: str, line: int, parsed: tuple[str, Any, Any, Any],
+                  ) -> tuple[Fix | None, str]:
+    import libcst as cst
+
+    source, wrapper, positions, parents = parsed
+    calls = [node for node, where in positions.items()
+             if isinstance(node, cst.Call) and where.start.line == line and _callee(node) == change.callee]
     if len(calls) != 1:
-        found = "no conv or linear call starts" if not calls else f"{len(calls)} conv or linear calls start"
+        found = f"no {change.callee} call starts" if not calls else f"{len(calls)} {change.callee} calls start"
         return None, f"{found} on that line"
-    call, where = calls[0]
-    new_call, problem = _with_bias_false(call)
+    call = calls[0]
+    if "self." in change.value and not _in_method(call, parents):
+        return None, f"the call is not in a method, so there is no {change.value} to pass"
+    new_call, problem = _with_argument(call, change.keyword, change.position, change.value)
     if new_call is None:
         return None, problem
-    # the whole module is rendered again: a call's own code lacks the block's indentation of its lines
-    rendered = wrapper.module.deep_replace(call, new_call).code
-    begin, end = _offset(source, where.start.line, where.start.column), _offset(source, where.end.line, where.end.column)
+    return _replacing(filename, source, wrapper, positions, call, new_call, change), ""
+
+
+def _registered(change: RegisterChange, filename: str, line: int, parsed: tuple[str, Any, Any, Any],
+                ) -> tuple[Fix | None, str]:
+    import libcst as cst
+
+    source, wrapper, positions, parents = parsed
+    classes = [node for node in positions if isinstance(node, cst.ClassDef) and node.name.value == change.class_name]
+    if len(classes) > 1:
+        classes = [c for c in classes if positions[c].start.line <= line <= positions[c].end.line]
+    if len(classes) != 1:
+        return None, f"class {change.class_name} is not found exactly in the file"
+    owner = classes[0]
+    nodes = [n for n, parent in parents.items() if _owned_by(n, owner, parents)]
+    assigned = [n for n in nodes if isinstance(n, cst.Assign) and any(_is_self_attribute(t.target, change.attribute)
+                                                                       for t in n.targets)]
+    literal = (cst.List, cst.ListComp) if change.container == "list" else (cst.Dict, cst.DictComp)
+    where = f"self.{change.attribute}"
+    if len(assigned) != 1 or len(assigned[0].targets) != 1:
+        count = len(assigned)
+        return None, f"{change.class_name} assigns {where} {count} times" if count != 1 else (
+            f"{where} is assigned together with other names")
+    if not isinstance(assigned[0].value, literal):
+        return None, f"{where} is not assigned a {change.container} literal or comprehension"
+    if any(isinstance(n, cst.AnnAssign) and _is_self_attribute(n.target, change.attribute) for n in nodes):
+        return None, f"{where} is also assigned with an annotation"
+    missing = sorted({n.attr.value for n in nodes if isinstance(n, cst.Attribute)
+                      and _is_self_attribute(n.value, change.attribute)} & _MISSING_METHODS[change.container])
+    if missing:
+        kind = "nn.ModuleList" if change.container == "list" else "nn.ModuleDict"
+        return None, f"{where}.{missing[0]}() is called, which {kind} does not have"
+    torch_nn = _torch_nn_name(wrapper.module)
+    if torch_nn is None:
+        return None, "the file imports neither torch.nn as nn nor torch"
+    value = assigned[0].value
+    wrapper_class = f"{torch_nn}.{'ModuleList' if change.container == 'list' else 'ModuleDict'}"
+    empty = isinstance(value, (cst.List, cst.Dict)) and not value.elements
+    wrapped = cst.Call(func=cst.parse_expression(wrapper_class), args=[] if empty else [cst.Arg(value=value)])
+    return _replacing(filename, source, wrapper, positions, value, wrapped, change), ""
+
+
+def _replacing(filename: str, source: str, wrapper: Any, positions: Any, old: Any, new: Any,
+               change: Change) -> Fix:
+    """The fix that puts ``new`` where ``old`` is; the whole module is rendered again, since a node's own
+    code lacks the block's indentation of its lines."""
+    where = positions[old]
+    rendered = wrapper.module.deep_replace(old, new).code
+    starts = _line_starts(source)
+    begin, end = starts[where.start.line - 1] + where.start.column, starts[where.end.line - 1] + where.end.column
     replacement = rendered[begin:len(rendered) - (len(source) - end)]
     return Fix(file=filename, start_line=where.start.line, start_col=where.start.column + 1,
                end_line=where.end.line, end_col=where.end.column + 1, replacement=replacement,
-               description=f"{_callee(call)}(..., bias=False): the BatchNorm after it cancels the bias"), ""
+               description=change.description, safe=change.safe)
 
 
 def _line_starts(source: str) -> list[int]:
@@ -160,11 +279,6 @@ def _line_starts(source: str) -> list[int]:
     return starts
 
 
-def _offset(source: str, line: int, column: int) -> int:
-    """The index in ``source`` of a 1-based line and 0-based column."""
-    return _line_starts(source)[line - 1] + column
-
-
 def _not_editable(path: Path, allowed: Sequence[str | os.PathLike[str]] | None) -> str:
     resolved = path.resolve()
     if any(part in _INSTALLED for part in resolved.parts):
@@ -172,7 +286,7 @@ def _not_editable(path: Path, allowed: Sequence[str | os.PathLike[str]] | None) 
     if allowed is not None:
         roots = [Path(a).resolve() for a in allowed]
         if not any(resolved == root or root in resolved.parents for root in roots):
-            return "outside the checked paths"
+            return "outside the checked files of this model's submission"
     if not resolved.is_file():
         return "no such file"
     return ""
@@ -192,25 +306,108 @@ def _callee(call: Any) -> str:
     return str(func.value) if isinstance(func, cst.Name) else ""
 
 
-def _with_bias_false(call: Any) -> tuple[Any, str]:
-    """The call with ``bias=False``: ``bias=True`` changed, or the keyword appended after the last argument,
-    in the call's own layout (a trailing comma, one argument per line, a comment after the last one)."""
+def _in_method(node: Any, parents: Mapping[Any, Any]) -> bool:
+    """Whether ``node`` is inside a function whose first parameter is ``self``."""
+    import libcst as cst
+
+    while node in parents:
+        node = parents[node]
+        if isinstance(node, cst.FunctionDef):
+            params = node.params.params
+            return bool(params) and params[0].name.value == "self"
+    return False
+
+
+def _owned_by(node: Any, owner: Any, parents: Mapping[Any, Any]) -> bool:
+    """Whether ``node`` is inside the class ``owner`` and not inside a class nested in it."""
+    import libcst as cst
+
+    while node in parents:
+        node = parents[node]
+        if node is owner:
+            return True
+        if isinstance(node, cst.ClassDef):
+            return False
+    return False
+
+
+def _is_self_attribute(node: Any, attribute: str) -> bool:
+    import libcst as cst
+
+    return (isinstance(node, cst.Attribute) and node.attr.value == attribute
+            and isinstance(node.value, cst.Name) and node.value.value == "self")
+
+
+def _torch_nn_name(module: Any) -> str | None:
+    """How the file names ``torch.nn``: ``nn`` when it imports it so, ``torch.nn`` when it imports torch."""
+    import libcst as cst
+
+    names: set[str] = set()
+    for statement in module.body:
+        for small in statement.body if isinstance(statement, cst.SimpleStatementLine) else ():
+            if isinstance(small, cst.ImportFrom) and _dotted(small.module) == "torch" and not isinstance(
+                    small.names, cst.ImportStar):
+                names |= {_alias(a) for a in small.names if _dotted(a.name) == "nn"}
+            elif isinstance(small, cst.Import):
+                names |= {("nn" if _alias(a) == "nn" else "torch") for a in small.names
+                          if _dotted(a.name) in ("torch", "torch.nn") and _alias(a) in ("nn", "torch")}
+    return "nn" if "nn" in names else "torch.nn" if "torch" in names else None
+
+
+def _dotted(node: Any) -> str:
+    import libcst as cst
+
+    if isinstance(node, cst.Attribute):
+        return f"{_dotted(node.value)}.{node.attr.value}"
+    return str(node.value) if isinstance(node, cst.Name) else ""
+
+
+def _alias(alias: Any) -> str:
+    """The name an import binds: ``nn`` for ``import torch.nn as nn``, ``torch`` for ``import torch.nn``."""
+    if alias.asname is not None:
+        return _dotted(alias.asname.name)
+    return _dotted(alias.name).split(".")[0]
+
+
+def _constant(node: Any) -> bool:
+    """Whether an argument's value is written as a constant (``True``, ``5``, ``(2, 2)``, ``7 * 7 * 64``),
+    which a fix may replace; a name or a call may be shared with other calls, and is left alone."""
+    import libcst as cst
+
+    if isinstance(node, (cst.Integer, cst.Float, cst.SimpleString)):
+        return True
+    if isinstance(node, cst.Name):
+        return node.value in ("True", "False", "None")
+    if isinstance(node, cst.UnaryOperation):
+        return _constant(node.expression)
+    if isinstance(node, cst.BinaryOperation):
+        return _constant(node.left) and _constant(node.right)
+    if isinstance(node, (cst.Tuple, cst.List)):
+        return all(_constant(e.value) for e in node.elements)
+    return False
+
+
+def _with_argument(call: Any, keyword: str, position: int | None, value: str) -> tuple[Any, str]:
+    """The call with ``keyword=value``: the keyword's or the positional argument's constant changed, or the
+    keyword appended after the last argument, in the call's own layout (a trailing comma, one argument per
+    line, a comment after the last one)."""
     import libcst as cst
 
     args = list(call.args)
     if any(a.star for a in args):
-        return None, "the call passes *args or **kwargs, which may hold bias"
-    keywords = [a for a in args if a.keyword is not None]
-    for index, arg in enumerate(args):
-        if arg.keyword is not None and arg.keyword.value == "bias":
-            if isinstance(arg.value, cst.Name) and arg.value.value == "True":
-                args[index] = arg.with_changes(value=cst.Name("False"))
-                return call.with_changes(args=args), ""
-            return None, "bias is given as an expression, not True"
-    positional = len(args) - len(keywords)
-    if positional >= (3 if _callee(call).endswith("Linear") else 8):
-        return None, "bias may be passed positionally"
-    new = cst.Arg(value=cst.Name("False"), keyword=cst.Name("bias"),
+        return None, f"the call passes *args or **kwargs, which may hold {keyword}"
+    new_value = cst.parse_expression(value)
+    positional = [i for i, a in enumerate(args) if a.keyword is None]
+    named = [i for i, a in enumerate(args) if a.keyword is not None and a.keyword.value == keyword]
+    given = named[0] if named else positional[position] if position is not None and position < len(positional) else None
+    if given is not None:
+        current = args[given].value
+        if not _constant(current):
+            code = cst.Module(body=[]).code_for_node(current)
+            return None, f"{keyword} is given as an expression ({code}), not a constant"
+        args[given] = args[given].with_changes(value=new_value)
+        return call.with_changes(args=args), ""
+    new = cst.Arg(value=new_value, keyword=cst.Name(keyword),
                   equal=cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""),
                                         whitespace_after=cst.SimpleWhitespace("")))
     if not args:
@@ -238,10 +435,10 @@ def _with_bias_false(call: Any) -> tuple[Any, str]:
 
 def with_fixes(results: Sequence[ModelResult], plan: FixPlan) -> list[ModelResult]:
     """The results with each finding's ``fix_edit`` set from ``plan``, and any other dropped: an edit
-    that a worker sent is never taken. The bias sites, used up, leave the results (the report would
-    show the machine's paths in them)."""
-    return [replace(r, findings=[replace(f, fix_edit=plan.fix_for(f)) for f in r.findings], bias_sites=None)
-            for r in results]
+    that a worker sent is never taken. The changes and the layer sites, used up, leave the results (the
+    fix says it for the reader, and the sites would show the machine's paths)."""
+    return [replace(r, findings=[replace(f, change=None, fix_edit=plan.fix_for(f)) for f in r.findings],
+                    layer_sites=None) for r in results]
 
 
 def fixed_text(source: str, fixes: Iterable[Fix]) -> str:

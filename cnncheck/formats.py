@@ -43,10 +43,13 @@ within the same id. Top-level object:
     Each finding: ``rule`` (id), ``module`` (qualified layer name from ``named_modules()``; ``""``
     for the model itself), ``severity`` (``"error"`` or ``"warning"``), ``message`` (what is wrong),
     ``expected``, ``found``, ``fix`` (strings, possibly empty), ``location`` (``"file:line"`` where
-    the layer was built, or null), ``details`` (list of extra lines), ``fix_edit`` (null, or the safe
+    the layer was built, or null), ``details`` (list of extra lines), ``fix_edit`` (null, or the
     edit of the student's file that ``cnncheck check --fix`` applies: ``file``, ``start_line``,
     ``start_col``, ``end_line``, ``end_col`` (1-based; the end is just after the replaced text),
-    ``replacement``, ``description`` and ``safe``).
+    ``replacement``, ``description`` and ``safe``: false for a fix that changes the architecture, which
+    ``--fix`` applies only with ``--unsafe-fixes``), and, only in results that did not pass through
+    ``cnncheck check`` or pytest, ``change`` (what the rule asks to change in the source, from which those
+    compute ``fix_edit``; see :mod:`cnncheck.changes`).
 ``summary``
     ``models`` (how many), ``clean`` (every rule checked it and found nothing), ``with_findings`` (at
     least one finding), ``incomplete`` (no finding, but some rule could not check it), ``crashed`` (a
@@ -610,10 +613,12 @@ def _sarif_result(result: ModelResult, finding: Finding, index: dict[str, int],
 
 
 def _sarif_fix(fix: Any, root: str | os.PathLike[str] | None) -> dict[str, Any]:
-    """A SARIF ``fix``: the edit ``cnncheck check --fix`` would make, for code scanning to suggest."""
+    """A SARIF ``fix``: the edit ``cnncheck check --fix`` would make, for code scanning to suggest (an
+    unsafe one says so: it changes the architecture)."""
     region = {"startLine": fix.start_line, "startColumn": fix.start_col, "endLine": fix.end_line,
               "endColumn": fix.end_col}
-    return {"description": {"text": fix.description},
+    text = fix.description if fix.safe else f"{fix.description} (unsafe: it changes the architecture)"
+    return {"description": {"text": text},
             "artifactChanges": [{"artifactLocation": artifact_location(fix.file, root),
                                  "replacements": [{"deletedRegion": region,
                                                    "insertedContent": {"text": fix.replacement}}]}]}

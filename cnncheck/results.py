@@ -38,9 +38,9 @@ class ModelResult:
     # (Flow.to_dict); plain data, drawn by the process that writes the report
     architecture: dict[str, Any] | None = None
     flow: dict[str, Any] | None = None
-    # for fixes (``sites``): where each conv/linear with a bias was built (``file:line``) -> the layers
-    # built there; a fix at a site is safe only when every layer built there has the finding
-    bias_sites: dict[str, list[str]] | None = None
+    # for fixes (``sites``): each call site (``file:line``) that a finding's change asks to edit -> the
+    # layers of that class built there; a fix at a site is safe only when every one of them asks for it
+    layer_sites: dict[str, list[str]] | None = None
 
     @property
     def verdict(self) -> Verdict:
@@ -86,11 +86,13 @@ class ModelResult:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["findings"] = [dict(asdict(f), severity=str(f.severity)) for f in self.findings]
+        # a finding's change is the worker's request for a fix, used up before a report is written
+        data["findings"] = [{k: v for k, v in dict(asdict(f), severity=str(f.severity)).items()
+                             if k != "change" or v is not None} for f in self.findings]
         data["input_shape"] = list(self.input_shape) if self.input_shape else None
         data["rules_run"] = list(self.rules_run)
         data["outcomes"] = [{"rule": o.rule, "status": str(o.status), "reason": o.reason} for o in self.outcomes]
-        for drawn in ("architecture", "flow", "bias_sites"):
+        for drawn in ("architecture", "flow", "layer_sites"):
             if data[drawn] is None:
                 del data[drawn]
         data["verdict"] = str(self.verdict)  # for readers of the report; from_dict derives it again
@@ -98,10 +100,12 @@ class ModelResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelResult:
+        from cnncheck.changes import change_from_dict
         from cnncheck.fixes import Fix
 
         findings = [
             Finding(**dict(f, severity=Severity(f["severity"]), details=tuple(f.get("details", ())),
+                           change=change_from_dict(f.get("change")),
                            fix_edit=Fix.from_dict(f["fix_edit"]) if f.get("fix_edit") else None))
             for f in data.get("findings", [])
         ]

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from cnncheck.changes import Change
     from cnncheck.context import CheckContext
 
 
@@ -77,6 +78,9 @@ class Rule:
     flagged_example: str = ""
     clean_example: str = ""
     limits: str = ""
+    autofix: str = ""
+    """What ``cnncheck check --fix`` changes in the source for this rule's findings, and when (safe fixes,
+    and the unsafe ones that ``--unsafe-fixes`` adds); empty when it has no fix."""
     needs: frozenset[Pass] = frozenset({Pass.TRAIN})
     """The passes the check reads; when one fails the rule is not checked, and the report says why."""
     compares_values: bool = True
@@ -103,6 +107,7 @@ class Rule:
         location: str | None = None,
         details: Sequence[str] = (),
         severity: Severity | None = None,
+        change: Change | None = None,
     ) -> Finding:
         return Finding(
             rule=self.id,
@@ -114,6 +119,7 @@ class Rule:
             fix=self.fix if fix is None else fix,
             location=location,
             details=tuple(details),
+            change=change,
         )
 
 
@@ -169,6 +175,8 @@ def render_markdown(rule: Rule) -> str:
         parts += ["", "## Flagged", "", "```python", rule.flagged_example.strip(), "```"]
     if rule.clean_example:
         parts += ["", "## Not flagged", "", "```python", rule.clean_example.strip(), "```"]
+    if rule.autofix:
+        parts += ["", "## Automatic fix", "", rule.autofix]
     if rule.limits:
         parts += ["", "## Known limits", "", rule.limits]
     return "\n".join(parts) + "\n"

@@ -1,4 +1,4 @@
-"""``cnncheck check --fix`` / ``--diff``: the safe ``bias=False`` fix, made with libcst in the student's file."""
+"""``cnncheck check --fix`` / ``--diff`` / ``--unsafe-fixes``: fixes made with libcst in the student's own file."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from cnncheck.changes import ArgumentChange
 from cnncheck.cli import main
 from cnncheck.findings import Finding, Severity
-from cnncheck.fixes import REDUNDANT_BIAS, Fix, bias_false_fix, fixed_text
+from cnncheck.fixes import REDUNDANT_BIAS, Fix, fixed_text, located, plan_fixes
 from cnncheck.results import ModelResult
 
 pytest_plugins = ["pytester"]
@@ -69,7 +70,7 @@ def test_fix_adds_bias_false_and_keeps_the_layout(tmp_path, capsys, conv: str, f
     before = path.read_text()
     code, out, err = _fix(path, capsys)
     assert path.read_text() == before.replace(conv, fixed)
-    assert "fixed 1 call site(s) in 1 file(s)" in err
+    assert "fixed 1 place(s) in 1 file(s)" in err
     assert code == 0, out + err  # checked again after the fix: nothing remains
     assert "no findings" in out
 
@@ -174,33 +175,51 @@ def test_a_comprehension_whose_layers_are_all_flagged_is_fixed_once(tmp_path, ca
     _, out, err = _fix(path, capsys)
     assert "nn.Conv2d(3, 3, 3, padding=1, bias=False) for _ in range(2)" in path.read_text()
     assert REDUNDANT_BIAS not in out  # checked again: the reused BatchNorm is another rule's finding
-    assert "fixed 1 call site(s)" in err
+    assert "fixed 1 place(s)" in err
+
+
+def _bias_false(location: str, callee: str = "Conv2d") -> ArgumentChange:
+    return ArgumentChange(location, callee, "bias", 7 if callee == "Conv2d" else 2, "False", "d", layer="conv")
+
+
+def _result_asking(change: ArgumentChange) -> ModelResult:
+    finding = Finding(REDUNDANT_BIAS, "conv", Severity.WARNING, "cancelled", location=change.location, change=change)
+    return ModelResult("m.py::Net", "m.py", "Net", findings=[finding], layer_sites={change.location: ["conv"]})
 
 
 def test_a_location_that_cannot_be_matched_gives_no_fix(tmp_path) -> None:
     path = tmp_path / "student.py"
-    path.write_text("from torch import nn\n\nx = nn.Conv2d(3, 8, 3); y = nn.Linear(8, 2)\nz = 1\n")
-    assert bias_false_fix(f"{path}:4") == (None, "no conv or linear call starts on that line")
-    assert bias_false_fix(f"{path}:3") == (None, "2 conv or linear calls start on that line")
-    assert bias_false_fix(f"{tmp_path / 'gone.py'}:1") == (None, "no such file")
-    assert bias_false_fix(f"{path}:3", allowed=[tmp_path / "other"]) == (None, "outside the checked paths")
+    path.write_text("from torch import nn\n\nx = nn.Conv2d(3, 8, 3); y = nn.Conv2d(8, 2, 1)\nz = 1\n")
+    assert located(_bias_false(f"{path}:4")) == (None, "no Conv2d call starts on that line")
+    assert located(_bias_false(f"{path}:3")) == (None, "2 Conv2d calls start on that line")
+    assert located(_bias_false(f"{path}:3", "Linear")) == (None, "no Linear call starts on that line")
+    gone = plan_fixes([_result_asking(_bias_false(f"{tmp_path / 'gone.py'}:1"))])
+    assert gone.unfixable == {f"{tmp_path / 'gone.py'}:1": "no such file"}
+    outside = plan_fixes([_result_asking(_bias_false(f"{path}:3"))], allowed=lambda _: [tmp_path / "other"])
+    assert outside.unfixable == {f"{path}:3": "outside the checked files of this model's submission"}
     installed = tmp_path / "site-packages" / "lib.py"
     installed.parent.mkdir()
     installed.write_text("from torch import nn\nc = nn.Conv2d(3, 8, 3)\n")
-    fix, reason = bias_false_fix(f"{installed}:2")
-    assert fix is None and "installed library" in reason
+    (reason,) = plan_fixes([_result_asking(_bias_false(f"{installed}:2"))]).unfixable.values()
+    assert "installed library" in reason
 
 
-def test_unsupported_call_shapes_give_a_reason() -> None:
-    # the reasons are the call's, independent of the file: checked on a parsed snippet through a file
-    cases = {"nn.Conv2d(3, 8, 3, **kw)": "*args or **kwargs", "nn.Linear(8, 2, True)": "positionally",
-             "nn.Conv2d(3, 8, 3, bias=b)": "expression"}
-    for call, reason in cases.items():
-        folder = Path(__import__("tempfile").mkdtemp())
-        path = folder / "m.py"
+def test_unsupported_call_shapes_give_a_reason(tmp_path) -> None:
+    cases = {"nn.Conv2d(3, 8, 3, **kw)": "*args or **kwargs", "nn.Linear(8, 2, use_bias)": "expression (use_bias)",
+             "nn.Conv2d(3, 8, 3, bias=b)": "bias is given as an expression (b), not a constant"}
+    for index, (call, reason) in enumerate(cases.items()):
+        path = tmp_path / f"m{index}.py"
         path.write_text(f"c = {call}\n")
-        fix, why = bias_false_fix(f"{path}:1")
+        fix, why = located(_bias_false(f"{path}:1", call.split("(")[0].split(".")[1]))
         assert fix is None and reason in why, (call, why)
+
+
+def test_a_positional_constant_is_replaced(tmp_path) -> None:
+    path = tmp_path / "m.py"
+    path.write_text("from torch import nn\nfc = nn.Linear(8, 2, True)  # head\n")
+    fix, _ = located(_bias_false(f"{path}:2", "Linear"))
+    assert fix is not None
+    assert fixed_text(path.read_text(), [fix]) == "from torch import nn\nfc = nn.Linear(8, 2, False)  # head\n"
 
 
 def test_fixed_text_applies_fixes_from_the_end() -> None:
@@ -259,7 +278,314 @@ def test_fix_with_workers_writes_each_file_once_and_checks_again(tmp_path, capsy
         _student(tmp_path / name, "nn.Conv2d(3, 8, 3)  # first conv")
     code = main(["check", str(tmp_path), "--input-shape", SHAPE, "--sandbox", "none", "-j", "2", "--fix"])
     out, err = capsys.readouterr()
-    assert code == 0 and "fixed 2 call site(s) in 2 file(s)" in err, (out, err)
+    assert code == 0 and "fixed 2 place(s) in 2 file(s)" in err, (out, err)
     for name in ("ann", "bob"):
         assert "nn.Conv2d(3, 8, 3, bias=False)  # first conv" in (tmp_path / name / "student.py").read_text()
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["student.py", "student.py"]  # no temp files
+
+
+def _write(tmp_path: Path, source: str, name: str = "student.py") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(source), encoding="utf-8")
+    return path
+
+
+def _findings(path: Path, capsys: pytest.CaptureFixture[str]) -> list[dict]:
+    _check(path, "--format", "json")
+    return [f for m in json.loads(capsys.readouterr().out)["models"] for f in m["findings"]]
+
+DROPOUTS = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, bias=False)
+        self.register_buffer("mean", torch.zeros(8))
+        self.register_buffer("var", torch.ones(8))
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x))
+        x = F.batch_norm(x, self.mean, self.var, training=True)  # hand-written norm
+        x = F.dropout(x, 0.3)
+        x = F.dropout2d(x, 0.1, True)
+        return self.fc(F.alpha_dropout(x.mean(dim=(2, 3)), 0.2, training=True))
+'''
+
+
+def test_functional_calls_get_training_self_training(tmp_path, capsys) -> None:
+    path = _write(tmp_path, DROPOUTS)
+    code, out, err = _fix(path, capsys)
+    text = path.read_text()
+    assert "F.batch_norm(x, self.mean, self.var, training=self.training)  # hand-written norm" in text
+    assert "x = F.dropout(x, 0.3, training=self.training)\n" in text
+    assert "x = F.dropout2d(x, 0.1, self.training)\n" in text
+    assert "F.alpha_dropout(x.mean(dim=(2, 3)), 0.2, training=self.training))" in text
+    assert "fixed 4 place(s) in 1 file(s)" in err
+    assert code == 0 and "no findings" in out, out + err
+
+
+def test_training_false_is_an_unsafe_fix_and_a_helper_without_self_is_not_fixed(tmp_path, capsys) -> None:
+    source = DROPOUTS.replace("x = F.dropout(x, 0.3)", "x = F.dropout(x, 0.3, training=False)").replace(
+        "x = F.dropout2d(x, 0.1, True)", "x = drop(x)").replace(
+        "class Net", "def drop(x: torch.Tensor) -> torch.Tensor:\n    return F.dropout(x, 0.1)\n\n\nclass Net")
+    path = _write(tmp_path, source)
+    code, _, err = _fix(path, capsys)
+    text = path.read_text()
+    assert "F.dropout(x, 0.3, training=False)" in text  # unsafe: not without --unsafe-fixes
+    assert "return F.dropout(x, 0.1)\n" in text
+    assert "the call is not in a method, so there is no self.training to pass" in err
+    assert "(1 unsafe fix(es) more with --unsafe-fixes)" in err
+    assert code == 1
+    assert _check(path, "--fix", "--unsafe-fixes") == 1  # the helper's dropout remains
+    assert "F.dropout(x, 0.3, training=self.training)" in path.read_text()
+
+
+def test_calls_a_fix_would_break_get_none(tmp_path, capsys) -> None:
+    """torch.dropout takes ``train``, not ``training``; F.batch_norm without running statistics cannot
+    run in eval mode: the findings stay, with no edit."""
+    source = DROPOUTS.replace("x = F.dropout(x, 0.3)", "x = torch.dropout(x, 0.3, True)").replace(
+        "F.batch_norm(x, self.mean, self.var, training=True)", "F.batch_norm(x, None, None, training=True)")
+    path = _write(tmp_path, source)
+    findings = _findings(path, capsys)
+    by_line = {f["location"].rpartition(":")[2]: f for f in findings if f["rule"] == "mode-not-propagated"}
+    lines = source.splitlines()
+    for needle in ("torch.dropout(", "F.batch_norm("):
+        line = str(next(i for i, text in enumerate(lines, 1) if needle in text))
+        if line in by_line:
+            assert by_line[line]["fix_edit"] is None, needle
+
+
+REGISTER = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(3, 8, 3, bias=False), nn.Conv2d(8, 8, 3, bias=False)])
+        self.bns = {bns}  # the norms
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, conv in enumerate(self.convs):
+            x = torch.relu({use}(conv(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+'''
+
+
+@pytest.mark.parametrize(("bns", "use", "fixed"), [
+    pytest.param("[nn.BatchNorm2d(8), nn.BatchNorm2d(8)]", "self.bns[i]",
+                 "nn.ModuleList([nn.BatchNorm2d(8), nn.BatchNorm2d(8)])", id="list"),
+    pytest.param("[nn.BatchNorm2d(8) for _ in range(2)]", "self.bns[i]",
+                 "nn.ModuleList([nn.BatchNorm2d(8) for _ in range(2)])", id="comprehension"),
+    pytest.param('{"a": nn.BatchNorm2d(8), "b": nn.BatchNorm2d(8)}', 'self.bns["ab"[i]]',
+                 'nn.ModuleDict({"a": nn.BatchNorm2d(8), "b": nn.BatchNorm2d(8)})', id="dict"),
+    pytest.param("{f'n{i}': nn.BatchNorm2d(8) for i in range(2)}", "self.bns[f'n{i}']",
+                 "nn.ModuleDict({f'n{i}': nn.BatchNorm2d(8) for i in range(2)})", id="dict-comprehension"),
+])
+def test_a_plain_list_or_dict_of_layers_is_registered(tmp_path, capsys, bns: str, use: str, fixed: str) -> None:
+    path = _write(tmp_path, REGISTER.replace("{bns}", bns).replace("{use}", use))
+    code, out, err = _fix(path, capsys)
+    assert f"self.bns = {fixed}  # the norms" in path.read_text()
+    assert "fixed 1 place(s) in 1 file(s)" in err
+    assert code == 0 and "no findings" in out, out + err
+
+
+def test_a_list_filled_in_a_loop_and_torch_imported_alone(tmp_path, capsys) -> None:
+    source = REGISTER.replace("from torch import nn\n", "").replace("nn.", "torch.nn.").replace(
+        "self.bns = {bns}  # the norms", "self.bns = []  # the norms\n        for _ in range(2):\n"
+        "            self.bns.append(torch.nn.BatchNorm2d(8))").replace("{use}", "self.bns[i]")
+    path = _write(tmp_path, source)
+    code, out, err = _fix(path, capsys)
+    assert "self.bns = torch.nn.ModuleList()  # the norms" in path.read_text()
+    assert code == 0 and "no findings" in out, out + err
+
+
+@pytest.mark.parametrize(("bns", "use", "reason"), [
+    pytest.param("(nn.BatchNorm2d(8), nn.BatchNorm2d(8))", "self.bns[i]", None, id="tuple"),
+    pytest.param("[nn.BatchNorm2d(8), nn.BatchNorm2d(8), torch.relu]", "self.bns[i]", None, id="a-function-inside"),
+    pytest.param("{0: nn.BatchNorm2d(8), 1: nn.BatchNorm2d(8)}", "self.bns[i]", None, id="integer-keys"),
+    pytest.param("[nn.BatchNorm2d(8), nn.BatchNorm2d(8)]", "self.bns[self.bns.index(self.bns[i])]",
+                 "self.bns.index() is called, which nn.ModuleList does not have", id="a-list-method"),
+    pytest.param("[nn.BatchNorm2d(8), nn.BatchNorm2d(8)]\n        self.bns = self.bns[:2]", "self.bns[i]",
+                 "Net assigns self.bns 2 times", id="assigned-twice"),
+])
+def test_a_container_that_registering_would_break_is_left_alone(tmp_path, capsys, bns: str, use: str,
+                                                                reason: str | None) -> None:
+    path = _write(tmp_path, REGISTER.replace("{bns}", bns).replace("{use}", use))
+    before = path.read_text()
+    code, out, err = _fix(path, capsys)
+    assert path.read_text() == before
+    assert code == 1 and "mode-not-propagated" in out
+    if reason is None:  # the rule asks for no change: nothing to locate, nothing said
+        assert "not fixed" not in err
+    else:
+        assert reason in err
+
+
+def test_the_seed_convnet_gets_its_stride_only_with_unsafe_fixes(tmp_path, capsys) -> None:
+    seed = Path(__file__).parent.parent / "examples" / "seed_convnet.py"
+    path = tmp_path / "seed_convnet.py"
+    path.write_text(seed.read_text(encoding="utf-8"), encoding="utf-8")
+    before = path.read_text()
+    shape = ["--input-shape", "4,1,28,28"]
+    assert main(["check", str(path), *shape, "--sandbox", "none", "--fix"]) == 1
+    out, err = capsys.readouterr()
+    assert path.read_text() == before and "feature-size-mismatch" in out
+    assert "nothing to fix (1 unsafe fix(es) more with --unsafe-fixes)" in err
+    assert "an unsafe fix, it changes the architecture" in out  # the edit: line
+    assert main(["check", str(path), *shape, "--sandbox", "none", "--diff", "--unsafe-fixes"]) == 1
+    out, _ = capsys.readouterr()
+    assert "-            nn.MaxPool2d(kernel_size=2, stride=5),\n+            nn.MaxPool2d(kernel_size=2, stride=2),\n" in out
+    assert path.read_text() == before
+    assert main(["check", str(path), *shape, "--sandbox", "none", "--fix", "--unsafe-fixes"]) == 0
+    out, err = capsys.readouterr()
+    call = "            nn.MaxPool2d(kernel_size=2, stride={}),\n"
+    assert before.count(call.format(5)) == 1
+    assert path.read_text() == before.replace(call.format(5), call.format(2))
+    assert "no findings" in out and "fixed 1 place(s) in 1 file(s)" in err
+
+
+FLAT = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.pool = nn.AdaptiveAvgPool2d(3)
+        self.fc1 = nn.Linear({in_features}, 16)  # head
+        self.fc2 = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.conv(x))).flatten(1)
+        return self.fc2(torch.relu(self.fc1(x)))
+'''
+
+
+@pytest.mark.parametrize(("source", "before", "after"), [
+    pytest.param(FLAT.replace("{in_features}", "8 * 4 * 4"), "nn.Linear(8 * 4 * 4, 16)", "nn.Linear(72, 16)",
+                 id="no-stride-fits"),
+    pytest.param(FLAT.replace("{in_features}", "72").replace("nn.Linear(16, 2)", "nn.Linear(12, 2)"),
+                 "nn.Linear(12, 2)", "nn.Linear(16, 2)", id="after-a-linear"),
+])
+def test_in_features_is_an_unsafe_fix(tmp_path, capsys, source: str, before: str, after: str) -> None:
+    path = _write(tmp_path, source)
+    assert _check(path, "--fix") == 1
+    assert before in path.read_text()
+    capsys.readouterr()
+    assert _check(path, "--fix", "--unsafe-fixes") == 0, capsys.readouterr()
+    assert after in path.read_text()
+
+
+def test_unsafe_fixes_alone_is_a_usage_error(tmp_path, capsys) -> None:
+    path = _student(tmp_path, "nn.Conv2d(3, 8, 3)")
+    assert _check(path, "--unsafe-fixes") == 2
+    out, err = capsys.readouterr()
+    assert "--unsafe-fixes goes with --fix or --diff" in err and not out  # said before any model is checked
+
+
+def _comments(source: str) -> list[str]:
+    return [line[line.index("#"):] for line in source.splitlines() if "#" in line]
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_generated_student_files_are_fixed_then_check_clean(tmp_path, capsys, seed: int) -> None:
+    from tests.student_files import INPUT_SHAPE, student_file
+
+    student = student_file(seed)
+    path = _write(tmp_path, student.source, f"hw{seed}.py")
+    shape = ["--input-shape", ",".join(map(str, INPUT_SHAPE)), "--sandbox", "none"]
+    code = main(["check", str(path), *shape, "--fix"])
+    out, err = capsys.readouterr()
+    safe = path.read_text()
+    assert (safe != student.source) == bool(student.safe), err
+    assert code == (1 if student.unsafe else 0), out + err
+    if "bias" in student.safe:
+        assert student.source.count("bias=False") < safe.count("bias=False")
+    if "register" in student.safe:
+        assert "self.bns = nn.ModuleList([" in safe
+    if "training" in student.safe:
+        assert "F.dropout(x, 0.25, training=self.training)" in safe or "F.dropout(x, 0.25, self.training)" in safe
+    assert main(["check", str(path), *shape, "--fix", "--unsafe-fixes"]) == 0, capsys.readouterr()
+    fixed = path.read_text()
+    assert (fixed != safe) == student.unsafe
+    assert _comments(fixed) == _comments(student.source)  # every comment kept, in its place
+    assert [line for line in fixed.splitlines() if line.startswith("    def ")] == [
+        line for line in student.source.splitlines() if line.startswith("    def ")]
+    capsys.readouterr()
+    assert main(["check", str(path), *shape, "--fix", "--unsafe-fixes"]) == 0
+    assert path.read_text() == fixed and "nothing to fix" in capsys.readouterr().err
+
+
+def test_the_examples_get_what_can_be_fixed_and_keep_the_rest(tmp_path, capsys) -> None:
+    """The bundled examples, copied: the findings with a fix disappear, every other finding stays, and
+    the files without a fix are left byte for byte."""
+    examples = Path(__file__).parent.parent / "examples"
+    for name in ("mistakes.py", "lookalikes.py", "seed_convnet.py", "seed_convnet_fixed.py"):
+        (tmp_path / name).write_bytes((examples / name).read_bytes())
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("*.py")}
+
+    def findings() -> tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]:
+        main(["check", str(tmp_path), "--sandbox", "none", "--format", "json"])
+        models = json.loads(capsys.readouterr().out)["models"]
+        every = {(m["name"], f["rule"], f["module"]) for m in models for f in m["findings"]}
+        return every, {(m["name"], f["rule"], f["module"]) for m in models for f in m["findings"] if f["fix_edit"]}
+
+    every, fixable = findings()
+    assert {rule for _, rule, _ in fixable} == {REDUNDANT_BIAS, "mode-not-propagated", "feature-size-mismatch"}
+    assert main(["check", str(tmp_path), "--sandbox", "none", "--fix", "--unsafe-fixes"]) == 1  # others remain
+    capsys.readouterr()
+    after, still_fixable = findings()
+    assert after == every - fixable and not still_fixable
+    for name in ("lookalikes.py", "seed_convnet_fixed.py"):
+        assert (tmp_path / name).read_bytes() == before[name]
+    for name in ("mistakes.py", "seed_convnet.py"):
+        old, new = before[name].decode().splitlines(), (tmp_path / name).read_text().splitlines()
+        assert len(old) == len(new) and _comments("\n".join(old)) == _comments("\n".join(new))
+
+
+def test_a_model_s_fixes_edit_only_its_own_submission(tmp_path, capsys) -> None:
+    """In a folder of submissions, a layer that ann's model builds from a file of another folder (here a
+    course library beside the submissions) is not ann's to fix: ann's report says why, the file stays."""
+    (tmp_path / "common").mkdir()
+    library = tmp_path / "common" / "blocks.py"
+    library.write_text("from torch import nn\n\n\nclass Block(nn.Module):\n    def __init__(self, width):\n"
+                       "        super().__init__()\n        self.conv = nn.Conv2d(3, width, 3)\n"
+                       "        self.bn = nn.BatchNorm2d(8)\n\n    def forward(self, x):\n"
+                       "        return self.bn(self.conv(x))\n", encoding="utf-8")
+    (tmp_path / "ann").mkdir()
+    (tmp_path / "ann" / "model.py").write_text(textwrap.dedent('''
+        import sys
+        from pathlib import Path
+
+        import torch
+        from torch import nn
+
+        sys.path.insert(0, str(Path(__file__).parents[1] / "common"))
+        from blocks import Block  # noqa: E402
+
+
+        class Net(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.features = Block(8)
+                self.fc = nn.Linear(8, 2)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.fc(torch.relu(self.features(x)).mean(dim=(2, 3)))
+    '''), encoding="utf-8")
+    before = library.read_text()
+    code = main(["check", str(tmp_path), "--input-shape", SHAPE, "--sandbox", "none", "--fix"])
+    out, err = capsys.readouterr()
+    assert code == 1 and REDUNDANT_BIAS in out
+    assert library.read_text() == before
+    assert "blocks.py:7: outside the checked files of this model's submission" in err

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from cnncheck.batch_axis import batch_fold, hard_coded_batch
+from cnncheck.changes import ArgumentChange, call_argument, layer_argument
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
 from cnncheck.formulas import output_size, output_size_text
@@ -174,9 +175,11 @@ def _mismatch(ctx: CheckContext, rule: Rule, target: str, linear: nn.Module | No
             found=f"{found} features: the output size of {made_by}",
             fix=f"set in_features={found}" + (f": nn.Linear({found}, {out})" if linear is not None else "")
             + f", or give {producer.name if producer.module is not None else 'that F.linear'} {expected} outputs",
-            details=["shape trace:", *details], location=ctx.location_of(linear) if linear is not None else location)
+            details=["shape trace:", *details], location=ctx.location_of(linear) if linear is not None else location,
+            change=_in_features(ctx, linear, found))
     expected_text, found_text, fix = f"{expected} features", f"{found} features", ""
     blamed: Geometry | None = None
+    suggestion: _Blame | None = None
     if feature_map is not None:
         c, *spatial = feature_map.outputs[0].shape[1:]
         dims = "x".join(str(s) for s in spatial)
@@ -186,7 +189,9 @@ def _mismatch(ctx: CheckContext, rule: Rule, target: str, linear: nn.Module | No
             if len(spatial) == 2 and side * side * c == expected:
                 expected_text = f"{expected} = {c}*{side}*{side}: a {c}x{side}x{side} feature map"
                 message = f"{target or ctx.model_name} expects {expected} = {c}*{side}*{side} input features but gets {found} = {c}*{dims.replace('x', '*')}"
-                blamed, fix = _blame(chain, geometries, side, label)
+                suggestion = _blame(chain, geometries, side, label)
+                if suggestion is not None:
+                    blamed, fix = suggestion.geometry, suggestion.text
         if blamed is None and geometries:
             blamed = max(geometries, key=lambda g: _reduction(g))
         if blamed is not None:
@@ -203,8 +208,28 @@ def _mismatch(ctx: CheckContext, rule: Rule, target: str, linear: nn.Module | No
     )
     where = (ctx.location_of(blamed.node.module) if blamed is not None and blamed.node.module is not None
              else blamed.node.location if blamed is not None else location)
+    change = _suggested_change(ctx, suggestion) if suggestion is not None else _in_features(ctx, linear, found)
     return rule.finding(target, message, expected=expected_text, found=found_text, fix=fix,
-                        details=["shape trace:", *details], location=where)
+                        details=["shape trace:", *details], location=where, change=change)
+
+
+def _suggested_change(ctx: CheckContext, suggestion: _Blame) -> ArgumentChange | None:
+    """The stride or padding that the explanation suggests, at the call that built the layer or in the
+    functional call: unsafe, it changes the architecture (the student may have meant fc1 to change)."""
+    node, keyword, value = suggestion.geometry.node, suggestion.keyword, suggestion.value
+    description = f"{keyword}={value}: the map then fits the Linear after it"
+    if node.module is not None:
+        return layer_argument(type(node.module), node.name, keyword, str(value), ctx.location_of(node.module),
+                              description, safe=False)
+    return call_argument(node.func, node.func_name, keyword, str(value), node.location, description, safe=False)
+
+
+def _in_features(ctx: CheckContext, linear: nn.Module | None, found: int) -> ArgumentChange | None:
+    """``in_features`` set to the number the trace measured: unsafe, the feature map may be what is wrong."""
+    if not isinstance(linear, nn.Linear):
+        return None
+    return layer_argument(type(linear), ctx.name_of(linear), "in_features", str(found), ctx.location_of(linear),
+                          f"in_features={found}: what the flattened map measures", safe=False)
 
 
 def _linear_producer(chain: list[Node]) -> Node | None:
@@ -269,12 +294,22 @@ def _geometry(node: Node) -> Geometry | None:
     return None
 
 
-def _blame(chain: list[Node], geometries: list[Geometry], side: int, label: str) -> tuple[Geometry | None, str]:
+@dataclass(frozen=True)
+class _Blame:
+    """The layer whose stride or padding made the map too small or large, and the value that fits."""
+
+    geometry: Geometry
+    keyword: str  # "stride" or "padding"
+    value: int
+    text: str
+
+
+def _blame(chain: list[Node], geometries: list[Geometry], side: int, label: str) -> _Blame | None:
     """The layer whose stride, set as a pooling layer usually has it, or else whose padding, set to keep
     the size ("same" padding), makes the map ``side`` wide."""
     first = next((n for n in chain if n.inputs and n.inputs[0].dim() >= 4), None)
     if first is None:
-        return None, ""
+        return None
     start = int(first.inputs[0].shape[2])
 
     def fits(index: int, **change: tuple[int, ...]) -> bool:
@@ -287,20 +322,18 @@ def _blame(chain: list[Node], geometries: list[Geometry], side: int, label: str)
             continue
         for stride in dict.fromkeys([geometry.kernel[0], 2, 1]):
             if stride != geometry.stride[0] and fits(index, stride=(stride,) * len(geometry.stride)):
-                return geometry, (
-                    f"{geometry.label()} with stride={stride} instead of {geometry.stride[0]} would give "
-                    f"the {side}x{side} map that {label} expects"
-                )
+                return _Blame(geometry, "stride", stride,
+                              f"{geometry.label()} with stride={stride} instead of {geometry.stride[0]} would give "
+                              f"the {side}x{side} map that {label} expects")
     for index, geometry in enumerate(geometries):
         if geometry.adaptive is not None or geometry.node.kind is not LayerKind.CONV or not geometry.kernel:
             continue
         same = geometry.dilation[0] * (geometry.kernel[0] - 1) // 2
         if same != geometry.padding[0] and fits(index, padding=(same,) * len(geometry.padding)):
-            return geometry, (
-                f"{geometry.label()} with padding={same} instead of {geometry.padding[0]} would keep its "
-                f"input size and give the {side}x{side} map that {label} expects"
-            )
-    return None, ""
+            return _Blame(geometry, "padding", same,
+                          f"{geometry.label()} with padding={same} instead of {geometry.padding[0]} would keep its "
+                          f"input size and give the {side}x{side} map that {label} expects")
+    return None
 
 
 def _run(geometries: list[Geometry], size: int) -> int:
@@ -403,6 +436,11 @@ RULE = Rule(
     "with `x.flatten(1)` so the batch dimension is never touched.",
     severity=Severity.ERROR,
     check=check,
+    autofix="Unsafe only (`cnncheck check --fix --unsafe-fixes`; `--diff --unsafe-fixes` shows it), since it "
+    "changes the architecture: the stride or padding that the explanation suggests, at the call that builds "
+    "that layer (or in the functional call), or, when no such change fits, the Linear's `in_features` set to "
+    "the number of features the trace measured. Not when the call also builds other layers (a loop), or the "
+    "value is given as a variable.",
     compares_values=False,
     diagnose=diagnose,
     flagged_example="""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import torch
 from torch import nn
 
+from cnncheck.changes import ArgumentChange, RegisterChange, call_argument
 from cnncheck.checks.batchnorm_semantics import follows_grad_mode
 from cnncheck.context import CheckContext
 from cnncheck.eval_mode import MODAL_KINDS, TRAINING_ARGUMENT, Leak, eval_leaks, functional_training
@@ -80,7 +82,27 @@ def _fixed_training(ctx: CheckContext, rule: Rule, node: Node, value: bool, effe
         else f"no training argument (F.{node.func_name} defaults to training={value})",
         fix=fix,
         location=node.location,
+        change=_training_follows_mode(node, safe=value),
     )
+
+
+def _training_follows_mode(node: Node, *, safe: bool) -> ArgumentChange | None:
+    """``training=self.training`` in a call of torch.nn.functional's dropouts or batch_norm. Safe where the
+    call trains in eval mode (the eval pass is then what ``nn.Dropout`` does); unsafe where it is off in
+    train mode (``training=False`` written: the train pass changes). A batch_norm without running
+    statistics has nothing to use in eval mode, and gets no change."""
+    import torch.nn.functional as F
+
+    if node.func is not getattr(F, node.func_name, None) or node.func_name == "instance_norm":
+        return None
+    if node.func_name == "batch_norm":
+        stats = [node.kwargs.get(k, node.args[i] if len(node.args) > i else None)
+                 for i, k in ((1, "running_mean"), (2, "running_var"))]
+        if not all(isinstance(s, torch.Tensor) for s in stats):
+            return None
+    return call_argument(node.func, node.func_name, "training", "self.training", node.location,
+                         f"F.{node.func_name}(..., training=self.training): model.eval() switches it",
+                         safe=safe)
 
 
 def _dropout_never_on(node: Node) -> bool:
@@ -164,6 +186,7 @@ def _eval_finding(ctx: CheckContext, rule: Rule, leak: Leak) -> Finding:
             fix="register it: wrap the container in nn.ModuleList([...]) or nn.ModuleDict({...}) "
             "(also needed for .to(device), .parameters() and state_dict)",
             location=ctx.location_of(module),
+            change=_registration(ctx, info.name),
         )
     blocker = _train_override(ctx, info.name)
     if blocker is not None:
@@ -183,6 +206,34 @@ def _eval_finding(ctx: CheckContext, rule: Rule, leak: Leak) -> Finding:
         fix="do not switch modes inside forward; let model.train()/model.eval() set them",
         location=ctx.location_of(module),
     )
+
+
+def _registration(ctx: CheckContext, hidden_name: str) -> RegisterChange | None:
+    """Wrap the plain list or dict that hides ``hidden_name`` (``blocks[0].bn``: ``blocks``) in
+    nn.ModuleList / nn.ModuleDict, when every item is a module and every key a name nn.ModuleDict takes;
+    a tuple, or a list that also holds functions, stays as it is."""
+    import inspect
+
+    owner_name, _, attribute = hidden_name.split("[", 1)[0].rpartition(".")
+    owner = next((m for m, info in ctx.modules.items() if info.name == owner_name and not info.hidden), None)
+    value = vars(owner).get(attribute) if owner is not None else None
+    if type(value) is list:
+        container, items = "list", list(value)
+    elif type(value) is dict and all(isinstance(k, str) and k and "." not in k and not hasattr(nn.ModuleDict, k)
+                                     for k in value):
+        container, items = "dict", list(value.values())
+    else:
+        return None
+    if not all(isinstance(item, nn.Module) for item in items):
+        return None
+    try:
+        _lines, start = inspect.getsourcelines(type(owner))
+        location = f"{inspect.getsourcefile(type(owner))}:{start}"
+    except (OSError, TypeError):
+        return None
+    wrapper = "nn.ModuleList" if container == "list" else "nn.ModuleDict"
+    return RegisterChange(location, type(owner).__name__, attribute, container,
+                          f"self.{attribute} = {wrapper}(...): model.eval(), .to() and .parameters() reach its layers")
 
 
 def _mentions_training(location: str | None) -> bool:
@@ -279,6 +330,14 @@ self.bns = nn.ModuleList(nn.BatchNorm2d(c) for c in channels)
 ...
 x = F.dropout(x, 0.5, training=self.training)
 """,
+    autofix="Safe: `cnncheck check --fix` passes `training=self.training` to `F.dropout`, `F.dropout1d/2d/3d`, "
+    "`F.alpha_dropout`, `F.feature_alpha_dropout` and `F.batch_norm` (with running statistics) calls that "
+    "lack it or hard-code `True`, by keyword or by position, inside a method; and wraps a plain list or dict "
+    "of layers assigned once in the class (`self.bns = [...]`, a comprehension, or `[]` filled later) in "
+    "`nn.ModuleList(...)` / `nn.ModuleDict(...)` when every item is a module, every key a string, and no "
+    "list or dict method that those lack is called on it. Unsafe (`--unsafe-fixes`): a hard-coded "
+    "`training=False` becomes `self.training`, which changes the train pass. Not fixed: `torch.dropout` "
+    "(its argument is `train`), calls outside a method, tuples, and containers assigned more than once.",
     limits="Also flagged: a hand-written BatchNorm that picks batch or running statistics by "
     "`torch.is_grad_enabled()` instead of `self.training` (the d2l.ai chapter's), with the line of that call; "
     "a layer built inside forward (`nn.Dropout(0.5)(x)`, new and in training mode on "

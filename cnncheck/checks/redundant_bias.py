@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn.modules.pooling import _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, _AvgPoolNd, _MaxPoolNd
 
+from cnncheck.changes import ArgumentChange, layer_argument
 from cnncheck.checks.batchnorm_semantics import cancels_channel_constant, is_stock_batchnorm
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
@@ -70,6 +71,7 @@ def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
         layer = (layer_label(node.name, node.module) if node.module is not None
                  else f"F.{node.func_name}(...) in {node.scope or '<model>'}.forward")
         kind = type(node.module).__name__ if node.module is not None else node.func_name
+        location = ctx.location_of(node.module) if node.module is not None else node.location
         fix = (
             f"build it without a bias: {kind}(..., bias=False); the BatchNorm's beta already adds one "
             f"learnable shift per channel"
@@ -83,8 +85,18 @@ def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
             found=f"{bias.numel()} bias parameters that never change the output in training "
             f"(gradient 0 for every channel)",
             fix=fix,
-            location=ctx.location_of(node.module) if node.module is not None else node.location,
+            location=location,
+            change=_without_bias(node.name, node.module, location),
         )
+
+
+def _without_bias(name: str, module: nn.Module | None, location: str | None) -> ArgumentChange | None:
+    """``bias=False`` at the call that built a torch conv or linear (or a subclass of one, whose ``bias``
+    argument torch's ``__init__`` takes); a hand-written layer's arguments mean what its author says."""
+    if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+        return None
+    return layer_argument(type(module), name, "bias", "False", location,
+                          f"{type(module).__name__}(..., bias=False): the BatchNorm after it cancels the bias")
 
 
 def _bias_of(node: Node) -> torch.Tensor | None:
@@ -297,6 +309,10 @@ nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU())
 nn.Sequential(nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
 nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(64))  # ReLU in between: kept
 """,
+    autofix="Safe: `cnncheck check --fix` adds `bias=False` (or changes `bias=True`) at the call that builds "
+    "the conv or linear, keeping the call's layout and comments. Not when that call also builds a layer whose "
+    "bias is not cancelled (a loop, or a block class used with and without a BatchNorm), when `bias` is "
+    "given as a variable or through `**kwargs`, for a hand-written layer, or for a functional conv.",
     limits="Follows the traced dataflow: identity, max/avg pooling, a mean or max over positions, "
     "reshapes, transposes, interpolation, replicate/reflect padding, residual adds, channel "
     "concatenation and a conv without zero padding (a 1x1 conv of a constant is a constant) carry the "
