@@ -13,6 +13,7 @@ This module imports neither torch nor libcst: the pytest plugin and the reports 
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -73,18 +74,51 @@ Change = ArgumentChange | RegisterChange
 
 
 def change_from_dict(data: Mapping[str, Any] | None) -> Change | None:
-    """A change read back from JSON; None for anything that is not one (a worker's message is untrusted)."""
+    """A change read back from JSON; None for anything that is not one. A worker's message is untrusted,
+    and a value is source code written into a file: only the values cnncheck's rules ask for pass
+    (``False``, ``True``, ``self.training``, a whole number), and names must be identifiers."""
     if not isinstance(data, Mapping):
         return None
-    kinds: dict[str, type[ArgumentChange] | type[RegisterChange]] = {"argument": ArgumentChange,
-                                                                      "register": RegisterChange}
-    kind = kinds.get(str(data.get("kind")))
-    if kind is None:
-        return None
+    kind = data.get("kind")
     try:
-        return kind(**{name: data[name] for name in kind.__slots__ if name in data})
-    except TypeError:
+        if kind == "argument":
+            position = data.get("position")
+            change: Change = ArgumentChange(
+                _text(data, "location"), _name(data, "callee"), _name(data, "keyword"),
+                position if isinstance(position, int) and not isinstance(position, bool) and position >= 0 else None,
+                _value(data), _text(data, "description"), data.get("safe") is True, _text(data, "layer", ""))
+        elif kind == "register" and data.get("container") in ("list", "dict"):
+            change = RegisterChange(_text(data, "location"), _name(data, "class_name"), _name(data, "attribute"),
+                                    str(data["container"]), _text(data, "description"), data.get("safe") is True)
+        else:
+            return None
+    except (KeyError, ValueError):
         return None
+    return change
+
+
+_VALUE = re.compile(r"(False|True|self\.training|\d{1,9})")
+
+
+def _text(data: Mapping[str, Any], key: str, default: str | None = None) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str):
+        raise ValueError(key)
+    return value
+
+
+def _name(data: Mapping[str, Any], key: str) -> str:
+    value = _text(data, key)
+    if not value.isidentifier():
+        raise ValueError(key)
+    return value
+
+
+def _value(data: Mapping[str, Any]) -> str:
+    value = _text(data, "value")
+    if not _VALUE.fullmatch(value):
+        raise ValueError("value")
+    return value
 
 
 def layer_argument(layer_class: type, name: str, keyword: str, value: str, location: str | None,

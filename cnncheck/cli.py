@@ -122,8 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     edits.add_argument("--diff", action="store_true",
                        help="print the safe fixes as a unified diff and change no file (exit 1 when there are any)")
     check.add_argument("--unsafe-fixes", action="store_true",
-                       help="with --fix or --diff, also the fixes that change the architecture (the stride, "
-                       "padding or in_features after a feature-size mismatch)")
+                       help="with --fix or --diff, also the fixes that change what the model computes (the stride, "
+                       "padding or in_features after a feature-size mismatch, a written training=False)")
     check.add_argument("-j", "--jobs", type=_positive_int, default=1, help="parallel worker processes (default 1)")
     check.add_argument("--timeout", type=_positive_seconds, default=60.0,
                        help="seconds per model, a finite number above 0 (default 60)")

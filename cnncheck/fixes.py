@@ -16,8 +16,8 @@ and the files on disk. A change becomes a fix only where it is found exactly:
   the file imports ``nn`` or ``torch``.
 
 Safe fixes keep what the model computes in train mode and repair what the rule found; unsafe ones (the
-stride, padding or ``in_features`` after a feature-size mismatch) change the architecture, and are
-applied only with ``--unsafe-fixes``. libcst is imported only when a fix is computed: the worker imports
+stride, padding or ``in_features`` after a feature-size mismatch, which change the architecture, and a
+written ``training=False``, which changes the train pass) are applied only with ``--unsafe-fixes``. libcst is imported only when a fix is computed: the worker imports
 every cnncheck module.
 """
 
@@ -74,7 +74,7 @@ class Fix:
     def how_applied(self) -> str:
         if self.safe:
             return "`cnncheck check --fix` makes it"
-        return "an unsafe fix, it changes the architecture: `cnncheck check --fix --unsafe-fixes` makes it"
+        return "an unsafe fix, it changes what the model computes: `cnncheck check --fix --unsafe-fixes` makes it"
 
 
 @dataclass
@@ -204,11 +204,15 @@ def _argument_set(change: ArgumentChange, filename: str, line: int, parsed: tupl
     import libcst as cst
 
     source, wrapper, positions, parents = parsed
-    calls = [node for node, where in positions.items()
-             if isinstance(node, cst.Call) and where.start.line == line and _callee(node) == change.callee]
-    if len(calls) != 1:
-        found = f"no {change.callee} call starts" if not calls else f"{len(calls)} {change.callee} calls start"
-        return None, f"{found} on that line"
+    on_line = [node for node, where in positions.items() if isinstance(node, cst.Call) and where.start.line == line]
+    calls = [node for node in on_line if _callee(node) == change.callee]
+    if len(calls) > 1:
+        return None, f"{len(calls)} {change.callee} calls start on that line"
+    if not calls:
+        builder = next((_callee(node) for node in on_line if _callee(node)), None)
+        inside = (f": {change.layer} is built inside {builder}(...), and cnncheck edits only the call that "
+                  f"builds the layer itself" if builder and change.layer else "")
+        return None, f"no {change.callee} call starts on that line{inside}"
     call = calls[0]
     if "self." in change.value and not _in_method(call, parents):
         return None, f"the call is not in a method, so there is no {change.value} to pass"

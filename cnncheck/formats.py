@@ -46,7 +46,7 @@ within the same id. Top-level object:
     the layer was built, or null), ``details`` (list of extra lines), ``fix_edit`` (null, or the
     edit of the student's file that ``cnncheck check --fix`` applies: ``file``, ``start_line``,
     ``start_col``, ``end_line``, ``end_col`` (1-based; the end is just after the replaced text),
-    ``replacement``, ``description`` and ``safe``: false for a fix that changes the architecture, which
+    ``replacement``, ``description`` and ``safe``: false for a fix that changes what the model computes, which
     ``--fix`` applies only with ``--unsafe-fixes``), and, only in results that did not pass through
     ``cnncheck check`` or pytest, ``change`` (what the rule asks to change in the source, from which those
     compute ``fix_edit``; see :mod:`cnncheck.changes`).
@@ -614,10 +614,10 @@ def _sarif_result(result: ModelResult, finding: Finding, index: dict[str, int],
 
 def _sarif_fix(fix: Any, root: str | os.PathLike[str] | None) -> dict[str, Any]:
     """A SARIF ``fix``: the edit ``cnncheck check --fix`` would make, for code scanning to suggest (an
-    unsafe one says so: it changes the architecture)."""
+    unsafe one says so: it changes what the model computes)."""
     region = {"startLine": fix.start_line, "startColumn": fix.start_col, "endLine": fix.end_line,
               "endColumn": fix.end_col}
-    text = fix.description if fix.safe else f"{fix.description} (unsafe: it changes the architecture)"
+    text = fix.description if fix.safe else f"{fix.description} (unsafe: it changes what the model computes)"
     return {"description": {"text": text},
             "artifactChanges": [{"artifactLocation": artifact_location(fix.file, root),
                                  "replacements": [{"deletedRegion": region,

@@ -192,7 +192,9 @@ def test_a_location_that_cannot_be_matched_gives_no_fix(tmp_path) -> None:
     path.write_text("from torch import nn\n\nx = nn.Conv2d(3, 8, 3); y = nn.Conv2d(8, 2, 1)\nz = 1\n")
     assert located(_bias_false(f"{path}:4")) == (None, "no Conv2d call starts on that line")
     assert located(_bias_false(f"{path}:3")) == (None, "2 Conv2d calls start on that line")
-    assert located(_bias_false(f"{path}:3", "Linear")) == (None, "no Linear call starts on that line")
+    assert located(_bias_false(f"{path}:3", "Linear")) == (
+        None, "no Linear call starts on that line: conv is built inside Conv2d(...), and cnncheck edits only the "
+        "call that builds the layer itself")
     gone = plan_fixes([_result_asking(_bias_false(f"{tmp_path / 'gone.py'}:1"))])
     assert gone.unfixable == {f"{tmp_path / 'gone.py'}:1": "no such file"}
     outside = plan_fixes([_result_asking(_bias_false(f"{path}:3"))], allowed=lambda _: [tmp_path / "other"])
@@ -439,7 +441,7 @@ def test_the_seed_convnet_gets_its_stride_only_with_unsafe_fixes(tmp_path, capsy
     out, err = capsys.readouterr()
     assert path.read_text() == before and "feature-size-mismatch" in out
     assert "nothing to fix (1 unsafe fix(es) more with --unsafe-fixes)" in err
-    assert "an unsafe fix, it changes the architecture" in out  # the edit: line
+    assert "an unsafe fix, it changes what the model computes" in out  # the edit: line
     assert main(["check", str(path), *shape, "--sandbox", "none", "--diff", "--unsafe-fixes"]) == 1
     out, _ = capsys.readouterr()
     assert "-            nn.MaxPool2d(kernel_size=2, stride=5),\n+            nn.MaxPool2d(kernel_size=2, stride=2),\n" in out
@@ -589,3 +591,79 @@ def test_a_model_s_fixes_edit_only_its_own_submission(tmp_path, capsys) -> None:
     assert code == 1 and REDUNDANT_BIAS in out
     assert library.read_text() == before
     assert "blocks.py:7: outside the checked files of this model's submission" in err
+
+
+def test_a_layer_built_inside_an_installed_library_s_call_is_not_fixed(tmp_path, capsys) -> None:
+    pytest.importorskip("torchvision")
+    path = _write(tmp_path, '''
+        import torch
+        from torch import nn
+        from torchvision.ops import Conv2dNormActivation
+
+
+        class Net(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.stem = Conv2dNormActivation(3, 8, bias=True)
+                self.fc = nn.Linear(8, 2)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.fc(self.stem(x).mean(dim=(2, 3)))
+    ''')
+    before = path.read_text()
+    code, out, err = _fix(path, capsys)
+    assert code == 1 and REDUNDANT_BIAS in out and path.read_text() == before
+    assert ("student.py:10: no Conv2d call starts on that line: stem.0 is built inside Conv2dNormActivation(...), "
+            "and cnncheck edits only the call that builds the layer itself") in err
+    assert "edit:" not in out
+
+
+def test_sarif_says_a_fix_is_unsafe_and_validates(tmp_path, capsys, monkeypatch) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((Path(__file__).parent / "data" / "sarif-schema-2.1.0.json").read_text(encoding="utf-8"))
+    path = _write(tmp_path, DROPOUTS.replace("x = F.dropout(x, 0.3)", "x = F.dropout(x, 0.3, training=False)"))
+    monkeypatch.chdir(tmp_path)
+    _check(path, "--format", "sarif")
+    log = json.loads(capsys.readouterr().out)
+    assert not list(jsonschema.Draft4Validator(schema).iter_errors(log))
+    texts = sorted(fix["description"]["text"] for r in log["runs"][0]["results"] for fix in r.get("fixes", []))
+    assert len(texts) == 4
+    assert [t for t in texts if "unsafe" in t] == [
+        "F.dropout(..., training=self.training): model.eval() switches it (unsafe: it changes what the model computes)"]
+
+
+def test_a_change_read_back_is_checked_before_it_can_become_code() -> None:
+    """A worker's message is untrusted: a change whose value is not one cnncheck's rules ask for, or
+    whose names are not identifiers, is no change at all."""
+    from cnncheck.changes import RegisterChange, change_from_dict
+
+    good = ArgumentChange("m.py:3", "Conv2d", "bias", 7, "False", "d", layer="conv")
+    register = RegisterChange("m.py:1", "Net", "bns", "list", "d")
+    for change in (good, register, ArgumentChange("m.py:3", "dropout", "training", 2, "self.training", "d"),
+                   ArgumentChange("m.py:3", "Linear", "in_features", 0, "576", "d", safe=False)):
+        result = ModelResult("i", "f", "n", findings=[Finding("r", "", Severity.ERROR, "m", change=change)])
+        assert ModelResult.from_dict(json.loads(json.dumps(result.to_dict()))).findings[0].change == change
+    forged = [{"value": "__import__('os').system('id')"}, {"value": "False; import os"}, {"keyword": "bias=0, x"},
+              {"callee": "Conv2d(); os"}, {"position": "7"}, {"location": 3}, {"kind": "exec"}]
+    base = {"kind": "argument", "location": "m.py:3", "callee": "Conv2d", "keyword": "bias", "position": 7,
+            "value": "False", "description": "d", "safe": True, "layer": "conv"}
+    assert change_from_dict(base) == good
+    for tampering in forged:
+        read = change_from_dict({**base, **tampering})
+        assert read is None or (tampering == {"position": "7"} and read.position is None), tampering
+    assert change_from_dict({"kind": "register", "location": "m.py:1", "class_name": "Net", "attribute": "bns",
+                             "container": "tuple", "description": "d"}) is None
+
+
+def test_pytest_shows_an_unsafe_edit_as_unsafe(pytester: pytest.Pytester) -> None:
+    seed = (Path(__file__).parent.parent / "examples" / "seed_convnet.py").read_text(encoding="utf-8")
+    path = pytester.makepyfile(student=seed)
+    written = path.read_text()
+    result = pytester.runpytest("--cnncheck", "-p", "no:randomly", "-k", "feature")
+    result.assert_outcomes(failed=1)
+    line = next(i for i, text in enumerate(written.splitlines(), 1) if "stride=5" in text and "MaxPool2d(" in text
+                and not text.lstrip().startswith(("#", "``")))
+    result.stdout.fnmatch_lines([f"  edit:     student.py:{line}: nn.MaxPool2d(kernel_size=2, stride=2)  (an unsafe "
+                                 f"fix, it changes what the model computes: `cnncheck check --fix --unsafe-fixes` "
+                                 f"makes it)"])
+    assert path.read_text() == written
