@@ -18,11 +18,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-_FUNCTIONAL_POSITIONS = {  # where torch.nn.functional's builtins take these arguments (no signature to read)
+_FUNCTIONAL_POSITIONS = {  # where torch.nn.functional takes these arguments: its builtins and dispatchers
+    # (conv2d; max_pool2d, which dispatches on return_indices) have no signature to read
     ("conv1d", "stride"): 3, ("conv2d", "stride"): 3, ("conv3d", "stride"): 3,
     ("conv1d", "padding"): 4, ("conv2d", "padding"): 4, ("conv3d", "padding"): 4,
     ("avg_pool1d", "stride"): 2, ("avg_pool2d", "stride"): 2, ("avg_pool3d", "stride"): 2,
     ("avg_pool1d", "padding"): 3, ("avg_pool2d", "padding"): 3, ("avg_pool3d", "padding"): 3,
+    ("max_pool1d", "stride"): 2, ("max_pool2d", "stride"): 2, ("max_pool3d", "stride"): 2,
+    ("max_pool1d", "padding"): 3, ("max_pool2d", "padding"): 3, ("max_pool3d", "padding"): 3,
 }
 
 
@@ -145,9 +148,11 @@ def call_argument(function: Any, name: str, keyword: str, value: str, location: 
     if location is None:
         return None
     try:
-        position = _position(list(inspect.signature(function).parameters.values()), keyword)
+        found = _position(list(inspect.signature(function).parameters.values()), keyword)
     except (TypeError, ValueError):
-        position = position if position is not None else _FUNCTIONAL_POSITIONS.get((name, keyword))
+        found = None
+    position = found if found is not None else position if position is not None else _FUNCTIONAL_POSITIONS.get(
+        (name, keyword))
     if position is None:
         return None
     return ArgumentChange(location, name, keyword, position, value, description, safe)

@@ -667,3 +667,35 @@ def test_pytest_shows_an_unsafe_edit_as_unsafe(pytester: pytest.Pytester) -> Non
                                  f"fix, it changes what the model computes: `cnncheck check --fix --unsafe-fixes` "
                                  f"makes it)"])
     assert path.read_text() == written
+
+
+FUNCTIONAL_POOL = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(8, 1, 3, 3))
+        self.fc = nn.Linear(8 * 7 * 7, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(F.conv2d(x, self.w, padding=1))
+        x = {pool}  # pool
+        x = F.max_pool2d(x, 2)
+        return self.fc(x.flatten(1))
+'''
+
+
+@pytest.mark.parametrize(("pool", "fixed"), [
+    pytest.param("F.max_pool2d(x, 2, 3)", "F.max_pool2d(x, 2, 2)", id="max-positional"),
+    pytest.param("F.avg_pool2d(x, kernel_size=2, stride=3)", "F.avg_pool2d(x, kernel_size=2, stride=2)",
+                 id="avg-keyword"),
+])
+def test_a_functional_pool_gets_its_stride_with_unsafe_fixes(tmp_path, capsys, pool: str, fixed: str) -> None:
+    path = _write(tmp_path, FUNCTIONAL_POOL.replace("{pool}", pool))
+    shape = ["--input-shape", "2,1,28,28", "--sandbox", "none"]
+    assert main(["check", str(path), *shape, "--fix", "--unsafe-fixes"]) == 0, capsys.readouterr()
+    assert f"x = {fixed}  # pool\n" in path.read_text()
