@@ -22,7 +22,7 @@ def check_candidate(candidate: Any, *, shape: tuple[int, ...] | None, device: st
     """The result of checking one candidate; student code that raises, even ``sys.exit``, becomes the
     result's ``error`` (with ``error_kind`` and the student's line), never an exception. ``drawn`` adds
     the layer table and the data flow that the HTML report draws (one more eval forward); ``sites``, where
-    the layers were built that the findings' changes would edit, for the fixes (:mod:`cnncheck.fixes`)."""
+    each conv, linear and pooling layer was built, for the fixes (:mod:`cnncheck.fixes`)."""
     start = time.perf_counter()
     result = ModelResult(candidate.id, str(candidate.file), candidate.name)
     label = candidate.name + (f"[{candidate.variant}]" if candidate.variant else "")
@@ -32,7 +32,7 @@ def check_candidate(candidate: Any, *, shape: tuple[int, ...] | None, device: st
             if drawn and model is not None and result.input_shape is not None:
                 _draw_into(result, model, result.input_shape, device)
             if sites and model is not None and result.error is None:
-                result.layer_sites = layer_sites(model, result.findings)
+                result.layer_sites = layer_sites(model)
     except CodeExited as exc:
         result.error, result.error_kind = str(exc), "exit"
     finally:
@@ -40,24 +40,32 @@ def check_candidate(candidate: Any, *, shape: tuple[int, ...] | None, device: st
     return result
 
 
-def layer_sites(model: Any, findings: Sequence[Any]) -> dict[str, list[str]] | None:
-    """For each call site that a finding's change edits in ``__init__`` (``file:line``), the names of the
-    layers of that class built there: a call in a loop, or in a block class used twice, builds several.
-    None when no finding asks for such a change (one lookup of the source per layer of those classes)."""
-    from cnncheck.changes import ArgumentChange
-    from cnncheck.locate import creation_site
+def layer_sites(model: Any) -> dict[str, list[str]] | None:
+    """Where each conv, linear and pooling layer of ``model`` was built (``file:line:column``) -> the
+    names of the layers built there: a call in a loop, or in a block class used twice, builds several, and
+    a fix at that call must suit all of them, in every model of the run (a model with no finding too).
+    None for a model whose class an installed library defines (timm's, torchvision's): cnncheck edits no
+    installed file, and their sources are large to read."""
+    import inspect
 
-    wanted = {f.change.location: f.change.callee for f in findings
-              if isinstance(f.change, ArgumentChange) and f.change.layer}
-    if not wanted:
+    from torch import nn
+
+    from cnncheck.locate import creation_position
+
+    try:
+        source = inspect.getsourcefile(type(model)) or ""
+    except TypeError:
         return None
-    classes = set(wanted.values())
-    found: dict[str, list[str]] = {site: [] for site in wanted}
+    if any(part in ("site-packages", "dist-packages") for part in source.replace("\\", "/").split("/")):
+        return None
+    kinds = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
+    found: dict[str, list[str]] = {}
     for name, module in model.named_modules():
-        if type(module).__name__ in classes:
-            site = creation_site(model, name)
-            if site in found and wanted[site] == type(module).__name__:
-                found[site].append(name)
+        if isinstance(module, kinds):
+            site = creation_position(model, name)
+            if site is not None:
+                key = site.location if site.column is None else f"{site.location}:{site.column}"
+                found.setdefault(key, []).append(name)
     return found
 
 

@@ -16,7 +16,10 @@ import inspect
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cnncheck.locate import Site
 
 _FUNCTIONAL_POSITIONS = {  # where torch.nn.functional takes these arguments: its builtins and dispatchers
     # (conv2d; max_pool2d, which dispatches on return_indices) have no signature to read
@@ -46,11 +49,17 @@ class ArgumentChange:
     description: str
     safe: bool = True
     layer: str = ""
+    column: int | None = None  # where the call starts on its line (0-based characters), when known
     kind: str = "argument"
 
     @property
+    def site(self) -> str:
+        """The call's place: ``file:line``, and ``:column`` when known."""
+        return self.location if self.column is None else f"{self.location}:{self.column}"
+
+    @property
     def key(self) -> str:
-        return f"{self.location}:{self.callee}:{self.keyword}"
+        return f"{self.site}:{self.callee}:{self.keyword}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +82,21 @@ class RegisterChange:
         return f"{self.location}:{self.class_name}.{self.attribute}"
 
 
-Change = ArgumentChange | RegisterChange
+@dataclass(frozen=True, slots=True)
+class NoFix:
+    """A finding its rule knows it cannot fix, and why: ``--fix`` and ``--diff`` say so instead of nothing.
+    ``location`` is the finding's ``file:line``, or "" when it has none."""
+
+    location: str
+    reason: str
+    kind: str = "none"
+
+    @property
+    def key(self) -> str:
+        return f"{self.location}:none"
+
+
+Change = ArgumentChange | RegisterChange | NoFix
 
 
 def change_from_dict(data: Mapping[str, Any] | None) -> Change | None:
@@ -85,11 +108,12 @@ def change_from_dict(data: Mapping[str, Any] | None) -> Change | None:
     kind = data.get("kind")
     try:
         if kind == "argument":
-            position = data.get("position")
             change: Change = ArgumentChange(
-                _text(data, "location"), _name(data, "callee"), _name(data, "keyword"),
-                position if isinstance(position, int) and not isinstance(position, bool) and position >= 0 else None,
-                _value(data), _text(data, "description"), data.get("safe") is True, _text(data, "layer", ""))
+                _text(data, "location"), _name(data, "callee"), _name(data, "keyword"), _index(data, "position"),
+                _value(data), _text(data, "description"), data.get("safe") is True, _text(data, "layer", ""),
+                _index(data, "column"))
+        elif kind == "none":
+            change = NoFix(_text(data, "location"), _text(data, "reason"))
         elif kind == "register" and data.get("container") in ("list", "dict"):
             change = RegisterChange(_text(data, "location"), _name(data, "class_name"), _name(data, "attribute"),
                                     str(data["container"]), _text(data, "description"), data.get("safe") is True)
@@ -110,6 +134,11 @@ def _text(data: Mapping[str, Any], key: str, default: str | None = None) -> str:
     return value
 
 
+def _index(data: Mapping[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def _name(data: Mapping[str, Any], key: str) -> str:
     value = _text(data, key)
     if not value.isidentifier():
@@ -124,12 +153,12 @@ def _value(data: Mapping[str, Any]) -> str:
     return value
 
 
-def layer_argument(layer_class: type, name: str, keyword: str, value: str, location: str | None,
+def layer_argument(layer_class: type, name: str, keyword: str, value: str, site: Site | None,
                    description: str, *, safe: bool = True) -> ArgumentChange | None:
     """The change of ``keyword`` at the call that built the layer ``name``, of ``layer_class``, with the argument's
     position read from the class's own ``__init__``; None when that ``__init__`` takes no such argument
     (a hand-written subclass with a signature of its own) or the layer's line is unknown."""
-    if location is None:
+    if site is None:
         return None
     try:
         parameters = list(inspect.signature(layer_class).parameters.values())  # its __init__, without self
@@ -138,7 +167,8 @@ def layer_argument(layer_class: type, name: str, keyword: str, value: str, locat
     position = _position(parameters, keyword)
     if position is None and not any(p.name == keyword for p in parameters):
         return None
-    return ArgumentChange(location, layer_class.__name__, keyword, position, value, description, safe, layer=name)
+    return ArgumentChange(site.location, layer_class.__name__, keyword, position, value, description, safe,
+                          layer=name, column=site.column)
 
 
 def call_argument(function: Any, name: str, keyword: str, value: str, location: str | None, description: str,

@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from cnncheck import trace as tracing
 from cnncheck.frames import traceback_location
 from cnncheck.layers import LayerKind
-from cnncheck.locate import creation_site
+from cnncheck.locate import Site, creation_position, creation_site
 from cnncheck.preserve import guarding_writes
 from cnncheck.probes import same_randomness
 from cnncheck.repairs import Repairs
@@ -91,6 +91,10 @@ class CheckContext:
 
     def location_of(self, module: nn.Module) -> str | None:
         return creation_site(self.model, self.name_of(module))
+
+    def site_of(self, module: nn.Module) -> Site | None:
+        """Where the layer was built, with the column of its call (for a fix, :mod:`cnncheck.changes`)."""
+        return creation_position(self.model, self.name_of(module))
 
     def layer_parameters(self, module: nn.Module) -> list[tuple[str, nn.Parameter]]:
         """A layer's parameters by name, without those of a sub-module that the train forward neither ran

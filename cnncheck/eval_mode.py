@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.modules.dropout import _DropoutNd
 
+from cnncheck.changes import ArgumentChange, NoFix, call_argument
 from cnncheck.layers import LayerKind
 from cnncheck.ops import RANDOM_FUNCTIONS
 from cnncheck.preserve import guarding_writes
@@ -74,3 +75,30 @@ def functional_training(node: Node) -> bool:
     if node.func_name == "instance_norm":
         return False  # instance norm uses instance statistics in both modes by design
     return bool(value)
+
+
+def has_running_statistics(node: Node) -> bool:
+    """Whether a functional batch_norm call was handed running statistics to use in eval mode."""
+    stats = [node.kwargs.get(k, node.args[i] if len(node.args) > i else None)
+             for i, k in ((1, "running_mean"), (2, "running_var"))]
+    return all(isinstance(s, torch.Tensor) for s in stats)
+
+
+def training_follows_mode(node: Node, *, safe: bool) -> ArgumentChange | NoFix | None:
+    """``training=self.training`` in a call of torch.nn.functional's dropouts or batch_norm. Safe where the
+    call trains in eval mode (the eval pass is then what ``nn.Dropout`` does); unsafe where it is off in
+    train mode (``training=False`` written: the train pass changes). Otherwise why not."""
+    import torch.nn.functional as F
+
+    location = node.location or ""
+    if node.func is not getattr(F, node.func_name, None):
+        return NoFix(location, f"{node.func_name} is not torch.nn.functional's (torch.{node.func_name} takes "
+                     f"train, not training): call F.{node.func_name}(..., training=self.training) instead")
+    if node.func_name == "instance_norm":
+        return None
+    if node.func_name == "batch_norm" and not has_running_statistics(node):
+        return NoFix(location, "F.batch_norm has no running statistics to use in eval mode: register "
+                     "running_mean and running_var buffers and pass them, or use nn.BatchNorm2d")
+    return call_argument(node.func, node.func_name, "training", "self.training", node.location,
+                         f"F.{node.func_name}(..., training=self.training): model.eval() switches it",
+                         safe=safe)

@@ -61,7 +61,7 @@ class Finding:
             lines.append(f"  fix:      {self.fix}")
         if self.fix_edit is not None:
             edit = self.fix_edit
-            lines.append(f"  edit:     {edit.file}:{edit.start_line}: {edit.replacement}  ({edit.how_applied()})")
+            lines.append(f"  edit:     {edit.file}:{edit.start_line}: {edit.shown()}  ({edit.how_applied()})")
         lines.append(f"  docs:     {docs_reference(self.rule)}")
         return "\n".join(lines)
 

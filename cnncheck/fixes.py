@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnncheck.changes import ArgumentChange, Change, RegisterChange
+from cnncheck.changes import ArgumentChange, Change, NoFix, RegisterChange
 
 if TYPE_CHECKING:
     from cnncheck.findings import Finding
@@ -71,6 +72,10 @@ class Fix:
                    replacement=str(data["replacement"]), description=str(data["description"]),
                    safe=bool(data.get("safe", True)))
 
+    def shown(self) -> str:
+        """The edit in one line: the new code, or for a call laid out over lines, what the fix does."""
+        return self.replacement if "\n" not in self.replacement and "\r" not in self.replacement else self.description
+
     def how_applied(self) -> str:
         if self.safe:
             return "`cnncheck check --fix` makes it"
@@ -103,6 +108,7 @@ def plan_fixes(results: Sequence[ModelResult], *, allowed: Allowed | None = None
     folders that result's changes may edit (its submission, or the checked paths); None, or no function,
     allows any file outside an installed library."""
     asked: dict[str, tuple[Change, dict[str, set[str]]]] = {}  # key -> the change, model -> its layers asking
+    shown: dict[str, str] = {}  # key -> the place a refusal names: the finding's line, where the student looks
     plan = FixPlan()
     for result in results:
         roots = allowed(result) if allowed is not None else None
@@ -110,12 +116,17 @@ def plan_fixes(results: Sequence[ModelResult], *, allowed: Allowed | None = None
             change = finding.change
             if change is None:
                 continue
+            place = finding.location or change.location or f"{result.id} {finding.module or '<model>'}"
+            if isinstance(change, NoFix):
+                plan.unfixable.setdefault(place, change.reason)
+                continue
             problem = _not_editable(Path(change.location.rpartition(":")[0]), roots)
             if problem:
-                plan.unfixable.setdefault(change.location, problem)
+                plan.unfixable.setdefault(place, problem)
                 continue
             asking = change.layer if isinstance(change, ArgumentChange) and change.layer else finding.module
             asked.setdefault(change.key, (change, defaultdict(set)))[1][result.id].add(asking)
+            shown.setdefault(change.key, place)
     sources = _Sources()
     for key, (change, per_model) in asked.items():
         reason = _shared_site(change, per_model, results) if isinstance(change, ArgumentChange) else None
@@ -124,12 +135,28 @@ def plan_fixes(results: Sequence[ModelResult], *, allowed: Allowed | None = None
                 fix, reason = located(change, sources)
             except Exception as exc:  # a file libcst reads in a way we did not foresee: no fix, and why
                 fix, reason = None, f"cnncheck could not compute this fix ({type(exc).__name__}: {exc}); please report it"
-
             if fix is not None:
                 plan.fixes[key] = fix
                 continue
-        plan.unfixable.setdefault(change.location, reason or "no fix")
+        plan.unfixable.setdefault(shown[key], reason or "no fix")
+    _drop_what_would_not_compile(plan)
     return plan
+
+
+def _drop_what_would_not_compile(plan: FixPlan) -> None:
+    """A file that its fixes (the safe ones, or all) would leave unable to compile keeps every line: the
+    fix is cnncheck's error, never the student's to find at the next check."""
+    for file, fixes in by_file(plan.fixes.values()).items():
+        source = _read(Path(file))
+        for chosen in ([f for f in fixes if f.safe], fixes):
+            try:
+                compile(fixed_text(source, chosen).removeprefix(BOM), file, "exec", dont_inherit=True)
+            except (SyntaxError, ValueError) as exc:
+                for key in [k for k, fix in plan.fixes.items() if fix.file == file]:
+                    location = f"{file}:{plan.fixes.pop(key).start_line}"
+                    plan.unfixable[location] = (f"cnncheck's edit would not compile ({type(exc).__name__}: {exc}), "
+                                                f"so the file is left as it is; please report it")
+                break
 
 
 def _shared_site(change: ArgumentChange, per_model: Mapping[str, set[str]],
@@ -139,7 +166,7 @@ def _shared_site(change: ArgumentChange, per_model: Mapping[str, set[str]],
     with the change."""
     if not change.layer:
         return None
-    site = change.location
+    site = change.site
     for result in results:
         sites = result.layer_sites
         built = set(sites.get(site, ())) if sites is not None else None
@@ -171,8 +198,10 @@ class _Sources:
 
     @staticmethod
     def _parse(filename: str) -> tuple[str, Any, Any, Any] | str:
+        """The positions are those of the text after a byte order mark, which libcst does not count
+        (:func:`fixed_text` takes it off and puts it back)."""
         try:
-            source = _read(Path(filename))
+            source = _read(Path(filename)).removeprefix(BOM)
         except (OSError, UnicodeDecodeError) as exc:
             return f"cannot read the file ({exc})"
         import libcst as cst
@@ -196,6 +225,8 @@ def located(change: Change, sources: _Sources | None = None) -> tuple[Fix | None
         return None, parsed
     if isinstance(change, RegisterChange):
         return _registered(change, filename, int(line_text), parsed)
+    if isinstance(change, NoFix):
+        return None, change.reason
     return _argument_set(change, filename, int(line_text), parsed)
 
 
@@ -205,13 +236,15 @@ def _argument_set(change: ArgumentChange, filename: str, line: int, parsed: tupl
 
     source, wrapper, positions, parents = parsed
     on_line = [node for node, where in positions.items() if isinstance(node, cst.Call) and where.start.line == line]
-    calls = [node for node in on_line if _callee(node) == change.callee]
+    calls = [node for node in on_line if _callee(node) == change.callee
+             and (change.column is None or positions[node].start.column == change.column)]
     if len(calls) > 1:
         return None, f"{len(calls)} {change.callee} calls start on that line"
     if not calls:
-        builder = next((_callee(node) for node in on_line if _callee(node)), None)
+        builder = _callee(on_line[0]) if len(on_line) == 1 else ""
         inside = (f": {change.layer} is built inside {builder}(...), and cnncheck edits only the call that "
-                  f"builds the layer itself" if builder and change.layer else "")
+                  f"builds the layer itself; make the change where {builder} builds it" if builder and change.layer
+                  else "")
         return None, f"no {change.callee} call starts on that line{inside}"
     call = calls[0]
     if "self." in change.value and not _in_method(call, parents):
@@ -251,18 +284,27 @@ def _registered(change: RegisterChange, filename: str, line: int, parsed: tuple[
     if missing:
         kind = "nn.ModuleList" if change.container == "list" else "nn.ModuleDict"
         return None, f"{where}.{missing[0]}() is called, which {kind} does not have"
-    torch_nn = _torch_nn_name(wrapper.module)
+    operated = [n for n in nodes if isinstance(n, cst.BinaryOperation)
+                and (_is_self_attribute(n.left, change.attribute) or _is_self_attribute(n.right, change.attribute))]
+    if operated:
+        code = wrapper.module.code_for_node(operated[0].with_changes(lpar=[], rpar=[]))
+        return None, f"{where} is used in an operation ({code}) that a plain {change.container} and its module form do differently"
+    if _before_module_init(assigned[0], positions, parents):
+        return None, f"{where} is assigned before super().__init__(), when nn.Module cannot register a module yet"
+    class_name = "ModuleList" if change.container == "list" else "ModuleDict"
+    torch_nn = _torch_nn_name(wrapper.module, class_name)
     if torch_nn is None:
-        return None, "the file imports neither torch.nn as nn nor torch"
+        return None, (f"the file imports neither nn, torch nor {class_name}: add `from torch import nn` and "
+                      f"cnncheck can make it nn.{class_name}(...)")
     value = assigned[0].value
-    wrapper_class = f"{torch_nn}.{'ModuleList' if change.container == 'list' else 'ModuleDict'}"
+    wrapper_class = class_name if torch_nn == class_name else f"{torch_nn}.{class_name}"
     empty = isinstance(value, (cst.List, cst.Dict)) and not value.elements
     wrapped = cst.Call(func=cst.parse_expression(wrapper_class), args=[] if empty else [cst.Arg(value=value)])
     return _replacing(filename, source, wrapper, positions, value, wrapped, change), ""
 
 
 def _replacing(filename: str, source: str, wrapper: Any, positions: Any, old: Any, new: Any,
-               change: Change) -> Fix:
+               change: ArgumentChange | RegisterChange) -> Fix:
     """The fix that puts ``new`` where ``old`` is; the whole module is rendered again, since a node's own
     code lacks the block's indentation of its lines."""
     where = positions[old]
@@ -275,10 +317,20 @@ def _replacing(filename: str, source: str, wrapper: Any, positions: Any, old: An
                description=change.description, safe=change.safe)
 
 
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+"""A line as Python and libcst count them: ended by \\n, \\r\\n or \\r only (``str.splitlines`` also splits at
+a form feed or U+2028, which a comment may hold)."""
+BOM = "\ufeff"
+
+
+def _lines(source: str) -> list[str]:
+    return _LINE.findall(source)
+
+
 def _line_starts(source: str) -> list[int]:
     """The index in ``source`` where each line starts (line 1 at index 0 of the list)."""
     starts = [0]
-    for text in source.splitlines(keepends=True):
+    for text in _lines(source):
         starts.append(starts[-1] + len(text))
     return starts
 
@@ -322,6 +374,30 @@ def _in_method(node: Any, parents: Mapping[Any, Any]) -> bool:
     return False
 
 
+def _before_module_init(assignment: Any, positions: Mapping[Any, Any], parents: Mapping[Any, Any]) -> bool:
+    """Whether the method that makes ``assignment`` calls ``__init__`` (``super().__init__()``,
+    ``nn.Module.__init__(self)``) only after it."""
+    import libcst as cst
+
+    method = assignment
+    while method in parents and not isinstance(method, cst.FunctionDef):
+        method = parents[method]
+    if not isinstance(method, cst.FunctionDef):
+        return False
+    inits = [positions[n].start for n in positions if isinstance(n, cst.Call) and isinstance(n.func, cst.Attribute)
+             and n.func.attr.value == "__init__" and _inside(n, method, parents)]
+    here = positions[assignment].start
+    return bool(inits) and all((i.line, i.column) > (here.line, here.column) for i in inits)
+
+
+def _inside(node: Any, ancestor: Any, parents: Mapping[Any, Any]) -> bool:
+    while node in parents:
+        node = parents[node]
+        if node is ancestor:
+            return True
+    return False
+
+
 def _owned_by(node: Any, owner: Any, parents: Mapping[Any, Any]) -> bool:
     """Whether ``node`` is inside the class ``owner`` and not inside a class nested in it."""
     import libcst as cst
@@ -342,20 +418,28 @@ def _is_self_attribute(node: Any, attribute: str) -> bool:
             and isinstance(node.value, cst.Name) and node.value.value == "self")
 
 
-def _torch_nn_name(module: Any) -> str | None:
-    """How the file names ``torch.nn``: ``nn`` when it imports it so, ``torch.nn`` when it imports torch."""
+def _torch_nn_name(module: Any, class_name: str) -> str | None:
+    """How the file names the class: through ``nn`` when it imports it so, as ``class_name`` when it imports
+    that from torch.nn, else through ``torch.nn`` when it imports torch."""
     import libcst as cst
 
     names: set[str] = set()
     for statement in module.body:
         for small in statement.body if isinstance(statement, cst.SimpleStatementLine) else ():
+            if isinstance(small, cst.ImportFrom) and _dotted(small.module) == "torch.nn" and not isinstance(
+                    small.names, cst.ImportStar):
+                names |= {class_name for a in small.names if _dotted(a.name) == class_name and a.asname is None}
             if isinstance(small, cst.ImportFrom) and _dotted(small.module) == "torch" and not isinstance(
                     small.names, cst.ImportStar):
                 names |= {_alias(a) for a in small.names if _dotted(a.name) == "nn"}
             elif isinstance(small, cst.Import):
                 names |= {("nn" if _alias(a) == "nn" else "torch") for a in small.names
                           if _dotted(a.name) in ("torch", "torch.nn") and _alias(a) in ("nn", "torch")}
-    return "nn" if "nn" in names else "torch.nn" if "torch" in names else None
+    if "nn" in names:
+        return "nn"
+    if class_name in names:
+        return class_name
+    return "torch.nn" if "torch" in names else None
 
 
 def _dotted(node: Any) -> str:
@@ -448,14 +532,16 @@ def with_fixes(results: Sequence[ModelResult], plan: FixPlan) -> list[ModelResul
 def fixed_text(source: str, fixes: Iterable[Fix]) -> str:
     """``source`` with ``fixes`` applied, the last first so that earlier positions stay valid; a fix that
     overlaps one already applied is skipped."""
-    starts = _line_starts(source)
-    text, floor = source, len(source) + 1
+    mark = BOM if source.startswith(BOM) else ""
+    text = source.removeprefix(BOM)
+    starts = _line_starts(text)
+    floor = len(text) + 1
     for fix in sorted(fixes, key=lambda f: (f.start_line, f.start_col), reverse=True):
         begin, end = starts[fix.start_line - 1] + fix.start_col - 1, starts[fix.end_line - 1] + fix.end_col - 1
         if end > floor:
             continue
         text, floor = text[:begin] + fix.replacement + text[end:], begin
-    return text
+    return mark + text
 
 
 def by_file(fixes: Iterable[Fix]) -> dict[str, list[Fix]]:
@@ -472,17 +558,19 @@ def unified_diff(fixes: Iterable[Fix], *, label: Mapping[str, str] | None = None
         before = _read(Path(file))
         after = fixed_text(before, edits)
         name = (label or {}).get(file, file)
-        parts.extend(difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
-                                          f"a/{name}", f"b/{name}"))
+        parts.extend(difflib.unified_diff(_lines(before), _lines(after), f"a/{name}", f"b/{name}"))
     return "".join(p if p.endswith("\n") else p + "\n\\ No newline at end of file\n" for p in parts)
 
 
 def apply_fixes(fixes: Iterable[Fix]) -> list[str]:
     """Write the fixes, each file once and atomically (a temporary file in the same folder, then
-    ``os.replace``, with the file's mode kept); the files that changed."""
-    changed = []
-    for file, edits in sorted(by_file(fixes).items()):
-        path = Path(file)
+    ``os.replace``, with the file's mode kept; a symbolic link stays one, and its target is written);
+    the files that changed, as the fixes name them."""
+    changed: list[str] = []
+    targets: dict[Path, list[Fix]] = defaultdict(list)  # a link and its target are one file, written once
+    for fix in fixes:
+        targets[Path(fix.file).resolve()].append(fix)
+    for path, edits in sorted(targets.items()):
         before = _read(path)
         after = fixed_text(before, edits)
         if after == before:
@@ -498,5 +586,5 @@ def apply_fixes(fixes: Iterable[Fix]) -> list[str]:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-        changed.append(file)
+        changed.extend(sorted({fix.file for fix in edits}))  # as the fixes name it
     return changed

@@ -348,6 +348,10 @@ def _markdown_finding(number: int, finding: Finding) -> list[str]:
         lines.append(f"  - {_code(source)}")
     if finding.fix:
         lines.append(f"- **How to fix:** {_md(finding.fix)}")
+    if finding.fix_edit is not None:
+        edit = finding.fix_edit
+        lines.append(f"- **Edit:** {_code(f'{edit.file}:{edit.start_line}')}: {_code(edit.shown())} "
+                     f"({_md(edit.how_applied())})")
     url = docs_url(finding.rule)
     lines.append(f"- **Docs:** [{_md(finding.rule)}]({url})" if url else f"- **Docs:** `cnncheck rules {finding.rule}`")
     return [*lines, ""]

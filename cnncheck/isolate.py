@@ -52,7 +52,7 @@ class Job:
     cover: str | None = None  # the folder of submissions it is one of; default: the unit's parent
     confinement: Confinement | None = None  # set by check_files when the run is sandboxed
     drawn: bool = False  # also the layer table and data flow, for the HTML report
-    sites: bool = False  # also where each conv/linear with a bias was built, for `cnncheck check --fix`
+    sites: bool = False  # also where each conv, linear and pool was built, for the fixes (cnncheck.fixes)
 
     @property
     def no_model_id(self) -> str:

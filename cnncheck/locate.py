@@ -9,9 +9,11 @@ from __future__ import annotations
 import ast
 import functools
 import inspect
+import linecache
 import os
 import re
 import textwrap
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -21,13 +23,41 @@ _TORCH_DIR = os.path.dirname(torch.__file__)
 _STEP = re.compile(r"\.?([^.\[]+)|\[([^\]]+)\]")
 
 
+@dataclass(frozen=True, slots=True)
+class Site:
+    """Where a layer was built: its file and line, and the column (0-based, in characters) where the
+    call that built it starts, when it is one (two layers built on one line differ there)."""
+
+    file: str
+    line: int
+    column: int | None = None
+
+    @property
+    def location(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
 def creation_site(model: nn.Module, qualname: str) -> str | None:
     """``file:line`` where the layer named ``qualname`` (as cnncheck names it) was created."""
+    site = creation_position(model, qualname)
+    return site.location if site is not None else None
+
+
+def creation_position(model: nn.Module, qualname: str) -> Site | None:
+    """The :class:`Site` where the layer named ``qualname`` was created."""
     try:
-        site = _site(model, _steps(qualname))
+        found = _site(model, _steps(qualname))
     except Exception:  # source unavailable (REPL, zipped module): the location is optional
         return None
-    return f"{site[0]}:{cast('ast.stmt | ast.expr', site[1]).lineno}" if site else None
+    if found is None:
+        return None
+    filename, node = found
+    call = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else node
+    line = cast("ast.stmt | ast.expr", node).lineno
+    if not isinstance(call, ast.Call) or call.lineno != line:
+        return Site(filename, line)
+    text = linecache.getline(filename, line).encode("utf-8")  # ast's columns count UTF-8 bytes
+    return Site(filename, line, len(text[:call.col_offset].decode("utf-8", errors="replace")))
 
 
 def _steps(qualname: str) -> list[str]:
@@ -49,7 +79,13 @@ def _site(root: nn.Module, steps: list[str]) -> tuple[str, ast.AST] | None:
         filename, node = container_site
         element = _element(node, last)
         return (filename, element) if element is not None else container_site
-    return _assignment(type(parent), last)
+    found = _assignment(type(parent), last, getattr(parent, last, None))
+    if found is None and isinstance(parent, (nn.Sequential, nn.ModuleDict)) and len(steps) > 1:
+        # nn.Sequential(OrderedDict([("conv1", nn.Conv2d(...)), ...])): a named element of the container's call
+        container_site = _site(root, steps[:-1])
+        element = _named_element(container_site[1], last) if container_site is not None else None
+        return (container_site[0], element) if container_site is not None and element is not None else None
+    return found
 
 
 def _child(module: Any, step: str) -> Any:
@@ -63,32 +99,95 @@ def _child(module: Any, step: str) -> Any:
 
 def _element(node: ast.AST, step: str) -> ast.AST | None:
     value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else node
+    if isinstance(value, ast.Call) and len(value.args) == 1:  # nn.ModuleList(nn.Conv2d(...) for ...)
+        value = value.args[0] if isinstance(value.args[0], (ast.ListComp, ast.GeneratorExp)) else value
+    if isinstance(value, (ast.ListComp, ast.GeneratorExp)):  # each element is built by the same expression
+        return value.elt if step.isdigit() else None
     if isinstance(value, ast.Call):
-        elements = list(value.args)
-        if len(elements) == 1 and isinstance(elements[0], (ast.List, ast.Tuple)):
-            elements = list(elements[0].elts)
+        elements = _element_nodes(value, keywords=True)
     elif isinstance(value, (ast.List, ast.Tuple)):
-        elements = list(value.elts)
+        elements = None if any(isinstance(e, ast.Starred) for e in value.elts) else list(value.elts)
     else:
         return None
-    if step.isdigit() and not any(isinstance(e, ast.Starred) for e in elements):
+    if elements is not None and step.isdigit():
         index = int(step)
         return elements[index] if index < len(elements) else None
     return None
 
 
-def _assignment(cls: type, attr: str) -> tuple[str, ast.AST] | None:
+def _named_element(node: ast.AST, key: str) -> ast.AST | None:
+    """The expression that builds the element ``key`` of a container call given an ``OrderedDict([(key,
+    layer), ...])`` or a ``{key: layer}`` literal."""
+    value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else node
+    if not isinstance(value, ast.Call) or len(value.args) != 1:
+        return None
+    given = value.args[0]
+    pairs: list[tuple[ast.expr | None, ast.expr]] = []
+    if isinstance(given, ast.Dict):
+        pairs = list(zip(given.keys, given.values))
+    elif isinstance(given, ast.Call) and len(given.args) == 1 and isinstance(given.args[0], (ast.List, ast.Tuple)):
+        pairs = [(e.elts[0], e.elts[1]) for e in given.args[0].elts if isinstance(e, ast.Tuple) and len(e.elts) == 2]
+    return next((v for k, v in pairs if isinstance(k, ast.Constant) and k.value == key), None)
+
+
+def _assignment(cls: type, attr: str, value: Any = None) -> tuple[str, ast.AST] | None:
+    """Where ``cls`` (or the nearest base that assigns it) assigns ``self.<attr>``. A class that assigns it
+    more than once (the branches of an ``if``) gives the one assignment whose call builds what ``value``
+    is (its class, and a Sequential's children's classes in order); when several fit, or none, there is no
+    site: a wrong line would send a student, and a fix, to a layer that is fine."""
     for klass in cls.__mro__:
         if klass in (nn.Module, object):
             break
         found = _class_assignments(klass).get(attr)
-        if found is not None:
-            return found
+        if found:
+            fitting = [site for site in found if _builds(site[1], value)] if len(found) > 1 else found
+            return fitting[0] if len(fitting) == 1 else None
     return None
 
 
+def _builds(node: ast.AST, value: Any) -> bool:
+    """Whether the assignment ``node`` may have built ``value``: a call to a class of another name did not
+    (a call to a function may have); a container's elements are compared the same way, in order."""
+    built = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else node
+    if value is None:
+        return True
+    if not isinstance(built, ast.Call):  # a literal list or dict is no module; a name may hold anything
+        literal = (ast.List, ast.Tuple, ast.Dict, ast.ListComp, ast.DictComp)
+        return not (isinstance(built, literal) and isinstance(value, nn.Module))
+    name = _callee_name(built)
+    if name[:1].isupper() and name != type(value).__name__:
+        return False
+    elements = _element_nodes(built)
+    children = list(value.children()) if isinstance(value, (nn.Sequential, nn.ModuleList)) else None
+    if elements is None or children is None:
+        return True
+    if len(elements) != len(children):
+        return False
+    return all(_builds(element, child) for element, child in zip(elements, children))
+
+
+def _callee_name(call: ast.Call) -> str:
+    func = call.func
+    return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+
+
+def _element_nodes(call: ast.Call, *, keywords: bool = False) -> list[ast.expr] | None:
+    """A container call's elements, when they are written out (``nn.Sequential(a, b)``,
+    ``nn.ModuleList([a, b])``); ``keywords``: whether keyword arguments may come with them."""
+    elements = list(call.args)
+    if len(elements) == 1 and isinstance(elements[0], (ast.List, ast.Tuple)):
+        elements = list(elements[0].elts)
+    elif len(elements) == 1 and (isinstance(elements[0], (ast.Dict, ast.ListComp, ast.GeneratorExp)) or (
+            isinstance(elements[0], ast.Call) and _callee_name(elements[0]) == "OrderedDict")):
+        return None  # named, or built by a loop: not one argument per element
+    if (call.keywords and not keywords) or any(isinstance(e, ast.Starred) for e in elements):
+        return None
+    return elements
+
+
 @functools.lru_cache(maxsize=512)
-def _class_assignments(klass: type) -> dict[str, tuple[str, ast.AST]]:
+def _class_assignments(klass: type) -> dict[str, list[tuple[str, ast.AST]]]:
+    """Every assignment to ``self.<attr>`` in the class's source, in order, by attribute."""
     try:
         filename = inspect.getsourcefile(klass)
         lines, start = inspect.getsourcelines(klass)
@@ -98,17 +197,14 @@ def _class_assignments(klass: type) -> dict[str, tuple[str, ast.AST]]:
         return {}
     tree = ast.parse(textwrap.dedent("".join(lines)))
     ast.increment_lineno(tree, start - 1)
-    found: dict[str, tuple[str, ast.AST]] = {}
+    found: dict[str, list[tuple[str, ast.AST]]] = {}
     for node in ast.walk(tree):
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
         for target in targets:
-            if (
-                isinstance(target, ast.Attribute)
-                and isinstance(target.value, ast.Name)
-                and target.value.id == "self"
-                and target.attr not in found
-            ):
-                found[target.attr] = (filename, node)
+            if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self":
+                found.setdefault(target.attr, []).append((filename, node))
+    for sites in found.values():
+        sites.sort(key=lambda site: (getattr(site[1], "lineno", 0), getattr(site[1], "col_offset", 0)))
     return found
 
 

@@ -38,8 +38,8 @@ class ModelResult:
     # (Flow.to_dict); plain data, drawn by the process that writes the report
     architecture: dict[str, Any] | None = None
     flow: dict[str, Any] | None = None
-    # for fixes (``sites``): each call site (``file:line``) that a finding's change asks to edit -> the
-    # layers of that class built there; a fix at a site is safe only when every one of them asks for it
+    # for fixes (``sites``): where each conv, linear and pooling layer was built (``file:line:column``) ->
+    # the layers built there; a fix at a call is safe only when every layer it built, in every model, asks for it
     layer_sites: dict[str, list[str]] | None = None
 
     @property

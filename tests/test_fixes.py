@@ -192,9 +192,11 @@ def test_a_location_that_cannot_be_matched_gives_no_fix(tmp_path) -> None:
     path.write_text("from torch import nn\n\nx = nn.Conv2d(3, 8, 3); y = nn.Conv2d(8, 2, 1)\nz = 1\n")
     assert located(_bias_false(f"{path}:4")) == (None, "no Conv2d call starts on that line")
     assert located(_bias_false(f"{path}:3")) == (None, "2 Conv2d calls start on that line")
+    assert located(_bias_false(f"{path}:3", "Linear")) == (None, "no Linear call starts on that line")
+    path.write_text("from torch import nn\n\nx = make(3, 8)\n")
     assert located(_bias_false(f"{path}:3", "Linear")) == (
-        None, "no Linear call starts on that line: conv is built inside Conv2d(...), and cnncheck edits only the "
-        "call that builds the layer itself")
+        None, "no Linear call starts on that line: conv is built inside make(...), and cnncheck edits only the "
+        "call that builds the layer itself; make the change where make builds it")
     gone = plan_fixes([_result_asking(_bias_false(f"{tmp_path / 'gone.py'}:1"))])
     assert gone.unfixable == {f"{tmp_path / 'gone.py'}:1": "no such file"}
     outside = plan_fixes([_result_asking(_bias_false(f"{path}:3"))], allowed=lambda _: [tmp_path / "other"])
@@ -410,25 +412,46 @@ def test_a_list_filled_in_a_loop_and_torch_imported_alone(tmp_path, capsys) -> N
 
 
 @pytest.mark.parametrize(("bns", "use", "reason"), [
-    pytest.param("(nn.BatchNorm2d(8), nn.BatchNorm2d(8))", "self.bns[i]", None, id="tuple"),
-    pytest.param("[nn.BatchNorm2d(8), nn.BatchNorm2d(8), torch.relu]", "self.bns[i]", None, id="a-function-inside"),
-    pytest.param("{0: nn.BatchNorm2d(8), 1: nn.BatchNorm2d(8)}", "self.bns[i]", None, id="integer-keys"),
+    pytest.param("(nn.BatchNorm2d(8), nn.BatchNorm2d(8))", "self.bns[i]",
+                 "self.bns is a tuple; cnncheck registers plain lists and dicts: make it nn.ModuleList(...)", id="tuple"),
+    pytest.param("[nn.BatchNorm2d(8), nn.BatchNorm2d(8), torch.relu]", "self.bns[i]",
+                 "self.bns also holds relu, which is not a layer", id="a-function-inside"),
+    pytest.param("{0: nn.BatchNorm2d(8), 1: nn.BatchNorm2d(8)}", "self.bns[i]",
+                 "self.bns has the key 0, which nn.ModuleDict does not take", id="integer-keys"),
+    pytest.param('{"train": nn.BatchNorm2d(8), "b": nn.BatchNorm2d(8)}', 'self.bns[["train", "b"][i]]',
+                 "self.bns has the key 'train', which nn.ModuleDict does not take", id="a-key-that-is-a-method"),
     pytest.param("[nn.BatchNorm2d(8), nn.BatchNorm2d(8)]", "self.bns[self.bns.index(self.bns[i])]",
                  "self.bns.index() is called, which nn.ModuleList does not have", id="a-list-method"),
     pytest.param("[nn.BatchNorm2d(8), nn.BatchNorm2d(8)]\n        self.bns = self.bns[:2]", "self.bns[i]",
                  "Net assigns self.bns 2 times", id="assigned-twice"),
+    pytest.param("[nn.BatchNorm2d(8), nn.BatchNorm2d(8)]", "([nn.Identity()] + self.bns)[i + 1]",
+                 "self.bns is used in an operation ([nn.Identity()] + self.bns)", id="list-concatenation"),
 ])
 def test_a_container_that_registering_would_break_is_left_alone(tmp_path, capsys, bns: str, use: str,
-                                                                reason: str | None) -> None:
+                                                                reason: str) -> None:
     path = _write(tmp_path, REGISTER.replace("{bns}", bns).replace("{use}", use))
     before = path.read_text()
     code, out, err = _fix(path, capsys)
     assert path.read_text() == before
     assert code == 1 and "mode-not-propagated" in out
-    if reason is None:  # the rule asks for no change: nothing to locate, nothing said
-        assert "not fixed" not in err
-    else:
-        assert reason in err
+    assert reason in err
+    if "times" not in reason:  # (assigned twice, the norms have no one line they were built at)
+        line = next(i for i, text in enumerate(before.splitlines(), 1) if "self.bns =" in text)
+        assert f"student.py:{line}: " in err  # the line the finding points at, where the student looks
+
+
+def test_a_list_assigned_before_module_init_is_left_alone(tmp_path, capsys) -> None:
+    source = REGISTER.replace("{bns}", "[nn.BatchNorm2d(8), nn.BatchNorm2d(8)]").replace("{use}", "self.bns[i]")
+    source = source.replace("        super().__init__()\n", "").replace(
+        "        self.bns = [nn.BatchNorm2d(8), nn.BatchNorm2d(8)]  # the norms\n",
+        "        self.bns = [nn.BatchNorm2d(8), nn.BatchNorm2d(8)]  # the norms\n        super().__init__()\n")
+    source = source.replace("        self.convs = nn.ModuleList(", "        convs = nn.ModuleList(").replace(
+        "        self.fc = nn.Linear(8, 2)", "        self.convs = convs\n        self.fc = nn.Linear(8, 2)")
+    path = _write(tmp_path, source)
+    before = path.read_text()
+    code, _, err = _fix(path, capsys)
+    assert (code, path.read_text()) == (1, before)
+    assert "self.bns is assigned before super().__init__(), when nn.Module cannot register a module yet" in err
 
 
 def test_the_seed_convnet_gets_its_stride_only_with_unsafe_fixes(tmp_path, capsys) -> None:
@@ -543,7 +566,8 @@ def test_the_examples_get_what_can_be_fixed_and_keep_the_rest(tmp_path, capsys) 
         return every, {(m["name"], f["rule"], f["module"]) for m in models for f in m["findings"] if f["fix_edit"]}
 
     every, fixable = findings()
-    assert {rule for _, rule, _ in fixable} == {REDUNDANT_BIAS, "mode-not-propagated", "feature-size-mismatch"}
+    assert {rule for _, rule, _ in fixable} == {REDUNDANT_BIAS, "mode-not-propagated", "feature-size-mismatch",
+                                                "bn-eval-behaviour"}
     assert main(["check", str(tmp_path), "--sandbox", "none", "--fix", "--unsafe-fixes"]) == 1  # others remain
     capsys.readouterr()
     after, still_fixable = findings()
@@ -699,3 +723,188 @@ def test_a_functional_pool_gets_its_stride_with_unsafe_fixes(tmp_path, capsys, p
     shape = ["--input-shape", "2,1,28,28", "--sandbox", "none"]
     assert main(["check", str(path), *shape, "--fix", "--unsafe-fixes"]) == 0, capsys.readouterr()
     assert f"x = {fixed}  # pool\n" in path.read_text()
+
+
+# -- what a review as a new user found: files as editors save them, and fixes that must not be made ----------
+
+@pytest.mark.parametrize(("head", "newline"), [
+    pytest.param("\ufeff# Modell für Übung 3\n", "\n", id="byte-order-mark"),
+    pytest.param("# from the slides \u2028 see lecture 4 \x0c page 2\n", "\n", id="form-feed-and-line-separator"),
+    pytest.param("# saved on Windows\r\n", "\r\n", id="crlf"),
+])
+def test_files_as_editors_save_them_are_fixed_exactly(tmp_path, capsys, head: str, newline: str) -> None:
+    body = textwrap.dedent(SEED_LIKE).replace("{conv}", "nn.Conv2d(3, 8, 3)  # first conv")
+    path = tmp_path / "student.py"
+    path.write_bytes((head + body).replace("\n", newline).replace("\r\r\n", "\r\n").encode("utf-8"))
+    before = path.read_bytes().decode("utf-8")
+    code, out, err = _fix(path, capsys)
+    assert code == 0 and "no findings" in out, out + err
+    assert path.read_bytes().decode("utf-8") == before.replace("nn.Conv2d(3, 8, 3)  # first",
+                                                               "nn.Conv2d(3, 8, 3, bias=False)  # first")
+
+
+def test_the_branch_of_an_if_that_built_the_layer_is_the_one_fixed(tmp_path, capsys) -> None:
+    path = _write(tmp_path, '''
+        import torch
+        from torch import nn
+
+
+        class Classifier(nn.Module):
+            def __init__(self, use_dropout: bool = False) -> None:
+                super().__init__()
+                self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
+                                              nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten())
+                if use_dropout:
+                    self.head = nn.Sequential(
+                        nn.Linear(256, 64),  # its bias matters: a ReLU follows
+                        nn.Dropout(0.5), nn.ReLU(), nn.Linear(64, 10))
+                else:
+                    self.head = nn.Sequential(
+                        nn.Linear(256, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 10))
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.head(self.features(x))
+    ''')
+    before = path.read_text()
+    code, out, err = _fix(path, capsys)
+    assert code == 0 and "no findings" in out, out + err
+    assert path.read_text() == before.replace("nn.Linear(256, 64), nn.BatchNorm1d(64)",
+                                              "nn.Linear(256, 64, bias=False), nn.BatchNorm1d(64)")
+
+
+def test_a_block_another_model_uses_without_batchnorm_is_not_fixed(tmp_path, capsys) -> None:
+    """ModelB has no finding, but bias=False in Block would change what it computes."""
+    path = _write(tmp_path, BLOCK.replace("class Net(nn.Module)", "class ModelA(nn.Module)").replace(
+        "        self.b = Block(norm=False)\n", "        self.b = Block(norm=True)\n") + textwrap.dedent('''
+
+        class ModelB(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.only = Block(norm=False)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.only(x)
+    '''))
+    before = path.read_text()
+    code, _, err = _fix(path, capsys)
+    assert (code, path.read_text()) == (1, before)
+    assert "the same call also builds 'only.conv' in" in err and "ModelB" in err
+
+
+def test_two_layers_built_on_one_line_are_fixed_each_at_its_call(tmp_path, capsys) -> None:
+    path = _write(tmp_path, '''
+        import torch
+        from torch import nn
+
+
+        class Net(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.f = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+                self.g = nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8))
+                self.fc = nn.Linear(8, 2)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.fc(torch.relu(self.g(self.f(x))).mean(dim=(2, 3)))
+    ''')
+    code, out, err = _fix(path, capsys)
+    text = path.read_text()
+    assert code == 0 and "no findings" in out, out + err
+    assert text.count("padding=1, bias=False)") == 2
+    assert "nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8))" in text
+
+
+def test_an_ordered_dict_sequential_is_located_and_fixed(tmp_path, capsys) -> None:
+    path = _write(tmp_path, '''
+        from collections import OrderedDict
+
+        import torch
+        from torch import nn
+
+
+        class Net(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.features = nn.Sequential(OrderedDict([
+                    ("conv1", nn.Conv2d(3, 8, 3, padding=1)),  # first
+                    ("bn1", nn.BatchNorm2d(8)),
+                ]))
+                self.fc = nn.Linear(8, 2)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.fc(torch.relu(self.features(x)).mean(dim=(2, 3)))
+    ''')
+    _check(path)
+    assert "at:       " in capsys.readouterr().out  # the finding has its line now
+    code, out, err = _fix(path, capsys)
+    assert code == 0 and '("conv1", nn.Conv2d(3, 8, 3, padding=1, bias=False)),  # first' in path.read_text()
+
+
+def test_a_linked_file_stays_a_link_and_its_target_is_fixed(tmp_path, capsys) -> None:
+    real = _student(tmp_path, "nn.Conv2d(3, 8, 3)")
+    (tmp_path / "alice").mkdir()
+    link = tmp_path / "alice" / "model.py"
+    link.symlink_to(real)
+    assert _check(link, "--fix") == 0, capsys.readouterr()
+    assert link.is_symlink() and "nn.Conv2d(3, 8, 3, bias=False)" in real.read_text()
+
+
+def test_from_imports_get_the_imported_name_or_a_hint(tmp_path, capsys) -> None:
+    source = REGISTER.replace("{bns}", "[BatchNorm2d(8), BatchNorm2d(8)]").replace("{use}", "self.bns[i]").replace(
+        "from torch import nn\n", "from torch.nn import BatchNorm2d, Conv2d, Linear, Module, ModuleList\n").replace(
+        "nn.ModuleList", "ModuleList").replace("nn.Conv2d", "Conv2d").replace("nn.Linear", "Linear").replace(
+        "(nn.Module)", "(Module)")
+    path = _write(tmp_path, source)
+    code, out, err = _fix(path, capsys)
+    assert "self.bns = ModuleList([BatchNorm2d(8), BatchNorm2d(8)])  # the norms" in path.read_text()
+    assert code == 0, out + err
+    path = _write(tmp_path, """
+        from torch.nn import BatchNorm2d, Conv2d, Module
+
+
+        class Net(Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = Conv2d(3, 8, 3, bias=False)
+                self.bns = [BatchNorm2d(8)]
+
+            def forward(self, x):
+                return self.bns[0](self.conv(x)).mean()
+    """, "other.py")
+    code, _, err = _fix(path, capsys)
+    assert code == 1
+    assert "the file imports neither nn, torch nor ModuleList: add `from torch import nn`" in err
+
+
+def test_what_cannot_be_fixed_is_said_not_left_silent(tmp_path, capsys) -> None:
+    source = DROPOUTS.replace("x = F.dropout(x, 0.3)", "x = torch.dropout(x, 0.3, True)").replace(
+        "F.batch_norm(x, self.mean, self.var, training=True)", "F.batch_norm(x, None, None, training=True)")
+    path = _write(tmp_path, source)
+    before = path.read_text()
+    code, out, err = _fix(path, capsys)
+    assert "dropout is not torch.nn.functional's (torch.dropout takes train, not training)" in err
+    assert "F.batch_norm has no running statistics to use in eval mode" in err
+    assert "give it running statistics" in out  # the finding's own advice would crash in eval mode otherwise
+    assert path.read_text() != before and code == 1  # the two other dropouts are fixed
+
+
+def test_a_multi_line_edit_is_shown_as_what_it_does_and_markdown_shows_it(tmp_path, capsys) -> None:
+    path = _student(tmp_path, "nn.Conv2d(\n            3,\n            8,\n            3,\n        )")
+    _check(path)
+    (edit,) = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("edit:")]
+    assert edit.endswith("Conv2d(..., bias=False): the BatchNorm after it cancels the bias  "
+                         "(`cnncheck check --fix` makes it)")
+    _check(path, "--format", "markdown")
+    assert "- **Edit:** `" in capsys.readouterr().out
+
+
+def test_an_edit_that_would_not_compile_is_never_written(tmp_path) -> None:
+    from cnncheck.fixes import FixPlan, _drop_what_would_not_compile
+
+    path = tmp_path / "m.py"
+    path.write_text("x = f(1)\ny = g(2)\n")
+    plan = FixPlan(fixes={"a": Fix(str(path), 1, 5, 1, 9, "f(1, bias=)", "broken"),
+                          "b": Fix(str(path), 2, 5, 2, 9, "g(2, x=0)", "fine")})
+    _drop_what_would_not_compile(plan)
+    assert plan.fixes == {}
+    assert all("would not compile" in reason for reason in plan.unfixable.values())

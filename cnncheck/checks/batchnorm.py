@@ -19,7 +19,7 @@ from cnncheck.checks.batchnorm_semantics import (
     train_problems,
 )
 from cnncheck.context import CheckContext, NotChecked
-from cnncheck.eval_mode import eval_leaks
+from cnncheck.eval_mode import eval_leaks, training_follows_mode
 from cnncheck.findings import Finding, Severity
 from cnncheck.layers import (
     LayerKind,
@@ -355,10 +355,11 @@ def check_eval(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
             continue
         call = verified_call(node) or batch_norm_call(node)
         problems = _eval_call_problems(module, call) if call is not None else eval_problems(module, x)
+        change = training_follows_mode(call, safe=True) if call is not None and call.module is None else None
         for problem in problems:
             explained = True
             yield rule.finding(node.name, f"{type(module).__name__} in eval mode: {problem}",
-                               location=_forward_line(ctx, node))
+                               location=_forward_line(ctx, node), change=change)
     if explained or trace.error is not None or ctx.batch_size < 2 or _mode_leaks(trace):
         return
     finding = _batch_dependence(ctx, rule)
@@ -588,4 +589,7 @@ def forward(self, x):
     return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                         self.training, self.momentum, self.eps)
 """,
+    autofix="Safe: a hand-written layer whose forward calls `F.batch_norm` with running statistics and a "
+    "hard-coded `training=True` (by keyword or by position) gets `training=self.training`, as "
+    "`mode-not-propagated` gives it. A layer that computes its statistics itself is the student's to fix.",
 )

@@ -219,7 +219,7 @@ def _suggested_change(ctx: CheckContext, suggestion: _Blame) -> ArgumentChange |
     node, keyword, value = suggestion.geometry.node, suggestion.keyword, suggestion.value
     description = f"{keyword}={value}: the map then fits the Linear after it"
     if node.module is not None:
-        return layer_argument(type(node.module), node.name, keyword, str(value), ctx.location_of(node.module),
+        return layer_argument(type(node.module), node.name, keyword, str(value), ctx.site_of(node.module),
                               description, safe=False)
     return call_argument(node.func, node.func_name, keyword, str(value), node.location, description, safe=False)
 
@@ -228,7 +228,7 @@ def _in_features(ctx: CheckContext, linear: nn.Module | None, found: int) -> Arg
     """``in_features`` set to the number the trace measured: unsafe, the feature map may be what is wrong."""
     if not isinstance(linear, nn.Linear):
         return None
-    return layer_argument(type(linear), ctx.name_of(linear), "in_features", str(found), ctx.location_of(linear),
+    return layer_argument(type(linear), ctx.name_of(linear), "in_features", str(found), ctx.site_of(linear),
                           f"in_features={found}: what the flattened map measures", safe=False)
 
 

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import torch
 from torch import nn
 
-from cnncheck.changes import ArgumentChange, RegisterChange, call_argument
+from cnncheck.changes import NoFix, RegisterChange
 from cnncheck.checks.batchnorm_semantics import follows_grad_mode
 from cnncheck.context import CheckContext
-from cnncheck.eval_mode import MODAL_KINDS, TRAINING_ARGUMENT, Leak, eval_leaks, functional_training
+from cnncheck.eval_mode import (
+    MODAL_KINDS,
+    TRAINING_ARGUMENT,
+    Leak,
+    eval_leaks,
+    functional_training,
+    has_running_statistics,
+    training_follows_mode,
+)
 from cnncheck.findings import Finding, Severity
 from cnncheck.layers import LayerKind, from_torch
 from cnncheck.locate import call_in_function
@@ -74,6 +81,9 @@ def _grad_mode_finding(ctx: CheckContext, rule: Rule, node: Node) -> Finding:
 
 def _fixed_training(ctx: CheckContext, rule: Rule, node: Node, value: bool, effect: str, fix: str) -> Finding:
     """A functional call whose ``training`` argument is fixed to ``value``, written or by default."""
+    if node.func_name == "batch_norm" and not has_running_statistics(node):  # training=False would raise
+        fix = ("give it running statistics: register running_mean and running_var buffers, pass them and "
+               "training=self.training, or use nn.BatchNorm2d, which keeps them")
     return rule.finding(
         node.scope,
         f"F.{node.func_name}(...) in {node.scope or ctx.model_name}.forward {effect}",
@@ -82,27 +92,8 @@ def _fixed_training(ctx: CheckContext, rule: Rule, node: Node, value: bool, effe
         else f"no training argument (F.{node.func_name} defaults to training={value})",
         fix=fix,
         location=node.location,
-        change=_training_follows_mode(node, safe=value),
+        change=training_follows_mode(node, safe=value),
     )
-
-
-def _training_follows_mode(node: Node, *, safe: bool) -> ArgumentChange | None:
-    """``training=self.training`` in a call of torch.nn.functional's dropouts or batch_norm. Safe where the
-    call trains in eval mode (the eval pass is then what ``nn.Dropout`` does); unsafe where it is off in
-    train mode (``training=False`` written: the train pass changes). A batch_norm without running
-    statistics has nothing to use in eval mode, and gets no change."""
-    import torch.nn.functional as F
-
-    if node.func is not getattr(F, node.func_name, None) or node.func_name == "instance_norm":
-        return None
-    if node.func_name == "batch_norm":
-        stats = [node.kwargs.get(k, node.args[i] if len(node.args) > i else None)
-                 for i, k in ((1, "running_mean"), (2, "running_var"))]
-        if not all(isinstance(s, torch.Tensor) for s in stats):
-            return None
-    return call_argument(node.func, node.func_name, "training", "self.training", node.location,
-                         f"F.{node.func_name}(..., training=self.training): model.eval() switches it",
-                         safe=safe)
 
 
 def _dropout_never_on(node: Node) -> bool:
@@ -186,7 +177,7 @@ def _eval_finding(ctx: CheckContext, rule: Rule, leak: Leak) -> Finding:
             fix="register it: wrap the container in nn.ModuleList([...]) or nn.ModuleDict({...}) "
             "(also needed for .to(device), .parameters() and state_dict)",
             location=ctx.location_of(module),
-            change=_registration(ctx, info.name),
+            change=_registration(ctx, info.name, ctx.location_of(module)),
         )
     blocker = _train_override(ctx, info.name)
     if blocker is not None:
@@ -208,31 +199,40 @@ def _eval_finding(ctx: CheckContext, rule: Rule, leak: Leak) -> Finding:
     )
 
 
-def _registration(ctx: CheckContext, hidden_name: str) -> RegisterChange | None:
+def _registration(ctx: CheckContext, hidden_name: str, location: str | None) -> RegisterChange | NoFix | None:
     """Wrap the plain list or dict that hides ``hidden_name`` (``blocks[0].bn``: ``blocks``) in
     nn.ModuleList / nn.ModuleDict, when every item is a module and every key a name nn.ModuleDict takes;
-    a tuple, or a list that also holds functions, stays as it is."""
+    otherwise why not (a tuple, a list that also holds functions, a key such as "train")."""
     import inspect
 
     owner_name, _, attribute = hidden_name.split("[", 1)[0].rpartition(".")
     owner = next((m for m, info in ctx.modules.items() if info.name == owner_name and not info.hidden), None)
     value = vars(owner).get(attribute) if owner is not None else None
+    where = f"self.{attribute}"
     if type(value) is list:
         container, items = "list", list(value)
-    elif type(value) is dict and all(isinstance(k, str) and k and "." not in k and not hasattr(nn.ModuleDict, k)
-                                     for k in value):
+    elif type(value) is dict:
+        bad = next((k for k in value if not (isinstance(k, str) and k and "." not in k
+                                             and not hasattr(nn.ModuleDict, k))), None)
+        if bad is not None:
+            return NoFix(location or "", f"{where} has the key {bad!r}, which nn.ModuleDict does not take (keys are "
+                         f"non-empty strings without a dot, and not the name of a ModuleDict method): rename it")
         container, items = "dict", list(value.values())
     else:
-        return None
-    if not all(isinstance(item, nn.Module) for item in items):
-        return None
+        kind = type(value).__name__
+        return NoFix(location or "", f"{where} is a {kind}; cnncheck registers plain lists and dicts: make it "
+                     f"nn.ModuleList(...)") if value is not None else None
+    other = next((item for item in items if not isinstance(item, nn.Module)), None)
+    if other is not None:
+        return NoFix(location or "", f"{where} also holds {getattr(other, '__name__', type(other).__name__)}, "
+                     f"which is not a layer: keep the layers in an nn.ModuleList of their own")
     try:
         _lines, start = inspect.getsourcelines(type(owner))
-        location = f"{inspect.getsourcefile(type(owner))}:{start}"
+        class_location = f"{inspect.getsourcefile(type(owner))}:{start}"
     except (OSError, TypeError):
         return None
     wrapper = "nn.ModuleList" if container == "list" else "nn.ModuleDict"
-    return RegisterChange(location, type(owner).__name__, attribute, container,
+    return RegisterChange(class_location, type(owner).__name__, attribute, container,
                           f"self.{attribute} = {wrapper}(...): model.eval(), .to() and .parameters() reach its layers")
 
 
@@ -336,8 +336,11 @@ x = F.dropout(x, 0.5, training=self.training)
     "of layers assigned once in the class (`self.bns = [...]`, a comprehension, or `[]` filled later) in "
     "`nn.ModuleList(...)` / `nn.ModuleDict(...)` when every item is a module, every key a string, and no "
     "list or dict method that those lack is called on it. Unsafe (`--unsafe-fixes`): a hard-coded "
-    "`training=False` becomes `self.training`, which changes the train pass. Not fixed: `torch.dropout` "
-    "(its argument is `train`), calls outside a method, tuples, and containers assigned more than once.",
+    "`training=False` becomes `self.training`, which changes the train pass. Not fixed, and said why: "
+    "`torch.dropout` (its argument is `train`), `F.batch_norm` without running statistics, calls outside a "
+    "method, tuples, a list that also holds functions, keys `nn.ModuleDict` refuses (`\"train\"`, a dot), "
+    "containers assigned more than once, used in an operation (`[x] + self.bns`) or assigned before "
+    "`super().__init__()`.",
     limits="Also flagged: a hand-written BatchNorm that picks batch or running statistics by "
     "`torch.is_grad_enabled()` instead of `self.training` (the d2l.ai chapter's), with the line of that call; "
     "a layer built inside forward (`nn.Dropout(0.5)(x)`, new and in training mode on "

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn.modules.pooling import _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, _AvgPoolNd, _MaxPoolNd
 
-from cnncheck.changes import ArgumentChange, layer_argument
+from cnncheck.changes import ArgumentChange, NoFix, layer_argument
 from cnncheck.checks.batchnorm_semantics import cancels_channel_constant, is_stock_batchnorm
 from cnncheck.context import CheckContext
 from cnncheck.findings import Finding, Severity
@@ -86,17 +86,24 @@ def check(ctx: CheckContext, rule: Rule) -> Iterator[Finding]:
             f"(gradient 0 for every channel)",
             fix=fix,
             location=location,
-            change=_without_bias(node.name, node.module, location),
+            change=_without_bias(ctx, node.name, node.module, location),
         )
 
 
-def _without_bias(name: str, module: nn.Module | None, location: str | None) -> ArgumentChange | None:
+def _without_bias(ctx: CheckContext, name: str, module: nn.Module | None, location: str | None,
+                  ) -> ArgumentChange | NoFix | None:
     """``bias=False`` at the call that built a torch conv or linear (or a subclass of one, whose ``bias``
     argument torch's ``__init__`` takes); a hand-written layer's arguments mean what its author says."""
+    if module is None:
+        return NoFix(location or "", "a functional call: drop its bias argument (the BatchNorm's beta adds one)")
     if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
-        return None
-    return layer_argument(type(module), name, "bias", "False", location,
-                          f"{type(module).__name__}(..., bias=False): the BatchNorm after it cancels the bias")
+        return NoFix(location or "", f"{type(module).__name__} is a hand-written layer: build it without its bias "
+                     f"parameter yourself")
+    change = layer_argument(type(module), name, "bias", "False", ctx.site_of(module),
+                            f"{type(module).__name__}(..., bias=False): the BatchNorm after it cancels the bias")
+    if change is None and location:
+        return NoFix(location, f"{type(module).__name__}(...) takes no bias argument that cnncheck can set")
+    return change
 
 
 def _bias_of(node: Node) -> torch.Tensor | None:
