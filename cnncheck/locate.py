@@ -52,6 +52,7 @@ def creation_position(model: nn.Module, qualname: str) -> Site | None:
     if found is None:
         return None
     filename, node = found
+    node = _through_helper(filename, node)
     call = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else node
     line = cast("ast.stmt | ast.expr", node).lineno
     if not isinstance(call, ast.Call) or call.lineno != line:
@@ -77,7 +78,7 @@ def _site(root: nn.Module, steps: list[str]) -> tuple[str, ast.AST] | None:
         if container_site is None:
             return None
         filename, node = container_site
-        element = _element(node, last)
+        element = _element(_through_helper(filename, node), last)
         return (filename, element) if element is not None else container_site
     found = _assignment(type(parent), last, getattr(parent, last, None))
     if found is None and isinstance(parent, (nn.Sequential, nn.ModuleDict)) and len(steps) > 1:
@@ -86,6 +87,25 @@ def _site(root: nn.Module, steps: list[str]) -> tuple[str, ast.AST] | None:
         element = _named_element(container_site[1], last) if container_site is not None else None
         return (container_site[0], element) if container_site is not None and element is not None else None
     return found
+
+
+def _through_helper(filename: str, node: ast.AST) -> ast.AST:
+    """The call that a function of the same file returns, when ``node`` calls it (``self.layer1 =
+    conv_bn(1, 8)``, with ``def conv_bn(...): return nn.Sequential(nn.Conv2d(...), ...)``): the layers are
+    built there. A helper with several returns, or none that is a call, leaves ``node`` as it is."""
+    for _ in range(3):  # a helper that calls a helper
+        value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else node
+        if not isinstance(value, ast.Call) or not isinstance(value.func, ast.Name):
+            return node
+        tree = _parsed(filename)
+        helpers = [f for f in getattr(tree, "body", []) if isinstance(f, ast.FunctionDef) and f.name == value.func.id]
+        if len(helpers) != 1:
+            return node
+        returned = [n.value for n in ast.walk(helpers[0]) if isinstance(n, ast.Return) and n.value is not None]
+        if len(returned) != 1 or not isinstance(returned[0], ast.Call):
+            return node
+        node = returned[0]
+    return node
 
 
 def _child(module: Any, step: str) -> Any:

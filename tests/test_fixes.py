@@ -908,3 +908,53 @@ def test_an_edit_that_would_not_compile_is_never_written(tmp_path) -> None:
     _drop_what_would_not_compile(plan)
     assert plan.fixes == {}
     assert all("would not compile" in reason for reason in plan.unfixable.values())
+
+
+HELPERS = '''
+import torch
+from torch import nn
+
+
+def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+def make_conv(c_in: int, c_out: int) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, 1)  # a 1x1 projection
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer1 = conv_bn(3, 8)
+        self.layer2 = conv_bn(8, 16, 2)
+        self.proj = make_conv(16, 16)
+        self.bn = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.proj(self.layer2(self.layer1(x)))))
+        return self.fc({head}x.mean(dim=(2, 3)))
+'''
+
+
+def test_a_layer_a_helper_of_the_file_builds_is_fixed_in_the_helper(tmp_path, capsys) -> None:
+    path = _write(tmp_path, HELPERS.replace("{head}", ""))
+    before = path.read_text()
+    code, out, err = _fix(path, capsys)
+    assert code == 0 and "no findings" in out, out + err
+    assert path.read_text() == before.replace("nn.Conv2d(c_in, c_out, 3, stride, 1)",
+                                              "nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)").replace(
+        "nn.Conv2d(c_in, c_out, 1)  # a 1x1", "nn.Conv2d(c_in, c_out, 1, bias=False)  # a 1x1")
+
+
+def test_a_helper_that_also_builds_a_layer_whose_bias_matters_is_not_fixed(tmp_path, capsys) -> None:
+    source = HELPERS.replace("{head}", "self.head(").replace("x.mean(dim=(2, 3)))", "x).mean(dim=(2, 3)))").replace(
+        "        self.fc = nn.Linear(16, 2)", "        self.head = make_conv(16, 16)\n        self.fc = nn.Linear(16, 2)")
+    path = _write(tmp_path, source)
+    code, _, err = _fix(path, capsys)
+    text = path.read_text()
+    assert code == 1  # proj's finding remains
+    assert "nn.Conv2d(c_in, c_out, 1)  # a 1x1" in text  # head's bias matters: a ReLU, not a norm, follows
+    assert "the same call also builds 'head'" in err
+    assert "nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)" in text
