@@ -265,42 +265,56 @@ def _registered(change: RegisterChange, filename: str, line: int, parsed: tuple[
         classes = [c for c in classes if positions[c].start.line <= line <= positions[c].end.line]
     if len(classes) != 1:
         return None, f"class {change.class_name} is not found exactly in the file"
-    owner = classes[0]
-    nodes = [n for n, parent in parents.items() if _owned_by(n, owner, parents)]
-    assigned = [n for n in nodes if isinstance(n, cst.Assign) and any(_is_self_attribute(t.target, change.attribute)
-                                                                       for t in n.targets)]
-    literal = (cst.List, cst.ListComp) if change.container == "list" else (cst.Dict, cst.DictComp)
-    where = f"self.{change.attribute}"
-    if len(assigned) != 1 or len(assigned[0].targets) != 1:
-        count = len(assigned)
-        return None, f"{change.class_name} assigns {where} {count} times" if count != 1 else (
-            f"{where} is assigned together with other names")
-    if not isinstance(assigned[0].value, literal):
-        return None, f"{where} is not assigned a {change.container} literal or comprehension"
-    if any(isinstance(n, cst.AnnAssign) and _is_self_attribute(n.target, change.attribute) for n in nodes):
-        return None, f"{where} is also assigned with an annotation"
-    missing = sorted({n.attr.value for n in nodes if isinstance(n, cst.Attribute)
-                      and _is_self_attribute(n.value, change.attribute)} & _MISSING_METHODS[change.container])
-    if missing:
-        kind = "nn.ModuleList" if change.container == "list" else "nn.ModuleDict"
-        return None, f"{where}.{missing[0]}() is called, which {kind} does not have"
-    operated = [n for n in nodes if isinstance(n, cst.BinaryOperation)
-                and (_is_self_attribute(n.left, change.attribute) or _is_self_attribute(n.right, change.attribute))]
-    if operated:
-        code = wrapper.module.code_for_node(operated[0].with_changes(lpar=[], rpar=[]))
-        return None, f"{where} is used in an operation ({code}) that a plain {change.container} and its module form do differently"
-    if _before_module_init(assigned[0], positions, parents):
-        return None, f"{where} is assigned before super().__init__(), when nn.Module cannot register a module yet"
+    nodes = [n for n in parents if _owned_by(n, classes[0], parents)]
     class_name = "ModuleList" if change.container == "list" else "ModuleDict"
+    refused = _why_not_registered(change, class_name, nodes, wrapper.module, positions, parents)
+    if refused:
+        return None, refused
     torch_nn = _torch_nn_name(wrapper.module, class_name)
     if torch_nn is None:
         return None, (f"the file imports neither nn, torch nor {class_name}: add `from torch import nn` and "
                       f"cnncheck can make it nn.{class_name}(...)")
-    value = assigned[0].value
-    wrapper_class = class_name if torch_nn == class_name else f"{torch_nn}.{class_name}"
+    value = next(n for n in nodes if _assigns(n, change.attribute)).value
     empty = isinstance(value, (cst.List, cst.Dict)) and not value.elements
+    wrapper_class = class_name if torch_nn == class_name else f"{torch_nn}.{class_name}"
     wrapped = cst.Call(func=cst.parse_expression(wrapper_class), args=[] if empty else [cst.Arg(value=value)])
     return _replacing(filename, source, wrapper, positions, value, wrapped, change), ""
+
+
+def _assigns(node: Any, attribute: str) -> bool:
+    import libcst as cst
+
+    return isinstance(node, cst.Assign) and any(_is_self_attribute(t.target, attribute) for t in node.targets)
+
+
+def _why_not_registered(change: RegisterChange, class_name: str, nodes: list[Any], module: Any,
+                        positions: Mapping[Any, Any], parents: Mapping[Any, Any]) -> str:
+    """Why wrapping the container in ``class_name`` could change or break the class (its ``nodes``), or ""."""
+    import libcst as cst
+
+    where, attribute = f"self.{change.attribute}", change.attribute
+    assigned = [n for n in nodes if _assigns(n, attribute)]
+    if len(assigned) != 1:
+        return f"{change.class_name} assigns {where} {len(assigned)} times"
+    if len(assigned[0].targets) != 1:
+        return f"{where} is assigned together with other names"
+    literal = (cst.List, cst.ListComp) if change.container == "list" else (cst.Dict, cst.DictComp)
+    if not isinstance(assigned[0].value, literal):
+        return f"{where} is not assigned a {change.container} literal or comprehension"
+    if any(isinstance(n, cst.AnnAssign) and _is_self_attribute(n.target, attribute) for n in nodes):
+        return f"{where} is also assigned with an annotation"
+    called = {n.attr.value for n in nodes if isinstance(n, cst.Attribute) and _is_self_attribute(n.value, attribute)}
+    missing = sorted(called & _MISSING_METHODS[change.container])
+    if missing:
+        return f"{where}.{missing[0]}() is called, which nn.{class_name} does not have"
+    operated = [n for n in nodes if isinstance(n, cst.BinaryOperation)
+                and (_is_self_attribute(n.left, attribute) or _is_self_attribute(n.right, attribute))]
+    if operated:
+        code = module.code_for_node(operated[0].with_changes(lpar=[], rpar=[]))
+        return f"{where} is used in an operation ({code}) that a plain {change.container} and nn.{class_name} do differently"
+    if _before_module_init(assigned[0], positions, parents):
+        return f"{where} is assigned before super().__init__(), when nn.Module cannot register a module yet"
+    return ""
 
 
 def _replacing(filename: str, source: str, wrapper: Any, positions: Any, old: Any, new: Any,
