@@ -235,8 +235,9 @@ def _argument_set(change: ArgumentChange, filename: str, line: int, parsed: tupl
     import libcst as cst
 
     source, wrapper, positions, parents = parsed
+    aliases = _imported_as(wrapper.module)
     on_line = [node for node, where in positions.items() if isinstance(node, cst.Call) and where.start.line == line]
-    calls = [node for node in on_line if _callee(node) == change.callee
+    calls = [node for node in on_line if aliases.get(_callee(node), _callee(node)) == change.callee
              and (change.column is None or positions[node].start.column == change.column)]
     if len(calls) > 1:
         return None, f"{len(calls)} {change.callee} calls start on that line"
@@ -454,6 +455,19 @@ def _torch_nn_name(module: Any, class_name: str) -> str | None:
     if class_name in names:
         return class_name
     return "torch.nn" if "torch" in names else None
+
+
+def _imported_as(module: Any) -> dict[str, str]:
+    """The names the file imports under another name: ``drop2d`` -> ``dropout2d`` for
+    ``from torch.nn.functional import dropout2d as drop2d``."""
+    import libcst as cst
+
+    aliases: dict[str, str] = {}
+    for statement in module.body:
+        for small in statement.body if isinstance(statement, cst.SimpleStatementLine) else ():
+            if isinstance(small, cst.ImportFrom) and not isinstance(small.names, cst.ImportStar):
+                aliases.update({_dotted(a.asname.name): _dotted(a.name) for a in small.names if a.asname is not None})
+    return aliases
 
 
 def _dotted(node: Any) -> str:

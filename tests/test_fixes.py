@@ -958,3 +958,12 @@ def test_a_helper_that_also_builds_a_layer_whose_bias_matters_is_not_fixed(tmp_p
     assert "nn.Conv2d(c_in, c_out, 1)  # a 1x1" in text  # head's bias matters: a ReLU, not a norm, follows
     assert "the same call also builds 'head'" in err
     assert "nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)" in text
+
+
+def test_a_function_imported_under_another_name_is_fixed(tmp_path, capsys) -> None:
+    source = DROPOUTS.replace("import torch.nn.functional as F\n",
+                              "import torch.nn.functional as F\nfrom torch.nn.functional import dropout2d as drop2d\n")
+    path = _write(tmp_path, source.replace("x = F.dropout2d(x, 0.1, True)", "x = drop2d(x, 0.1, True)"))
+    code, out, err = _fix(path, capsys)
+    assert "x = drop2d(x, 0.1, self.training)\n" in path.read_text()
+    assert code == 0, out + err
