@@ -120,6 +120,11 @@ def plan_fixes(results: Sequence[ModelResult], *, allowed: Allowed | None = None
             if isinstance(change, NoFix):
                 plan.unfixable.setdefault(place, change.reason)
                 continue
+            if not change.safe and result.shape_note:  # measured on a guessed input: the model may be right
+                plan.unfixable.setdefault(place, f"an unsafe fix measured on an inferred input shape ({result.shape_note}"
+                                          f"): give the shape the model is built for, with --input-shape or "
+                                          f"@cnncheck.model(input_shape=...)")
+                continue
             problem = _not_editable(Path(change.location.rpartition(":")[0]), roots)
             if problem:
                 plan.unfixable.setdefault(place, problem)
@@ -237,7 +242,8 @@ def _argument_set(change: ArgumentChange, filename: str, line: int, parsed: tupl
     source, wrapper, positions, parents = parsed
     aliases = _imported_as(wrapper.module)
     on_line = [node for node, where in positions.items() if isinstance(node, cst.Call) and where.start.line == line]
-    calls = [node for node in on_line if aliases.get(_callee(node), _callee(node)) == change.callee
+    calls = [node for node in on_line if aliases.get(_callee(node), _callee(node)) in (change.callee,
+                                                                                      f"Lazy{change.callee}")
              and (change.column is None or positions[node].start.column == change.column)]
     if len(calls) > 1:
         return None, f"{len(calls)} {change.callee} calls start on that line"
@@ -249,7 +255,7 @@ def _argument_set(change: ArgumentChange, filename: str, line: int, parsed: tupl
         return None, f"no {change.callee} call starts on that line{inside}"
     call = calls[0]
     if "self." in change.value and not _in_method(call, parents):
-        return None, f"the call is not in a method, so there is no {change.value} to pass"
+        return None, f"the call is not in a method of an nn.Module, so there is no {change.value} to pass"
     new_call, problem = _with_argument(call, change.keyword, change.position, change.value)
     if new_call is None:
         return None, problem
@@ -294,6 +300,8 @@ def _why_not_registered(change: RegisterChange, class_name: str, nodes: list[Any
     import libcst as cst
 
     where, attribute = f"self.{change.attribute}", change.attribute
+    if any(isinstance(n, cst.AnnAssign) and _is_self_attribute(n.target, attribute) for n in nodes):
+        return f"{where} is assigned with an annotation (list[...]), which nn.{class_name} would contradict"
     assigned = [n for n in nodes if _assigns(n, attribute)]
     if len(assigned) != 1:
         return f"{change.class_name} assigns {where} {len(assigned)} times"
@@ -302,8 +310,6 @@ def _why_not_registered(change: RegisterChange, class_name: str, nodes: list[Any
     literal = (cst.List, cst.ListComp) if change.container == "list" else (cst.Dict, cst.DictComp)
     if not isinstance(assigned[0].value, literal):
         return f"{where} is not assigned a {change.container} literal or comprehension"
-    if any(isinstance(n, cst.AnnAssign) and _is_self_attribute(n.target, attribute) for n in nodes):
-        return f"{where} is also assigned with an annotation"
     called = {n.attr.value for n in nodes if isinstance(n, cst.Attribute) and _is_self_attribute(n.value, attribute)}
     missing = sorted(called & _MISSING_METHODS[change.container])
     if missing:
@@ -385,7 +391,10 @@ def _in_method(node: Any, parents: Mapping[Any, Any]) -> bool:
         node = parents[node]
         if isinstance(node, cst.FunctionDef):
             params = node.params.params
-            return bool(params) and params[0].name.value == "self"
+            owner = parents.get(parents.get(node))  # the function's block, then its class
+            # a class without bases is no nn.Module: its self has no training flag
+            return bool(params) and params[0].name.value == "self" and isinstance(owner, cst.ClassDef) and bool(
+                owner.bases)
     return False
 
 

@@ -205,6 +205,16 @@ def _element_nodes(call: ast.Call, *, keywords: bool = False) -> list[ast.expr] 
     return elements
 
 
+def _last_definition(filename: str, klass: type) -> ast.AST | None:
+    """A module-level class defined more than once (a notebook exported cell by cell): the last
+    definition, the one that runs (``inspect`` gives the first)."""
+    if klass.__qualname__ != klass.__name__:
+        return None
+    tree = _parsed(filename)
+    defined = [n for n in getattr(tree, "body", []) if isinstance(n, ast.ClassDef) and n.name == klass.__name__]
+    return defined[-1] if len(defined) > 1 else None
+
+
 @functools.lru_cache(maxsize=512)
 def _class_assignments(klass: type) -> dict[str, list[tuple[str, ast.AST]]]:
     """Every assignment to ``self.<attr>`` in the class's source, in order, by attribute."""
@@ -215,8 +225,16 @@ def _class_assignments(klass: type) -> dict[str, list[tuple[str, ast.AST]]]:
         return {}
     if filename is None:
         return {}
-    tree = ast.parse(textwrap.dedent("".join(lines)))
-    ast.increment_lineno(tree, start - 1)
+    tree = _last_definition(filename, klass)
+    if tree is None:
+        text = "".join(lines)
+        tree = ast.parse(textwrap.dedent(text))
+        ast.increment_lineno(tree, start - 1)
+        indent = len(text) - len(text.lstrip(" \t"))  # dedent took it off every line: columns get it back
+        for node in ast.walk(tree):
+            for attribute in ("col_offset", "end_col_offset"):
+                if isinstance(getattr(node, attribute, None), int):
+                    setattr(node, attribute, getattr(node, attribute) + indent)
     found: dict[str, list[tuple[str, ast.AST]]] = {}
     for node in ast.walk(tree):
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []

@@ -342,7 +342,7 @@ def test_training_false_is_an_unsafe_fix_and_a_helper_without_self_is_not_fixed(
     text = path.read_text()
     assert "F.dropout(x, 0.3, training=False)" in text  # unsafe: not without --unsafe-fixes
     assert "return F.dropout(x, 0.1)\n" in text
-    assert "the call is not in a method, so there is no self.training to pass" in err
+    assert "the call is not in a method of an nn.Module, so there is no self.training to pass" in err
     assert "(1 unsafe fix(es) more with --unsafe-fixes)" in err
     assert code == 1
     assert _check(path, "--fix", "--unsafe-fixes") == 1  # the helper's dropout remains
@@ -966,4 +966,58 @@ def test_a_function_imported_under_another_name_is_fixed(tmp_path, capsys) -> No
     path = _write(tmp_path, source.replace("x = F.dropout2d(x, 0.1, True)", "x = drop2d(x, 0.1, True)"))
     code, out, err = _fix(path, capsys)
     assert "x = drop2d(x, 0.1, self.training)\n" in path.read_text()
+    assert code == 0, out + err
+
+
+# -- a second review as a new user ---------------------------------------------------------------------------
+
+def test_a_class_redefined_in_the_file_is_fixed_where_it_runs(tmp_path, capsys) -> None:
+    first = textwrap.dedent(SEED_LIKE).replace("{conv}", "nn.Conv2d(3, 8, 3)").replace(
+        "self.bn = nn.BatchNorm2d(8)", "self.bn = nn.Identity()")
+    path = _write(tmp_path, first + textwrap.dedent(SEED_LIKE).replace("{conv}", "nn.Conv2d(3, 8, 3)").split(
+        "from torch import nn\n", 1)[1])
+    code, out, err = _fix(path, capsys)
+    text = path.read_text()
+    assert code == 0, out + err
+    assert text.index("nn.Conv2d(3, 8, 3)") < text.index("nn.Conv2d(3, 8, 3, bias=False)")  # the live copy
+
+
+def test_training_is_not_passed_in_a_class_that_is_no_module(tmp_path, capsys) -> None:
+    source = DROPOUTS.replace("class Net", "class Noise:\n    def __call__(self, x):\n        return F.dropout(x, 0.1)"
+                              "\n\n\nclass Net").replace("x = F.dropout(x, 0.3)", "x = Noise()(x)")
+    path = _write(tmp_path, source)
+    _, _, err = _fix(path, capsys)
+    assert "return F.dropout(x, 0.1)\n" in path.read_text()
+    assert "the call is not in a method of an nn.Module, so there is no self.training to pass" in err
+
+
+def test_an_unsafe_fix_needs_the_input_shape_the_model_is_built_for(tmp_path, capsys) -> None:
+    seed = (Path(__file__).parent.parent / "examples" / "seed_convnet.py").read_text(encoding="utf-8")
+    stripped = "\n".join(line for line in seed.splitlines() if "cnncheck.model" not in line)
+    path = _write(tmp_path, stripped)
+    code = main(["check", str(path), "--sandbox", "none", "--fix", "--unsafe-fixes"])
+    _, err = capsys.readouterr()
+    assert code == 1 and path.read_text() == stripped
+    assert "an unsafe fix measured on an inferred input shape" in err
+
+
+def test_a_class_indented_under_an_if_is_fixed(tmp_path, capsys) -> None:
+    path = _write(tmp_path, '''
+        import torch
+        from torch import nn
+
+        USE_BN = True
+        if USE_BN:
+            class Net(nn.Module):
+                def __init__(self) -> None:
+                    super().__init__()
+                    self.conv = nn.Conv2d(3, 8, kernel_size=3)  # indented twice
+                    self.bn = nn.BatchNorm2d(8)
+                    self.fc = nn.Linear(8, 2)
+
+                def forward(self, x: torch.Tensor) -> torch.Tensor:
+                    return self.fc(torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
+    ''')
+    code, out, err = _fix(path, capsys)
+    assert "self.conv = nn.Conv2d(3, 8, kernel_size=3, bias=False)  # indented twice" in path.read_text()
     assert code == 0, out + err
